@@ -1,0 +1,5 @@
+import sys
+
+from diffusion.cli import main
+
+sys.exit(main())
