@@ -22,10 +22,9 @@ def q_mean_variance(schedule: Schedule, x0: jax.Array, t: jax.Array
   x0 = _checks.floating(x0, "x0")
   t = _checks.timesteps(t, x0.shape[0], like="x0")
   mean = extract(schedule.sqrt_alphas_cumprod, t, x0) * x0
-  variance = jnp.broadcast_to(
-      1.0 - extract(schedule.alphas_cumprod, t, x0), x0.shape)
   log_variance = jnp.broadcast_to(
       extract(schedule.log_one_minus_alphas_cumprod, t, x0), x0.shape)
+  variance = jnp.exp(log_variance)  # 1 - ᾱ_t without cancellation
   return tuple(a.astype(x0.dtype) for a in (mean, variance, log_variance))
 
 

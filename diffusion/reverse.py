@@ -117,11 +117,19 @@ def p_sample(schedule: Schedule, model_output: jax.Array, x_t: jax.Array,
   return x_prev.astype(x_t.dtype), pred_x0.astype(x_t.dtype)
 
 
-def _alpha_bar(schedule: Schedule, t: jax.Array, x: jax.Array) -> jax.Array:
-  """ᾱ_t shaped to broadcast against x, with ᾱ = 1 at t = -1 (clean data)."""
-  table = jnp.concatenate([jnp.ones((1,), schedule.alphas_cumprod.dtype),
-                           schedule.alphas_cumprod])
-  return extract(table, t + 1, x)
+def _alpha_bar(schedule: Schedule, t: jax.Array, x: jax.Array
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """ᾱ_t, 1 - ᾱ_t and log ᾱ_t shaped to broadcast against x.
+
+  t = -1 stands for clean data (ᾱ = 1). The complement and the log come from
+  their own float64-built tables, free of float32 cancellation near ᾱ = 1.
+  """
+  def padded(table, value):
+    return extract(jnp.concatenate([jnp.full((1,), value, table.dtype), table]),
+                   t + 1, x)
+  return (padded(schedule.alphas_cumprod, 1.0),
+          padded(jnp.exp(schedule.log_one_minus_alphas_cumprod), 0.0),
+          padded(schedule.log_alphas_cumprod, 0.0))
 
 
 def _check_eta(eta):
@@ -169,14 +177,18 @@ def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array,
 
   pred_x0 = _pred_x0(schedule, mean_output, x_t, t, prediction, clip_x0)
   eps = eps_from_x0(schedule, x_t, t, pred_x0)
-  alpha_bar = _alpha_bar(schedule, t, x_t)
-  alpha_bar_prev = _alpha_bar(schedule, t_prev, x_t)
-  sigma = (eta * jnp.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
-           * jnp.sqrt(1 - alpha_bar / alpha_bar_prev))
+  _, one_minus, log_alpha_bar = _alpha_bar(schedule, t, x_t)
+  alpha_bar_prev, one_minus_prev, log_alpha_bar_prev = _alpha_bar(
+      schedule, t_prev, x_t)
+  # σ² = η² (1 - ᾱ_prev) / (1 - ᾱ_t) · (1 - ᾱ_t / ᾱ_prev)
+  variance = (eta**2 * one_minus_prev / one_minus
+              * -jnp.expm1(log_alpha_bar - log_alpha_bar_prev))
   x_prev = (jnp.sqrt(alpha_bar_prev) * pred_x0
-            + jnp.sqrt(1 - alpha_bar_prev - sigma**2) * eps)
+            # rounding alone can take this a hair below 0 at η = 1
+            + jnp.sqrt(jnp.maximum(one_minus_prev - variance, 0.0)) * eps)
   if key is not None:
-    x_prev = x_prev + sigma * jax.random.normal(key, x_t.shape, x_t.dtype)
+    x_prev = x_prev + jnp.sqrt(variance) * jax.random.normal(
+        key, x_t.shape, x_t.dtype)
   return x_prev.astype(dtype), pred_x0.astype(dtype)
 
 
@@ -211,6 +223,6 @@ def ddim_inverse_step(schedule: Schedule, model_output: jax.Array,
 
   pred_x0 = _pred_x0(schedule, mean_output, x_t, t, prediction, clip_x0)
   eps = eps_from_x0(schedule, x_t, t, pred_x0)
-  alpha_bar_next = extract(schedule.alphas_cumprod, t_next, x_t)
-  x_next = jnp.sqrt(alpha_bar_next) * pred_x0 + jnp.sqrt(1 - alpha_bar_next) * eps
+  x_next = (extract(schedule.sqrt_alphas_cumprod, t_next, x_t) * pred_x0
+            + extract(schedule.sqrt_one_minus_alphas_cumprod, t_next, x_t) * eps)
   return x_next.astype(dtype), pred_x0.astype(dtype)

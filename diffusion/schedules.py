@@ -103,6 +103,7 @@ class Schedule:
   alphas: jax.Array
   alphas_cumprod: jax.Array                  # ᾱ_t
   alphas_cumprod_prev: jax.Array             # ᾱ_{t-1}, with ᾱ_0 = 1
+  log_alphas_cumprod: jax.Array
   sqrt_alphas_cumprod: jax.Array
   sqrt_one_minus_alphas_cumprod: jax.Array
   log_one_minus_alphas_cumprod: jax.Array
@@ -160,6 +161,7 @@ class Schedule:
         alphas=alphas,
         alphas_cumprod=alphas_cumprod,
         alphas_cumprod_prev=alphas_cumprod_prev,
+        log_alphas_cumprod=np.log(alphas_cumprod),
         sqrt_alphas_cumprod=np.sqrt(alphas_cumprod),
         sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - alphas_cumprod),
         log_one_minus_alphas_cumprod=np.log(1.0 - alphas_cumprod),
