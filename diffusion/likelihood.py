@@ -8,6 +8,7 @@ Values are per example, averaged over the data dimensions and divided by
 log 2, and float32 whatever the input dtype (they are reductions).
 """
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -139,8 +140,17 @@ def bits_per_dim(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array],
   if (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
       or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
+  _checks.choice(prediction, _checks.PREDICTIONS, "prediction")
+  _checks.choice(variance, _checks.VARIANCES, "variance")
+  return _bits_per_dim(denoise_fn, schedule, x0, key, prediction, variance,
+                       clip_x0, min(chunk_size, schedule.num_steps))
+
+
+# Compiled once per denoise_fn and shape, also when called outside jit.
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
+def _bits_per_dim(denoise_fn, schedule, x0, key, prediction, variance, clip_x0,
+                  chunk_size):
   num_steps, batch = schedule.num_steps, x0.shape[0]
-  chunk_size = min(chunk_size, num_steps)
   num_chunks = -(-num_steps // chunk_size)
   steps = jnp.arange(num_chunks * chunk_size).reshape(num_chunks, chunk_size)
 

@@ -61,7 +61,7 @@ def training_losses(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array],
   if t is None:
     t = jax.random.randint(key_t, (batch,), 0, num_steps)
   t = _checks.timesteps(t, batch, like="x0")
-  noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
+  noise = jax.random.normal(key_noise, x0.shape).astype(x0.dtype)
   x_t = q_sample(schedule, x0, t, noise)
 
   output = denoise_fn(x_t, t)

@@ -1,0 +1,41 @@
+"""The `ddpm` command."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import diffusion
+from diffusion import cli
+
+
+def test_schedule_prints_the_tables(capsys):
+  assert cli.main(["schedule", "linear", "--steps", "10", "--rows", "3"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("linear schedule, T = 10")
+  rows = [line.split() for line in lines[2:]]
+  assert [int(r[0]) for r in rows] == [0, 4, 9]
+  betas = diffusion.linear_betas(10)
+  np.testing.assert_allclose([float(r[1]) for r in rows], betas[[0, 4, 9]], rtol=1e-4)
+  np.testing.assert_allclose([float(r[2]) for r in rows],
+                             np.cumprod(1 - betas)[[0, 4, 9]], rtol=1e-4)
+
+
+def test_python_dash_m_and_bad_arguments():
+  run = lambda *args: subprocess.run([sys.executable, "-m", "diffusion", *args],
+                                     capture_output=True, text=True)
+  ok = run("schedule", "cosine", "--steps", "5")
+  assert ok.returncode == 0 and "cosine schedule, T = 5" in ok.stdout
+  bad = run("schedule", "cosine", "--steps", "0")
+  assert bad.returncode == 2 and "--steps and --rows must be positive" in bad.stderr
+  unknown = run("schedule", "exp")
+  assert unknown.returncode == 2 and "invalid choice: 'exp'" in unknown.stderr
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"]])
+def test_usage(argv, capsys):
+  with pytest.raises(SystemExit):
+    cli.main(argv)
+  captured = capsys.readouterr()
+  assert "usage: ddpm" in captured.err + captured.out

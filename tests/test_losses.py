@@ -1,0 +1,95 @@
+"""Training losses: their targets, scales and where their gradients go."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import diffusion
+
+T = 1000
+
+
+@pytest.fixture(scope="module")
+def schedule():
+  return diffusion.make_schedule("linear", T)
+
+
+def test_simple_loss_targets(schedule):
+  x0 = jax.random.uniform(jax.random.key(0), (4, 64, 64, 3), minval=-1, maxval=1)
+  zero = lambda x, t: jnp.zeros_like(x)
+  key = jax.random.key(1)
+  eps = diffusion.training_losses(zero, schedule, x0, key)
+  np.testing.assert_allclose(eps["mse"], 1.0, atol=0.02)  # E ε² = 1
+  assert eps["mse"].dtype == jnp.float32 and eps["t"].shape == (4,)
+  np.testing.assert_array_equal(eps["loss"], eps["mse"])
+  x0_loss = diffusion.training_losses(zero, schedule, x0, key, prediction="x0")
+  np.testing.assert_allclose(x0_loss["mse"], jnp.mean(x0**2, axis=(1, 2, 3)), rtol=1e-5)
+  v = diffusion.training_losses(zero, schedule, x0, key, prediction="v")
+  a = schedule.alphas_cumprod[v["t"]]
+  np.testing.assert_allclose(v["mse"], a + (1 - a) * jnp.mean(x0**2, axis=(1, 2, 3)),
+                             rtol=0.03)  # E v² = ᾱ + (1 - ᾱ) x0²
+
+
+def test_simple_loss_of_the_true_noise_is_zero(schedule):
+  """For data that is one point, ε is a function of x_t."""
+  x0 = jnp.full((8, 5, 5, 1), 0.25)
+  def oracle(x, t):
+    a = schedule.alphas_cumprod[t][:, None, None, None]
+    return (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+  loss = diffusion.loss_simple(oracle, schedule, x0, jax.random.key(2))
+  assert loss.shape == () and float(loss) < 1e-6
+
+
+def test_given_timesteps_and_keys(schedule):
+  x0 = jax.random.uniform(jax.random.key(0), (3, 4, 2), minval=-1, maxval=1)
+  fn = lambda x, t: 0.5 * x
+  t = jnp.array([5, 500, 999])
+  a = diffusion.training_losses(fn, schedule, x0, jax.random.key(3), t=t)
+  b = diffusion.training_losses(fn, schedule, x0, jax.random.key(3), t=t)
+  c = diffusion.training_losses(fn, schedule, x0, jax.random.key(4), t=t)
+  np.testing.assert_array_equal(a["t"], t)
+  np.testing.assert_array_equal(a["loss"], b["loss"])
+  assert not np.allclose(a["loss"], c["loss"])
+
+
+def test_vlb_loss_is_T_times_the_term(schedule):
+  x0 = jnp.asarray(np.random.default_rng(0).choice(np.linspace(-1, 1, 256), (4, 6, 6, 3)),
+                   jnp.float32)
+  seen = []
+  def fn(x, t):
+    seen.append((x, t))
+    return jnp.concatenate([0.3 * x, jnp.tanh(x)], -1)
+  losses = diffusion.training_losses(fn, schedule, x0, jax.random.key(5), loss="vlb",
+                                     variance="learned_range")
+  (x_t, t), = seen
+  vb = diffusion.vlb_term(schedule, fn(x_t, t), x0, x_t, t, variance="learned_range",
+                          clip_x0=False)
+  np.testing.assert_allclose(losses["vb"], vb, rtol=1e-6)
+  np.testing.assert_allclose(losses["loss"], T * vb, rtol=1e-6)
+  assert diffusion.loss_vlb(fn, schedule, x0, jax.random.key(5),
+                            variance="learned_range") == pytest.approx(float(losses["loss"].mean()), rel=1e-6)
+
+
+def test_hybrid_trains_the_variance_through_the_vlb_only(schedule):
+  x0 = jnp.asarray(np.random.default_rng(0).choice(np.linspace(-1, 1, 256), (4, 6, 6, 3)),
+                   jnp.float32)
+  key = jax.random.key(6)
+
+  def model(params):
+    return lambda x, t: jnp.concatenate(
+        [params["mean"] * x, jnp.broadcast_to(params["var"], x.shape)], -1)
+
+  params = {"mean": jnp.float32(0.4), "var": jnp.float32(0.1)}
+  grad = lambda loss_fn: jax.grad(lambda p: loss_fn(model(p), schedule, x0, key,
+                                                    variance="learned_range"))(params)
+  hybrid, simple, vlb = (grad(f) for f in (diffusion.loss_hybrid, diffusion.loss_simple,
+                                           diffusion.loss_vlb))
+  assert simple["var"] == 0
+  np.testing.assert_allclose(hybrid["mean"], simple["mean"], rtol=1e-6)
+  np.testing.assert_allclose(hybrid["var"], 0.001 * vlb["var"], rtol=1e-5)
+  assert hybrid["var"] != 0 and vlb["mean"] != 0
+  losses = diffusion.training_losses(model(params), schedule, x0, key, loss="hybrid",
+                                     variance="learned_range", vlb_weight=0.01)
+  np.testing.assert_allclose(losses["loss"], losses["mse"] + 0.01 * T * losses["vb"],
+                             rtol=1e-6)
