@@ -8,7 +8,6 @@ Values are per example, averaged over the data dimensions and divided by
 log 2, and float32 whatever the input dtype (they are reductions).
 """
 
-import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -123,7 +122,8 @@ def bits_per_dim(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array],
   result does not depend on `chunk_size`. The T terms are computed in a
   `lax.map` over chunks of `chunk_size` timesteps, each chunk one call of
   `denoise_fn` on chunk_size·B examples: memory grows with chunk_size, never
-  with T.
+  with T. Call it under `jax.jit`, with the network's parameters as
+  arguments of the jitted function, to compile it once.
 
   Args:
     denoise_fn: (x_t [N, ..., C], t int [N]) -> model output, as the
@@ -140,17 +140,8 @@ def bits_per_dim(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array],
   if (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
       or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
-  _checks.choice(prediction, _checks.PREDICTIONS, "prediction")
-  _checks.choice(variance, _checks.VARIANCES, "variance")
-  return _bits_per_dim(denoise_fn, schedule, x0, key, prediction, variance,
-                       clip_x0, min(chunk_size, schedule.num_steps))
-
-
-# Compiled once per denoise_fn and shape, also when called outside jit.
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
-def _bits_per_dim(denoise_fn, schedule, x0, key, prediction, variance, clip_x0,
-                  chunk_size):
   num_steps, batch = schedule.num_steps, x0.shape[0]
+  chunk_size = min(chunk_size, num_steps)
   num_chunks = -(-num_steps // chunk_size)
   steps = jnp.arange(num_chunks * chunk_size).reshape(num_chunks, chunk_size)
 

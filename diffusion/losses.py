@@ -68,7 +68,7 @@ def training_losses(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array],
   output = _checks.floating(output, "model_output")
   _checks.model_output(output, x_t, variance)
   mean_output = output[..., :x0.shape[-1]]
-  err = (target(schedule, prediction, x0, noise, t).astype(jnp.float32)
+  err = (target(schedule, prediction, x0, t, noise).astype(jnp.float32)
          - mean_output.astype(jnp.float32))
   terms = {"mse": jnp.mean(err.reshape(batch, -1) ** 2, axis=1), "t": t}
 

@@ -38,8 +38,8 @@ def eps_from_x0(schedule: Schedule, x_t: jax.Array, t: jax.Array,
   return eps.astype(x_t.dtype)
 
 
-def v_from_x0_eps(schedule: Schedule, x0: jax.Array, eps: jax.Array,
-                  t: jax.Array) -> jax.Array:
+def v_from_x0_eps(schedule: Schedule, x0: jax.Array, t: jax.Array,
+                  eps: jax.Array) -> jax.Array:
   """The v target: v = sqrt(ᾱ_t) ε - sqrt(1 - ᾱ_t) x_0."""
   x0, t, eps = _operands(x0, t, eps, "eps", x_name="x0")
   v = (extract(schedule.sqrt_alphas_cumprod, t, x0) * eps
@@ -77,11 +77,11 @@ def x0_from_prediction(schedule: Schedule, prediction: str, x_t: jax.Array,
   return output.astype(x_t.dtype)
 
 
-def target(schedule: Schedule, prediction: str, x0: jax.Array,
-           noise: jax.Array, t: jax.Array) -> jax.Array:
+def target(schedule: Schedule, prediction: str, x0: jax.Array, t: jax.Array,
+           noise: jax.Array) -> jax.Array:
   """What a denoiser of type `prediction` should output for x_t = q_sample(x0, t, noise)."""
   _checks.choice(prediction, _checks.PREDICTIONS, "prediction")
   if prediction == "v":
-    return v_from_x0_eps(schedule, x0, noise, t)
+    return v_from_x0_eps(schedule, x0, t, noise)
   x0, t, noise = _operands(x0, t, noise, "noise", x_name="x0")
   return noise if prediction == "eps" else x0

@@ -27,15 +27,15 @@ def test_conversions_recover_each_other(setup):
   mid = slice(1, 4)
   np.testing.assert_allclose(diffusion.x0_from_eps(s, x_t, t, eps)[mid], x0[mid], atol=2e-4)
   np.testing.assert_allclose(diffusion.eps_from_x0(s, x_t, t, x0)[mid], eps[mid], atol=2e-4)
-  np.testing.assert_allclose(diffusion.v_from_x0_eps(s, x0, eps, t), v, atol=1e-5)
+  np.testing.assert_allclose(diffusion.v_from_x0_eps(s, x0, t, eps), v, atol=1e-5)
   np.testing.assert_allclose(diffusion.x0_from_v(s, x_t, t, v), x0, atol=1e-5)
   np.testing.assert_allclose(diffusion.eps_from_v(s, x_t, t, v), eps, atol=1e-5)
 
 
 def test_target_and_prediction(setup):
   s, t, x0, eps, x_t, v = setup
-  np.testing.assert_array_equal(diffusion.target(s, "eps", x0, eps, t), eps)
-  np.testing.assert_array_equal(diffusion.target(s, "x0", x0, eps, t), x0)
-  np.testing.assert_allclose(diffusion.target(s, "v", x0, eps, t), v, atol=1e-5)
+  np.testing.assert_array_equal(diffusion.target(s, "eps", x0, t, eps), eps)
+  np.testing.assert_array_equal(diffusion.target(s, "x0", x0, t, eps), x0)
+  np.testing.assert_allclose(diffusion.target(s, "v", x0, t, eps), v, atol=1e-5)
   np.testing.assert_allclose(diffusion.x0_from_prediction(s, "v", x_t, t, v), x0, atol=1e-5)
   np.testing.assert_array_equal(diffusion.x0_from_prediction(s, "x0", x_t, t, x0), x0)

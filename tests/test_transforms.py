@@ -32,7 +32,7 @@ CALLS = {
     "q_posterior": lambda s, x, t, k: diffusion.q_posterior(s, 0.5 * x, x, t)[0],
     "x0_from_eps": lambda s, x, t, k: diffusion.x0_from_eps(s, x, t, jnp.tanh(x)),
     "eps_from_x0": lambda s, x, t, k: diffusion.eps_from_x0(s, x, t, jnp.tanh(x)),
-    "v_from_x0_eps": lambda s, x, t, k: diffusion.v_from_x0_eps(s, x, jnp.tanh(x), t),
+    "v_from_x0_eps": lambda s, x, t, k: diffusion.v_from_x0_eps(s, x, t, jnp.tanh(x)),
     "x0_from_v": lambda s, x, t, k: diffusion.x0_from_v(s, x, t, jnp.tanh(x)),
     "eps_from_v": lambda s, x, t, k: diffusion.eps_from_v(s, x, t, jnp.tanh(x)),
     "p_mean_variance": lambda s, x, t, k: diffusion.p_mean_variance(
@@ -63,11 +63,12 @@ def inputs(shape, dtype=jnp.float32):
 @pytest.mark.parametrize("name", sorted(CALLS))
 def test_jit_vmap_grad(name, dims):
   fn = CALLS[name]
+  jitted = jax.jit(fn)
   x, t, key = inputs(SHAPES[dims])
   eager = fn(SCHEDULE, x, t, key)
   assert eager.shape == ((3,) if name in REDUCTIONS else x.shape)
   assert np.all(np.isfinite(eager))
-  np.testing.assert_allclose(jax.jit(fn)(SCHEDULE, x, t, key), eager, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jitted(SCHEDULE, x, t, key), eager, rtol=1e-5, atol=1e-5)
 
   # vmap over a leading axis of independent batches equals a loop.
   xs = jnp.stack([x, -0.5 * x])
@@ -75,7 +76,7 @@ def test_jit_vmap_grad(name, dims):
   keys = jax.random.split(key)
   batched = jax.vmap(fn, in_axes=(None, 0, 0, 0))(SCHEDULE, xs, ts, keys)
   for i in range(2):
-    np.testing.assert_allclose(batched[i], fn(SCHEDULE, xs[i], ts[i], keys[i]),
+    np.testing.assert_allclose(batched[i], jitted(SCHEDULE, xs[i], ts[i], keys[i]),
                                rtol=1e-5, atol=1e-5)
 
   grad = jax.grad(lambda x: fn(SCHEDULE, x, t, key).sum())(x)
