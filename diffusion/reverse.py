@@ -137,6 +137,20 @@ def _check_eta(eta):
     raise ValueError(f"eta must lie in [0, 1]; got {eta!r}")
 
 
+def _ddim_estimates(schedule, model_output, x_t, t, t_to, t_to_name, prediction,
+                    variance, clip_x0):
+  """Checks a DDIM step's arguments; returns x_t, t, t_to, x̂_0, ε̂ in compute dtype."""
+  _checks.choice(prediction, _checks.PREDICTIONS, "prediction")
+  _checks.choice(variance, _checks.VARIANCES, "variance")
+  x_t = _checks.floating(x_t, "x_t")
+  t = _checks.timesteps(t, x_t.shape[0], like="x_t")
+  t_to = _checks.timesteps(t_to, x_t.shape[0], t_to_name, like="x_t")
+  mean_output, _ = _split(model_output, x_t, variance)
+  x_t = x_t.astype(_compute_dtype(x_t))
+  pred_x0 = _pred_x0(schedule, mean_output, x_t, t, prediction, clip_x0)
+  return x_t, t, t_to, pred_x0, eps_from_x0(schedule, x_t, t, pred_x0)
+
+
 def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array,
               t: jax.Array, t_prev: jax.Array, key: jax.Array | None, *,
               eta: float = 0.0, prediction: str = "eps",
@@ -164,30 +178,24 @@ def ddim_step(schedule: Schedule, model_output: jax.Array, x_t: jax.Array,
   Returns:
     x_prev, pred_x0: x_t's shape and dtype.
   """
-  _checks.choice(prediction, _checks.PREDICTIONS, "prediction")
-  _checks.choice(variance, _checks.VARIANCES, "variance")
   _check_eta(eta)
   if key is None and not (isinstance(eta, (int, float)) and eta == 0):
     raise ValueError("key must be given when eta is not 0")
-  x_t = _checks.floating(x_t, "x_t")
-  t = _checks.timesteps(t, x_t.shape[0], like="x_t")
-  t_prev = _checks.timesteps(t_prev, x_t.shape[0], "t_prev", like="x_t")
-  mean_output, _ = _split(model_output, x_t, variance)
-  dtype, x_t = x_t.dtype, x_t.astype(_compute_dtype(x_t))
-
-  pred_x0 = _pred_x0(schedule, mean_output, x_t, t, prediction, clip_x0)
-  eps = eps_from_x0(schedule, x_t, t, pred_x0)
+  dtype = jnp.result_type(x_t)
+  x_t, t, t_prev, pred_x0, eps = _ddim_estimates(
+      schedule, model_output, x_t, t, t_prev, "t_prev", prediction, variance,
+      clip_x0)
   _, one_minus, log_alpha_bar = _alpha_bar(schedule, t, x_t)
   alpha_bar_prev, one_minus_prev, log_alpha_bar_prev = _alpha_bar(
       schedule, t_prev, x_t)
   # σ² = η² (1 - ᾱ_prev) / (1 - ᾱ_t) · (1 - ᾱ_t / ᾱ_prev)
-  variance = (eta**2 * one_minus_prev / one_minus
+  sigma_sq = (eta**2 * one_minus_prev / one_minus
               * -jnp.expm1(log_alpha_bar - log_alpha_bar_prev))
   x_prev = (jnp.sqrt(alpha_bar_prev) * pred_x0
             # rounding alone can take this a hair below 0 at η = 1
-            + jnp.sqrt(jnp.maximum(one_minus_prev - variance, 0.0)) * eps)
+            + jnp.sqrt(jnp.maximum(one_minus_prev - sigma_sq, 0.0)) * eps)
   if key is not None:
-    x_prev = x_prev + jnp.sqrt(variance) * jax.random.normal(
+    x_prev = x_prev + jnp.sqrt(sigma_sq) * jax.random.normal(
         key, x_t.shape, x_t.dtype)
   return x_prev.astype(dtype), pred_x0.astype(dtype)
 
@@ -213,16 +221,10 @@ def ddim_inverse_step(schedule: Schedule, model_output: jax.Array,
   Returns:
     x_next, pred_x0: x_t's shape and dtype.
   """
-  _checks.choice(prediction, _checks.PREDICTIONS, "prediction")
-  _checks.choice(variance, _checks.VARIANCES, "variance")
-  x_t = _checks.floating(x_t, "x_t")
-  t = _checks.timesteps(t, x_t.shape[0], like="x_t")
-  t_next = _checks.timesteps(t_next, x_t.shape[0], "t_next", like="x_t")
-  mean_output, _ = _split(model_output, x_t, variance)
-  dtype, x_t = x_t.dtype, x_t.astype(_compute_dtype(x_t))
-
-  pred_x0 = _pred_x0(schedule, mean_output, x_t, t, prediction, clip_x0)
-  eps = eps_from_x0(schedule, x_t, t, pred_x0)
+  dtype = jnp.result_type(x_t)
+  x_t, t, t_next, pred_x0, eps = _ddim_estimates(
+      schedule, model_output, x_t, t, t_next, "t_next", prediction, variance,
+      clip_x0)
   x_next = (extract(schedule.sqrt_alphas_cumprod, t_next, x_t) * pred_x0
             + extract(schedule.sqrt_one_minus_alphas_cumprod, t_next, x_t) * eps)
   return x_next.astype(dtype), pred_x0.astype(dtype)
