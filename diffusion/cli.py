@@ -1,6 +1,7 @@
 """The `ddpm` command (also `python -m diffusion`)."""
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,24 @@ def _schedule(args: argparse.Namespace) -> None:
           f"{np.sqrt(tables['betas'][t]):>11.4e}")
 
 
+def _bench_unet(args: argparse.Namespace) -> None:
+  """Times the forward pass and training gradient of a config's network."""
+  from diffusion import benchmark, models
+  from diffusion.config import load_config
+  config = load_config(args.config)
+  model_config = dict(config.model)
+  if args.dtype:
+    model_config["dtype"] = args.dtype
+  model = models.from_config(model_config)
+  size, channels = config.data.image_size, config.data.channels
+  result = benchmark.bench_unet(model, args.batch, (size, size, channels), steps=args.steps)
+  result["config"] = args.config
+  print(benchmark.format_table(result))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="ddpm", description="Denoising diffusion probabilistic models in JAX.")
@@ -34,9 +53,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   schedule.add_argument("--rows", type=int, default=11,
                         help="how many evenly spaced steps to print")
   schedule.set_defaults(run=_schedule)
+
+  bench = commands.add_parser(
+      "bench-unet", help="time the network's forward pass and training gradient")
+  bench.add_argument("--config", required=True, help="an experiments/configs/*.py file")
+  bench.add_argument("--batch", type=int, default=8)
+  bench.add_argument("--dtype", choices=["float32", "bfloat16"],
+                     help="computation dtype (default: the config's)")
+  bench.add_argument("--steps", type=int, default=5, help="timed steps after a warm-up")
+  bench.add_argument("--json", help="also write the figures to this file")
+  bench.set_defaults(run=_bench_unet)
+
   args = parser.parse_args(argv)
   if args.command == "schedule" and (args.steps < 1 or args.rows < 1):
     parser.error("--steps and --rows must be positive")
+  if args.command == "bench-unet" and (args.batch < 1 or args.steps < 1):
+    parser.error("--batch and --steps must be positive")
   args.run(args)
   return 0
 

@@ -39,3 +39,25 @@ def test_usage(argv, capsys):
     cli.main(argv)
   captured = capsys.readouterr()
   assert "usage: ddpm" in captured.err + captured.out
+
+
+def test_bench_unet_reports_throughput_and_flops(tmp_path, capsys):
+  config = tmp_path / "tiny.py"
+  config.write_text(
+      "import ml_collections\n"
+      "def get_config():\n"
+      "  return ml_collections.ConfigDict({'data': {'image_size': 8, 'channels': 1},\n"
+      "      'model': {'ch': 32, 'ch_mult': (1, 2), 'num_res_blocks': 1,\n"
+      "                'attn_resolutions': (4,), 'num_groups': 8, 'dropout': 0.1}})\n")
+  out = tmp_path / "bench.json"
+  assert cli.main(["bench-unet", "--config", str(config), "--batch", "2", "--steps", "1",
+                   "--json", str(out)]) == 0
+  assert "train_step" in capsys.readouterr().out
+  import json
+  result = json.loads(out.read_text())
+  assert result["batch"] == 2 and result["shape"] == [8, 8, 1]
+  for name in ("forward", "train_step"):
+    assert result[name]["images_per_s"] > 0 and result[name]["gflops_per_image"] > 0
+  # The backward pass costs about twice the forward.
+  ratio = result["train_step"]["gflops_per_image"] / result["forward"]["gflops_per_image"]
+  assert 2 < ratio < 4
