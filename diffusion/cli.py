@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -42,6 +44,44 @@ def _bench_unet(args: argparse.Namespace) -> None:
       json.dump(result, f, indent=2)
 
 
+def _train(args: argparse.Namespace, overrides: list[str]) -> None:
+  """`ddpm train`: trains (or resumes) the run in --workdir."""
+  from diffusion import distributed
+  from diffusion.training import train
+  distributed.initialize()
+  config = _config_with_overrides(args.config, overrides)
+  os.makedirs(args.workdir, exist_ok=True)
+  step = train(config, args.workdir)
+  print(f"{args.workdir}: step {step} of {config.train.num_steps}")
+
+
+def _config_with_overrides(path: str, overrides: list[str]):
+  """The config file with `--config.a.b=value` overrides applied (ml_collections syntax)."""
+  from absl import flags
+  from ml_collections import config_flags
+  if not os.path.isfile(path):
+    raise SystemExit(f"ddpm: error: --config {path!r} does not exist")
+  bad = [o for o in overrides if not o.startswith("--config.")]
+  if bad:
+    raise SystemExit(f"ddpm: error: unrecognized arguments: {' '.join(bad)}")
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", path, "experiment config", flag_values=values,
+                                  lock_config=True)
+  try:
+    values(["ddpm", f"--config={path}", *overrides])
+  except flags.Error as e:
+    raise SystemExit(f"ddpm: error: {e}") from None
+  return values.config
+
+
+def _sample(args: argparse.Namespace) -> None:
+  """`ddpm sample`: N samples from the EMA parameters of the newest checkpoint."""
+  from diffusion import distributed, sample_run
+  distributed.initialize()
+  sample_run.sample_to_files(args.workdir, args.num, args.out, seed=args.seed,
+                             batch=args.batch, step=args.step)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog="ddpm", description="Denoising diffusion probabilistic models in JAX.")
@@ -64,7 +104,30 @@ def main(argv: Sequence[str] | None = None) -> int:
   bench.add_argument("--json", help="also write the figures to this file")
   bench.set_defaults(run=_bench_unet)
 
-  args = parser.parse_args(argv)
+  train = commands.add_parser(
+      "train", help="train (or resume) a run; --config.KEY=VALUE overrides the config",
+      usage="ddpm train --config FILE --workdir DIR [--config.KEY=VALUE ...]")
+  train.add_argument("--config", required=True, help="an experiments/configs/*.py file")
+  train.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
+
+  sample = commands.add_parser("sample", help="draw samples from a trained run")
+  sample.add_argument("--workdir", required=True)
+  sample.add_argument("--num", type=int, required=True, help="number of samples N")
+  sample.add_argument("--out", required=True, help="an .npz file (arr_0: uint8 NHWC)")
+  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--batch", type=int, default=256, help="samples per compiled call")
+  sample.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+  sample.set_defaults(run=_sample)
+
+  args, extra = parser.parse_known_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  if args.command == "train":
+    _train(args, extra)
+    return 0
+  if extra:
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
   if args.command == "schedule" and (args.steps < 1 or args.rows < 1):
     parser.error("--steps and --rows must be positive")
   if args.command == "bench-unet" and (args.batch < 1 or args.steps < 1):

@@ -1,0 +1,27 @@
+"""Writing images: a batch as one PNG grid."""
+
+import math
+
+import numpy as np
+from PIL import Image
+
+
+def grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
+  """uint8 [N, H, W, C] -> one uint8 [rows·(H+pad)+pad, cols·(W+pad)+pad, C] image."""
+  n, h, w, c = images.shape
+  columns = columns or math.ceil(math.sqrt(n))
+  rows = math.ceil(n / columns)
+  out = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
+  for i, image in enumerate(images):
+    r, col = divmod(i, columns)
+    out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + col * (w + pad):pad + col * (w + pad) + w] = image
+  return out
+
+
+def save_grid(path: str, images: np.ndarray, *, scale: int | None = None) -> None:
+  """Writes `images` (uint8 [N, H, W, C]) as a PNG grid; small images are enlarged (nearest)."""
+  array = grid(images)
+  scale = scale or max(1, 256 // (images.shape[1] * math.ceil(math.sqrt(len(images)))))
+  if scale > 1:
+    array = array.repeat(scale, axis=0).repeat(scale, axis=1)
+  Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)

@@ -1,0 +1,75 @@
+"""Orbax checkpoints of a run: the state, the data position and the config, in `workdir/checkpoints/`.
+
+Saves are asynchronous and atomic (Orbax writes to a temporary folder and
+renames it when complete), so an interrupted save is never taken for a good
+one. An error in a background save is raised by the next call of `save`,
+`check` or `close`.
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  """The checkpoints of one workdir."""
+
+  def __init__(self, workdir: str, *, every: int = 1, keep: int | None = None,
+               read_only: bool = False):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every, max_to_keep=keep, create=not read_only,
+        read_only=read_only, enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "config"))
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint, ignoring any left half-written."""
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_position: int, config, *, force: bool = False) -> bool:
+    """Starts a save (in the background) if `step` is due, or always with `force`."""
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave({"position": int(data_position)}),
+        config=ocp.args.JsonSave(json.loads(config.to_json()))), force=force)
+
+  def restore(self, step: int, abstract_state) -> tuple[Any, int]:
+    """(state, data position) of checkpoint `step`, placed as `abstract_state`'s shardings."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored.state, restored.data["position"]
+
+  def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
+    step = self.latest_step() if step is None else step
+    restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return ml_collections.ConfigDict(restored.config)
+
+  def restore_params(self, step: int | None = None, *, ema: bool = True) -> Any:
+    """Just the (EMA) parameters of a checkpoint, as host-local arrays, for sampling."""
+    step = self.latest_step() if step is None else step
+    metadata = self.manager.item_metadata(step).state
+    item = "ema_params" if ema else "params"
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = {item: jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata[item])}
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item=abstract, partial_restore=True,
+            restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
+                                      abstract))))
+    return restored.state[item]
+
+  def check(self) -> None:
+    """Raises the error of a failed background save, if any."""
+    self.manager.check_for_errors()
+
+  def close(self) -> None:
+    """Waits for pending saves, raising their errors, and releases the manager."""
+    self.manager.wait_until_finished()
+    self.manager.check_for_errors()
+    self.manager.close()

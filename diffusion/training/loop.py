@@ -1,0 +1,185 @@
+"""`train(config, workdir)`: the training run of `ddpm train`, resumable from its workdir.
+
+Resume order: the newest complete checkpoint in `workdir/checkpoints/`, else
+a fresh start from config.seed. A SIGTERM (preemption) saves a checkpoint at
+the current step and returns; running the same command again continues
+exactly, data position included.
+"""
+
+import logging
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from diffusion import images, models
+from diffusion.data import Loader, make_source
+from diffusion.sampling import make_sampler
+from diffusion.schedules import make_schedule
+from diffusion.training.checkpoint import Checkpoints
+from diffusion.training.metrics import MetricWriter, Progress
+from diffusion.training.state import abstract_state, base_key, create_state
+from diffusion.training.step import make_train_step, shard_batch
+
+log = logging.getLogger(__name__)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """One "data" axis over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+def schedule_from_config(config):
+  d = config.diffusion
+  kwargs = {k: d[k] for k in ("beta_start", "beta_end", "s", "max_beta") if k in d}
+  return make_schedule(d.schedule, d.num_steps, **kwargs)
+
+
+def validate(config, model, source) -> None:
+  """Errors a run would meet late, raised before anything compiles."""
+  train, data = config.train, config.data
+  devices = jax.device_count()
+  for key in ("num_steps", "batch_size", "checkpoint_every", "sample_every", "log_every"):
+    if not isinstance(train[key], int) or train[key] < 1:
+      raise ValueError(f"config.train.{key} must be a positive int; got {train[key]!r}")
+  if train.batch_size % devices:
+    raise ValueError(f"config.train.batch_size {train.batch_size} must be divisible by the "
+                     f"{devices} devices of the mesh")
+  factor = 2 ** (len(model.ch_mult) - 1)
+  if data.image_size % factor:
+    raise ValueError(f"config.data.image_size {data.image_size} must be divisible by {factor} "
+                     f"for the model's ch_mult {tuple(model.ch_mult)}")
+  if model.num_classes and model.num_classes != source.num_classes:
+    raise ValueError(f"config.model.num_classes is {model.num_classes} but the data has "
+                     f"{source.num_classes} classes")
+  if model.learned_variance != (config.diffusion.variance in ("learned", "learned_range")):
+    raise ValueError(f"config.model.learned_variance={model.learned_variance} does not fit "
+                     f"config.diffusion.variance={config.diffusion.variance!r}")
+  if model.cond_channels:
+    raise ValueError("config.model.cond_channels > 0 needs paired data, which `ddpm train` "
+                     "does not read yet")
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag that every process agrees on at a step."""
+
+  def __init__(self):
+    self.flag = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.flag = True
+
+  def reached(self, sync: bool) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    if not sync:
+      return False
+    return bool(multihost_utils.process_allgather(np.int32(self.flag)).max())
+
+  def close(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _sample_grid(sampler, params, config, path, sample_every_key):
+  num = config.train.num_samples
+  num -= num % jax.device_count()
+  if num <= 0:
+    return
+  labels = np.arange(num) % max(config.model.get("num_classes", 0), 1)
+  x = np.asarray(jax.device_get(sampler(params, sample_every_key, 0, labels)))
+  if jax.process_index() == 0:
+    images.save_grid(path, x)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """Trains to config.train.num_steps (or until SIGTERM); returns the step reached."""
+  source = make_source(config.data)
+  model = models.from_config(config.model)
+  validate(config, model, source)
+  schedule = schedule_from_config(config)
+  mesh = make_mesh()
+  main = jax.process_index() == 0
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+
+  train_cfg = config.train
+  k = train_cfg.get("steps_per_dispatch", 1)
+  shape = (config.data.image_size,) * 2 + (config.data.channels,)
+  sample = {"x": jnp.zeros((1, *shape))}
+  if model.num_classes:
+    sample["y"] = jnp.zeros((1,), jnp.int32)
+
+  checkpoints = Checkpoints(workdir, every=train_cfg.checkpoint_every,
+                            keep=train_cfg.get("keep_checkpoints", None))
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    state, position = checkpoints.restore(latest, abstract_state(model, config, mesh, sample))
+    log.info("resumed from step %d of %s", latest, checkpoints.directory)
+  else:
+    state, position = create_state(model, config, mesh, sample), 0
+  step = int(state.step)
+
+  step_fn = make_train_step(model, schedule, config, mesh)
+  sampler = make_sampler(model, schedule, config.diffusion, shape, mesh)
+  sample_key = base_key(config.seed, "sample")
+  train_key = base_key(config.seed, "train")
+  loader = Loader(source, train_cfg.batch_size, config.seed,
+                  random_flip=config.data.get("random_flip", False),
+                  process_index=jax.process_index(), process_count=jax.process_count())
+  batches = loader.batches(position)
+  writer = MetricWriter(workdir, enabled=main)
+  progress = Progress(step, train_cfg.num_steps, train_cfg.batch_size, enabled=main)
+  preemption = _Preemption()
+  pending, saved = [], latest
+  try:
+    while step < train_cfg.num_steps:
+      if k == 1:
+        batch = shard_batch(next(batches), mesh)
+      else:
+        parts = [next(batches) for _ in range(k)]
+        batch = shard_batch({n: np.stack([p[n] for p in parts]) for n in parts[0]}, mesh,
+                            stacked=True)
+      state, metrics = step_fn(state, batch, train_key)
+      step += k
+      position += k * train_cfg.batch_size
+      pending.append(metrics)
+
+      at_log = step % train_cfg.log_every < k or step >= train_cfg.num_steps
+      if at_log:
+        host = jax.device_get(pending)
+        pending = []
+        summary = {name: float(np.mean([m[name] for m in host])) for name in host[0]}
+        summary["skipped"] = float(sum(m["skipped"] for m in host))
+        summary["images_per_s"] = progress.update(step, summary)
+        writer.write(step, summary)
+        if summary["skipped"]:
+          log.warning("step %d: skipped %d steps with a non-finite loss or gradient",
+                      step, int(summary["skipped"]))
+      if preemption.reached(sync=at_log):
+        if saved != step:
+          checkpoints.save(step, state, position, config, force=True)
+        log.warning("preempted: saved step %d; run the same command to resume", step)
+        break
+      if checkpoints.save(step, state, position, config):
+        saved = step
+      checkpoints.check()
+      if step % train_cfg.sample_every < k and step < train_cfg.num_steps:
+        _sample_grid(sampler, state.ema_params, config,
+                     os.path.join(workdir, "samples", f"step_{step:08d}.png"), sample_key)
+    else:
+      if saved != step:
+        checkpoints.save(step, state, position, config, force=True)
+      _sample_grid(sampler, state.ema_params, config,
+                   os.path.join(workdir, "samples", f"step_{step:08d}.png"), sample_key)
+  finally:
+    preemption.close()
+    progress.close()
+    writer.close()
+    loader.close()
+    checkpoints.close()
+  return step

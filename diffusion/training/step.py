@@ -1,0 +1,142 @@
+"""The data-parallel train step (Algorithm 1): `(state, batch, key) -> (state, metrics)`.
+
+pmap's per-device programming model written with `jax.shard_map` over a
+`Mesh` with a "data" axis: the state is replicated, the batch is split over
+the axis, the gradient is summed with `lax.psum`. Every random draw of
+example i of the global batch at step s uses the key fold_in(fold_in(key, s),
+i), so the result does not depend on how many devices or processes share the
+batch (up to the order of floating-point sums).
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from diffusion.losses import training_losses
+from diffusion.schedules import Schedule
+from diffusion.training.state import HISTORY, TrainState, ema_decay, learning_rate, make_optimizer
+
+UNIFORM_MIX = 0.001  # improved DDPM keeps this much of the uniform distribution
+
+
+def timestep_probs(state: TrainState) -> jax.Array:
+  """Importance sampling of t (improved DDPM, Sec. 3.3): p_t ∝ sqrt(E[L_t²]).
+
+  Uniform until every t has HISTORY losses. Returns float32 [T].
+  """
+  num_steps = state.loss_count.shape[0]
+  second_moment = jnp.sqrt(jnp.mean(state.loss_history ** 2, axis=1))
+  probs = second_moment / jnp.sum(second_moment)
+  probs = probs * (1 - UNIFORM_MIX) + UNIFORM_MIX / num_steps
+  warm = jnp.all(state.loss_count >= HISTORY) & jnp.all(jnp.isfinite(probs))
+  return jnp.where(warm, probs, 1.0 / num_steps)
+
+
+def _record_losses(state: TrainState, t: jax.Array, losses: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Pushes each (t_i, loss_i) into the ring buffer of its timestep, in batch order."""
+  def push(i, carry):
+    history, count = carry
+    slot = count[t[i]] % HISTORY
+    return history.at[t[i], slot].set(losses[i]), count.at[t[i]].add(1)
+  return jax.lax.fori_loop(0, t.shape[0], push, (state.loss_history, state.loss_count))
+
+
+def make_train_step(model, schedule: Schedule, config, mesh: Mesh
+                    ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
+  """The jitted, sharded step for a config's `diffusion`, `optim` and `train` sections.
+
+  The returned function takes the replicated state, a batch {"image": uint8
+  [B, ..., C], "label": int [B]} sharded over the mesh's "data" axis, and the
+  base key; it donates the state. With config.train.steps_per_dispatch = k > 1
+  the batch holds k stacked batches ([k, B, ...]) and k steps run in one
+  `lax.scan`.
+  """
+  d, train = config.diffusion, config.train
+  tx = make_optimizer(config.optim)
+  lr = learning_rate(config.optim)
+  importance = d.get("timestep_sampler", "uniform") == "importance"
+  conditional = model.num_classes > 0
+  label_dropout = train.get("label_dropout", 0.0)
+
+  def example_losses(params, image, label, key, probs):
+    """Losses of one example (a batch of 1), all of its randomness from `key`."""
+    key_t, key_loss, key_drop, key_label = jax.random.split(key, 4)
+    x0 = image[None].astype(jnp.float32) / 127.5 - 1.0
+    t = jax.random.choice(key_t, schedule.num_steps, (1,), p=probs) if importance else \
+        jax.random.randint(key_t, (1,), 0, schedule.num_steps)
+    kwargs = {}
+    if conditional:  # classifier-free guidance: drop the label to the null class
+      dropped = jax.random.bernoulli(key_label, label_dropout)
+      kwargs["y"] = jnp.where(dropped, model.num_classes, label)[None]
+    denoise = lambda x_t, t_: model.apply({"params": params}, x_t, t_, train=True,
+                                          rngs={"dropout": key_drop}, **kwargs)
+    losses = training_losses(denoise, schedule, x0, key_loss, loss=d.loss,
+                             prediction=d.prediction, variance=d.variance, t=t,
+                             vlb_weight=d.get("vlb_weight", 0.001))
+    return {k: v[0] for k, v in losses.items()}
+
+  def device_step(state: TrainState, batch, key):
+    local = batch["image"].shape[0]
+    global_batch = local * jax.lax.axis_size("data")
+    step_key = jax.random.fold_in(key, state.step)
+    index = jax.lax.axis_index("data") * local + jnp.arange(local)
+    keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
+    probs = timestep_probs(state)
+
+    def loss_fn(params):
+      losses = jax.vmap(example_losses, in_axes=(None, 0, 0, 0, None))(
+          params, batch["image"], batch["label"], keys, probs)
+      weights = 1.0 / (schedule.num_steps * probs[losses["t"]]) if importance else 1.0
+      return jnp.sum(weights * losses["loss"]) / global_batch, losses
+
+    (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    loss, grads = jax.lax.psum((loss, grads), "data")
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay(train, state.step)
+    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    history, count = state.loss_history, state.loss_count
+    if importance:
+      all_t = jax.lax.all_gather(losses["t"], "data", tiled=True)
+      all_loss = jax.lax.all_gather(losses["loss"], "data", tiled=True)
+      history, count = keep(_record_losses(state, all_t, all_loss), (history, count))
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state), ema_params=keep(ema, state.ema_params),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+        loss_history=history, loss_count=count)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr(state.step),
+               "skipped": (~finite).astype(jnp.int32)}
+    for name in ("mse", "vb"):
+      if name in losses:
+        metrics[name] = jax.lax.psum(jnp.sum(losses[name]), "data") / global_batch
+    return new_state, metrics
+
+  def multi_step(state, batch, key):
+    if train.get("steps_per_dispatch", 1) == 1:
+      return device_step(state, batch, key)
+    state, metrics = jax.lax.scan(lambda s, b: device_step(s, b, key), state, batch)
+    skipped = jnp.sum(metrics.pop("skipped"))
+    return state, {**jax.tree.map(jnp.mean, metrics), "skipped": skipped}
+
+  data_spec = P("data") if train.get("steps_per_dispatch", 1) == 1 else P(None, "data")
+  sharded = jax.shard_map(multi_step, mesh=mesh, in_specs=(P(), data_spec, P()),
+                          out_specs=(P(), P()), check_vma=False)
+  return jax.jit(sharded, donate_argnums=0)
+
+
+def shard_batch(batch: dict[str, Any], mesh: Mesh, stacked: bool = False) -> dict[str, jax.Array]:
+  """This process's rows of a global batch -> global arrays sharded over the "data" axis.
+
+  With `stacked`, arrays are [k, B_local, ...] (k steps per dispatch).
+  """
+  sharding = jax.sharding.NamedSharding(mesh, P(None, "data") if stacked else P("data"))
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

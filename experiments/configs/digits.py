@@ -1,0 +1,65 @@
+"""DDPM on scikit-learn's handwritten digits (8×8, 1,797 images): the CPU default.
+
+Needs no download (the digits ship inside scikit-learn) and no accelerator:
+
+  ddpm train --config experiments/configs/digits.py --workdir runs/digits
+
+trains for 4,000 steps and writes samples to runs/digits/samples/. The same
+command resumes an interrupted run. On a 2-core CPU it finishes in under ten
+minutes, sampling included.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "digits"
+  config.data.image_size = 8
+  config.data.channels = 1
+  config.data.random_flip = False  # a mirrored digit is no digit
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "unet"
+  config.model.ch = 32
+  config.model.ch_mult = (1, 2)
+  config.model.num_res_blocks = 1
+  config.model.attn_resolutions = (4,)
+  config.model.dropout = 0.0
+  config.model.num_groups = 8
+  config.model.dtype = "float32"
+  config.model.remat = False
+
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.schedule = "linear"
+  config.diffusion.num_steps = 1000
+  config.diffusion.beta_start = 1e-4
+  config.diffusion.beta_end = 0.02
+  config.diffusion.prediction = "eps"
+  config.diffusion.variance = "fixed_large"
+  config.diffusion.loss = "simple"
+  config.diffusion.timestep_sampler = "uniform"
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.lr = 1e-3
+  config.optim.warmup_steps = 200
+  config.optim.grad_clip = 1.0
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = 4000
+  config.train.batch_size = 128
+  config.train.ema_decay = 0.999
+  config.train.ema_warmup = True
+  config.train.steps_per_dispatch = 1
+  config.train.log_every = 50
+  config.train.checkpoint_every = 1000
+  config.train.keep_checkpoints = 3
+  config.train.sample_every = 2000
+  config.train.num_samples = 64
+  return config
