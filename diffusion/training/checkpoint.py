@@ -22,10 +22,13 @@ class Checkpoints:
                read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every, max_to_keep=keep, create=not read_only,
+        save_interval_steps=0 if read_only else every, max_to_keep=keep, create=not read_only,
         read_only=read_only, enable_async_checkpointing=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "data", "config"))
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint, ignoring any left half-written."""
@@ -34,14 +37,17 @@ class Checkpoints:
   def save(self, step: int, state, data_position: int, config, *, force: bool = False) -> bool:
     """Starts a save (in the background) if `step` is due, or always with `force`."""
     return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
+        state=ocp.args.PyTreeSave(state),
         data=ocp.args.JsonSave({"position": int(data_position)}),
         config=ocp.args.JsonSave(json.loads(config.to_json()))), force=force)
 
   def restore(self, step: int, abstract_state) -> tuple[Any, int]:
     """(state, data position) of checkpoint `step`, placed as `abstract_state`'s shardings."""
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        state=ocp.args.PyTreeRestore(
+            abstract_state,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+        data=ocp.args.JsonRestore()))
     return restored.state, restored.data["position"]
 
   def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
@@ -60,8 +66,7 @@ class Checkpoints:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             item=abstract, partial_restore=True,
-            restore_args=jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
-                                      abstract))))
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))
     return restored.state[item]
 
   def check(self) -> None:

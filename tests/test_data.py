@@ -1,0 +1,126 @@
+"""Data sources and the deterministic loader."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from diffusion.data import DigitsSource, ImageFolderSource, Loader, TfdsSource, resize_and_crop
+
+
+class ArraySource:
+  def __init__(self, n, size=4):
+    self.images = np.arange(n * size * size, dtype=np.uint8).reshape(n, size, size, 1)
+    self.num_classes = 0
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, i):
+    return self.images[i], int(i)
+
+
+def test_the_stream_is_a_function_of_seed_and_position():
+  source = ArraySource(10)
+  loader = Loader(source, 4, seed=3, random_flip=False, prefetch=3)
+  stream = loader.batches()
+  labels = np.concatenate([next(stream)["label"] for _ in range(5)])  # 2 epochs
+  # Each epoch is a permutation of the data.
+  assert sorted(labels[:10]) == list(range(10)) and sorted(labels[10:20]) == list(range(10))
+  assert list(labels[:10]) != list(labels[10:20])
+  # Starting at a position continues the same stream; another seed gives another.
+  again = Loader(source, 4, seed=3, random_flip=False).batches(start=8)
+  np.testing.assert_array_equal(next(again)["label"], labels[8:12])
+  other = Loader(source, 4, seed=4, random_flip=False).batches()
+  assert list(next(other)["label"]) != list(labels[:4])
+  loader.close()
+
+
+def test_processes_read_their_rows_of_the_global_batch():
+  source = ArraySource(13)
+  whole = Loader(source, 6, seed=0, random_flip=True).batches(start=5)
+  parts = [Loader(source, 6, seed=0, random_flip=True, process_index=p, process_count=3)
+           .batches(start=5) for p in range(3)]
+  for _ in range(4):
+    batch = next(whole)
+    pieces = [next(p) for p in parts]
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(np.concatenate([p[key] for p in pieces]), batch[key])
+  with pytest.raises(ValueError, match="batch_size 6 must be divisible by the number of processes 4"):
+    Loader(source, 6, seed=0, random_flip=False, process_count=4)
+
+
+def test_random_flips_mirror_about_half_the_images():
+  source = ArraySource(200)
+  batch = next(Loader(source, 200, seed=0, random_flip=True).batches())
+  originals = source.images[batch["label"]]
+  flipped = np.array([not np.array_equal(a, b) for a, b in zip(batch["image"], originals)])
+  np.testing.assert_array_equal(batch["image"][flipped], originals[flipped][:, :, ::-1])
+  assert 70 < flipped.sum() < 130
+
+
+def test_digits():
+  source = DigitsSource()
+  assert len(source) == 1797 and source.num_classes == 10
+  image, label = source[0]
+  assert image.shape == (8, 8, 1) and image.dtype == np.uint8 and label == 0
+  # The 17 grey levels 0..16 land on 0..255.
+  assert source.images.max() == 255 and len(np.unique(source.images)) == 17
+  big = DigitsSource(image_size=16, channels=3)
+  assert big[5][0].shape == (16, 16, 3)
+
+
+def write(path, array):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path)
+
+
+def test_image_folder(tmp_path):
+  rng = np.random.default_rng(0)
+  write(str(tmp_path / "cats" / "a.png"), rng.integers(0, 255, (40, 60, 3), np.uint8))
+  write(str(tmp_path / "cats" / "b.jpg"), rng.integers(0, 255, (64, 64, 3), np.uint8))
+  write(str(tmp_path / "dogs" / "c.jpeg"), rng.integers(0, 255, (30, 20), np.uint8))
+  (tmp_path / "notes.txt").write_text("not an image")
+  source = ImageFolderSource(str(tmp_path), image_size=16, channels=3)
+  assert len(source) == 3 and source.class_names == ["cats", "dogs"]
+  for i, label in enumerate([0, 0, 1]):
+    image, got = source[i]
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and got == label
+  grey = ImageFolderSource(str(tmp_path), image_size=8, channels=1)
+  assert grey[0][0].shape == (8, 8, 1)
+
+
+def test_image_folder_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.data.path .* is not a folder"):
+    ImageFolderSource(str(tmp_path / "missing"), 8, 3)
+  with pytest.raises(ValueError, match="holds no .png/.jpg/.jpeg images"):
+    ImageFolderSource(str(tmp_path), 8, 3)
+  write(str(tmp_path / "good.png"), np.zeros((8, 8, 3), np.uint8))
+  (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  with pytest.raises(ValueError, match=r"broken image file .*bad.png"):
+    ImageFolderSource(str(tmp_path), 8, 3)
+
+
+def test_resize_and_crop_keeps_the_center():
+  image = np.zeros((20, 40, 1), np.uint8)
+  image[:, 10:30] = 255  # the central square is white
+  out = resize_and_crop(image, 10)
+  assert out.shape == (10, 10, 1) and out.min() > 200
+
+
+def test_tfds_data_source_with_mock_data():
+  with tfds.testing.mock_data(num_examples=12):
+    source = TfdsSource("cifar10", "train", image_size=16, channels=3)
+    assert len(source) == 12 and source.num_classes == 10
+    image, label = source[3]
+    assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and 0 <= label < 10
+    np.testing.assert_array_equal(source[3][0], image)
+    with pytest.raises(ValueError, match="config.data.name 'no_such_set': TFDS knows no such dataset"):
+      TfdsSource("no_such_set", "train", 8, 3)
+
+
+def test_tfds_dataset_not_prepared(tmp_path):
+  with pytest.raises(FileNotFoundError, match="'mnist' is not prepared as ArrayRecord under data_dir"):
+    TfdsSource("mnist", "train", 8, 1, data_dir=str(tmp_path))
