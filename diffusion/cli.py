@@ -46,13 +46,15 @@ def _bench_unet(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
   """`ddpm train`: trains (or resumes) the run in --workdir."""
+  import jax
   from diffusion import distributed
   from diffusion.training import train
   distributed.initialize()
   config = _config_with_overrides(args.config, overrides)
   os.makedirs(args.workdir, exist_ok=True)
   step = train(config, args.workdir)
-  print(f"{args.workdir}: step {step} of {config.train.num_steps}")
+  if jax.process_index() == 0:
+    print(f"{args.workdir}: step {step} of {config.train.num_steps}")
 
 
 def _config_with_overrides(path: str, overrides: list[str]):
@@ -65,12 +67,16 @@ def _config_with_overrides(path: str, overrides: list[str]):
   if bad:
     raise SystemExit(f"ddpm: error: unrecognized arguments: {' '.join(bad)}")
   values = flags.FlagValues()
+  argv = ["ddpm", f"--config={path}", *overrides]
   config_flags.DEFINE_config_file("config", path, "experiment config", flag_values=values,
-                                  lock_config=True)
+                                  lock_config=True, sys_argv=argv)
   try:
-    values(["ddpm", f"--config={path}", *overrides])
+    values(argv)
   except flags.Error as e:
     raise SystemExit(f"ddpm: error: {e}") from None
+  except (KeyError, AttributeError) as e:  # ml_collections, for a key the config lacks
+    message = e.args[0] if e.args else e
+    raise SystemExit(f"ddpm: error: the config has no such key: {message}") from None
   return values.config
 
 
@@ -123,16 +129,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  if args.command == "train":
-    _train(args, extra)
-    return 0
-  if extra:
+  if args.command != "train" and extra:
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   if args.command == "schedule" and (args.steps < 1 or args.rows < 1):
     parser.error("--steps and --rows must be positive")
   if args.command == "bench-unet" and (args.batch < 1 or args.steps < 1):
     parser.error("--batch and --steps must be positive")
-  args.run(args)
+  try:
+    if args.command == "train":
+      _train(args, extra)
+    else:
+      args.run(args)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
+    print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 

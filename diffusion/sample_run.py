@@ -7,7 +7,7 @@ import numpy as np
 import tqdm
 
 from diffusion import images, models
-from diffusion.sampling import make_sampler
+from diffusion.sampling import gather, make_sampler
 from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.loop import make_mesh, schedule_from_config
 from diffusion.training.state import base_key
@@ -53,7 +53,7 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
     n = min(batch, num - first)
     padded = np.resize(labels[first:first + n], n + (-n) % devices)
     x = sampler(params, key, first, padded)
-    chunks.append(np.asarray(jax.device_get(multihost_gather(x)))[:n])
+    chunks.append(gather(x)[:n])
   samples = np.concatenate(chunks)
   if main:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -61,10 +61,3 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
     images.save_grid(os.path.splitext(out)[0] + ".png", samples[:64])
   return samples
 
-
-def multihost_gather(x: jax.Array) -> jax.Array:
-  """A sharded global array as one array on every process."""
-  if jax.process_count() == 1:
-    return x
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(x, tiled=True)

@@ -71,3 +71,11 @@ def make_sampler(model, schedule: Schedule, diffusion_config, shape: tuple[int, 
 def to_uint8(x: jax.Array) -> jax.Array:
   """[-1, 1] floats -> uint8 pixels, rounding to the nearest of the 256 levels."""
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def gather(x: jax.Array) -> np.ndarray:
+  """A sharded global array as one NumPy array on every process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))

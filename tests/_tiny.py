@@ -23,17 +23,11 @@ def tiny_config(**train):
 
 
 def tiny_overrides(**train):
-  """The same as command-line overrides of digits.py."""
-  values = dict(model_ch=16, model_ch_mult="1,2", model_num_res_blocks=1,
-                model_attn_resolutions="4", model_num_groups=4, model_dropout=0.1,
-                diffusion_num_steps=20, train_num_steps=6, train_batch_size=16,
-                train_log_every=2, train_checkpoint_every=3, train_sample_every=100,
-                train_num_samples=8, train_ema_decay=0.9)
-  values.update({f"train_{k}": v for k, v in train.items()})
-  out = []
-  for key, value in values.items():
-    section, name = key.split("_", 1)
-    if isinstance(value, str) and "," in value or key in ("model_attn_resolutions",):
-      value = f"({value},)" if "," not in str(value) else f"({value})"
-    out.append(f"--config.{section}.{name}={value}")
-  return out
+  """tiny_config() as command-line overrides of digits.py (`train` overrides config.train)."""
+  values = {"model.ch": 16, "model.ch_mult": "(1,2)", "model.num_res_blocks": 1,
+            "model.attn_resolutions": "(4,)", "model.num_groups": 4, "model.dropout": 0.1,
+            "diffusion.num_steps": 20, "train.num_steps": 6, "train.batch_size": 16,
+            "train.log_every": 2, "train.checkpoint_every": 3, "train.sample_every": 100,
+            "train.num_samples": 8, "train.ema_decay": 0.9}
+  values.update({f"train.{k}": v for k, v in train.items()})
+  return [f"--config.{key}={value}" for key, value in values.items()]

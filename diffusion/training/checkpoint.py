@@ -56,10 +56,13 @@ class Checkpoints:
     return ml_collections.ConfigDict(restored.config)
 
   def restore_params(self, step: int | None = None, *, ema: bool = True) -> Any:
-    """Just the (EMA) parameters of a checkpoint, as host-local arrays, for sampling."""
+    """Just the (EMA) parameters of a checkpoint, on this process's first device, for sampling."""
+    return self.restore_part("ema_params" if ema else "params", step)
+
+  def restore_part(self, item: str, step: int | None = None) -> Any:
+    """One field of the saved state ("params", "ema_params", "opt_state", ...) on one device."""
     step = self.latest_step() if step is None else step
     metadata = self.manager.item_metadata(step).state
-    item = "ema_params" if ema else "params"
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = {item: jax.tree.map(
         lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata[item])}

@@ -17,10 +17,11 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffusion import images, models
+from diffusion import _checks, images, models
 from diffusion.data import Loader, make_source
-from diffusion.sampling import make_sampler
-from diffusion.schedules import make_schedule
+from diffusion.losses import LOSSES
+from diffusion.sampling import gather, make_sampler
+from diffusion.schedules import BETA_SCHEDULES, make_schedule
 from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.metrics import MetricWriter, Progress
 from diffusion.training.state import abstract_state, base_key, create_state
@@ -42,7 +43,16 @@ def schedule_from_config(config):
 
 def validate(config, model, source) -> None:
   """Errors a run would meet late, raised before anything compiles."""
-  train, data = config.train, config.data
+  train, data, d = config.train, config.data, config.diffusion
+  _checks.choice(d.schedule, BETA_SCHEDULES, "config.diffusion.schedule")
+  _checks.choice(d.loss, LOSSES, "config.diffusion.loss")
+  _checks.choice(d.prediction, _checks.PREDICTIONS, "config.diffusion.prediction")
+  _checks.choice(d.variance, _checks.VARIANCES, "config.diffusion.variance")
+  _checks.choice(d.get("timestep_sampler", "uniform"), ("uniform", "importance"),
+                 "config.diffusion.timestep_sampler")
+  if d.loss == "hybrid" and d.variance not in _checks.LEARNED_VARIANCES:
+    raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
+                     f"variance must be learned_range or learned, not {d.variance!r}")
   devices = jax.device_count()
   for key in ("num_steps", "batch_size", "checkpoint_every", "sample_every", "log_every"):
     if not isinstance(train[key], int) or train[key] < 1:
@@ -86,13 +96,13 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _sample_grid(sampler, params, config, path, sample_every_key):
+def _sample_grid(sampler, params, config, path, key):
   num = config.train.num_samples
   num -= num % jax.device_count()
   if num <= 0:
     return
   labels = np.arange(num) % max(config.model.get("num_classes", 0), 1)
-  x = np.asarray(jax.device_get(sampler(params, sample_every_key, 0, labels)))
+  x = gather(sampler(params, key, 0, labels))
   if jax.process_index() == 0:
     images.save_grid(path, x)
 

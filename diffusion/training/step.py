@@ -95,7 +95,7 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
 
     (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     loss, grads = jax.lax.psum((loss, grads), "data")
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

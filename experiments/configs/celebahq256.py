@@ -21,6 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "celebahq256"
   config.data.image_size = 256
+  config.data.split = "train"
+  config.data.data_dir = ""  # TFDS data_dir: a local folder or a bucket; "" = TFDS's default
+  config.data.path = ""  # the image folder, for name = "folder"
   config.data.channels = 3
 
   config.model = ml_collections.ConfigDict()

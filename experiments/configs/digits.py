@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "digits"
   config.data.image_size = 8
+  config.data.split = "train"
+  config.data.data_dir = ""  # TFDS data_dir: a local folder or a bucket; "" = TFDS's default
+  config.data.path = ""  # the image folder, for name = "folder"
   config.data.channels = 1
   config.data.random_flip = False  # a mirrored digit is no digit
 

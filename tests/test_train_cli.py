@@ -1,0 +1,172 @@
+"""`ddpm train` and `ddpm sample` end to end: data sources, resumption, several processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from _tiny import CONFIGS, tiny_overrides
+from diffusion import cli
+from diffusion.training import Checkpoints
+
+DIGITS = os.path.join(CONFIGS, "digits.py")
+REPO = os.path.join(os.path.dirname(__file__), os.pardir)
+
+
+def train(workdir, *overrides):
+  return cli.main(["train", "--config", DIGITS, "--workdir", str(workdir), *tiny_overrides(),
+                   *overrides])
+
+
+def final_state(workdir, parts=("params",)):
+  checkpoints = Checkpoints(str(workdir), read_only=True)
+  step = checkpoints.latest_step()
+  state = {part: jax.device_get(checkpoints.restore_part(part, step)) for part in parts}
+  checkpoints.manager.close()
+  return step, state
+
+
+def test_train_on_digits_then_sample(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  assert train(workdir) == 0
+  assert "step 6 of 6" in capsys.readouterr().out
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [line["step"] for line in lines] == [2, 4, 6]
+  assert {"loss", "mse", "grad_norm", "lr", "skipped", "images_per_s"} <= set(lines[0])
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tb"))
+  assert os.listdir(workdir / "samples") == ["step_00000006.png"]
+  assert Image.open(workdir / "samples" / "step_00000006.png").size[0] > 8
+
+  out = tmp_path / "samples.npz"
+  assert cli.main(["sample", "--workdir", str(workdir), "--num", "12", "--out", str(out),
+                   "--batch", "8", "--seed", "3"]) == 0
+  samples = np.load(out)["arr_0"]
+  assert samples.shape == (12, 8, 8, 1) and samples.dtype == np.uint8
+  assert os.path.exists(tmp_path / "samples.png")
+  again = tmp_path / "again.npz"
+  cli.main(["sample", "--workdir", str(workdir), "--num", "12", "--out", str(again),
+            "--batch", "16", "--seed", "3"])
+  np.testing.assert_array_equal(np.load(again)["arr_0"], samples)
+  other = tmp_path / "other.npz"
+  cli.main(["sample", "--workdir", str(workdir), "--num", "12", "--out", str(other), "--seed", "4"])
+  assert not np.array_equal(np.load(other)["arr_0"], samples)
+
+
+def test_train_on_tfds_mock_data(tmp_path):
+  with tfds.testing.mock_data(num_examples=40):
+    assert train(tmp_path, "--config.data.name=cifar10", "--config.data.channels=3",
+                 "--config.train.num_steps=2") == 0
+  step, state = final_state(tmp_path)
+  assert step == 2 and state["params"]["conv_in"]["kernel"].shape == (3, 3, 3, 16)
+
+
+def test_train_on_an_image_folder(tmp_path):
+  rng = np.random.default_rng(0)
+  for i in range(5):
+    Image.fromarray(rng.integers(0, 255, (12 + i, 10, 3), np.uint8)).save(tmp_path / f"{i}.png")
+  assert train(tmp_path / "run", "--config.data.name=folder", f"--config.data.path={tmp_path}",
+               "--config.data.channels=3", "--config.train.num_steps=2") == 0
+  assert final_state(tmp_path / "run")[0] == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.data.name=folder", "--config.data.path=BROKEN"], "broken image file"),
+    (["--config.data.name=no_such_dataset"], "TFDS knows no such dataset"),
+    (["--config.data.image_size=7"], "config.data.image_size 7 must be divisible by 2"),
+    (["--config.train.batch_size=12"], "batch_size 12 must be divisible by the 8 devices"),
+    (["--config.diffusion.loss=l1"], "loss must be one of"),
+])
+def test_bad_runs_stop_before_training(tmp_path, capsys, overrides, message):
+  (tmp_path / "good.png").write_bytes(b"")
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "good.png")
+  (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  overrides = [o.replace("BROKEN", str(tmp_path)) for o in overrides]
+  start = time.perf_counter()
+  assert train(tmp_path / "run", *overrides) == 2
+  assert message in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
+
+
+def test_bad_overrides(tmp_path):
+  with pytest.raises(SystemExit, match='no such key.*Did you mean "batch_size"'):
+    train(tmp_path, "--config.train.batchsize=3")
+  with pytest.raises(SystemExit, match="unrecognized arguments: --seed=3"):
+    train(tmp_path, "--seed=3")
+
+
+LONG = tiny_overrides(num_steps=40, checkpoint_every=20, log_every=4)
+PARTS = ("params", "ema_params", "opt_state")
+
+
+def run_ddpm(workdir):
+  return subprocess.Popen(
+      [sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir", str(workdir),
+       *LONG], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  """40 steps in one go, in this process (8 devices)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  assert cli.main(["train", "--config", DIGITS, "--workdir", str(workdir), *LONG]) == 0
+  return (*final_state(workdir, PARTS), losses(workdir))
+
+
+def losses(workdir):
+  return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, reference_run):
+  process = run_ddpm(tmp_path)
+  metrics = tmp_path / "metrics.jsonl"
+  while not (metrics.exists() and metrics.read_text().strip()):
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  out, err = process.communicate(timeout=120)
+  assert process.returncode == 0, err
+  assert "preempted: saved step" in err
+  stopped_at, _ = final_state(tmp_path)
+  assert 0 < stopped_at < 40
+
+  resumed = run_ddpm(tmp_path)
+  out, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, err
+  step, state = final_state(tmp_path, PARTS)
+  ref_step, ref_state, _ = reference_run
+  assert step == ref_step == 40
+  for part in PARTS:
+    jax.tree.map(np.testing.assert_array_equal, state[part], ref_state[part])
+  steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+  assert steps[-1] == 40 and steps[0] <= stopped_at
+
+
+def test_two_processes_equal_one(tmp_path, reference_run):
+  env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
+      "device_count=8", "device_count=4"))
+  run = subprocess.run(
+      [os.path.join(REPO, "launch", "local.sh"), "2", sys.executable, "-m", "diffusion", "train",
+       "--config", DIGITS, "--workdir", str(tmp_path), *LONG],
+      capture_output=True, text=True, env=env, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.stdout.count("step 40 of 40") == 1  # only process 0 reports
+  step, state = final_state(tmp_path, PARTS)
+  ref_step, ref_state, ref_losses = reference_run
+  assert step == ref_step
+  np.testing.assert_allclose(losses(tmp_path), ref_losses, rtol=1e-4)
+  # Sums over devices run in another order across processes. Adam turns the
+  # rounding noise of gradients that are zero in exact arithmetic (conv biases
+  # before a GroupNorm) into steps of size lr, so compare whole trees.
+  for part in ("params", "ema_params"):
+    diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in
+                       zip(jax.tree.leaves(state[part]), jax.tree.leaves(ref_state[part]))))
+    norm = np.sqrt(sum(np.sum(b ** 2) for b in jax.tree.leaves(ref_state[part])))
+    assert diff < 1e-4 * norm, (part, diff, norm)
