@@ -170,3 +170,46 @@ def test_two_processes_equal_one(tmp_path, reference_run):
                        zip(jax.tree.leaves(state[part]), jax.tree.leaves(ref_state[part]))))
     norm = np.sqrt(sum(np.sum(b ** 2) for b in jax.tree.leaves(ref_state[part])))
     assert diff < 1e-4 * norm, (part, diff, norm)
+
+
+def test_a_failed_background_save_stops_the_run(tmp_path, monkeypatch):
+  """The error of an asynchronous save surfaces in the run instead of vanishing."""
+  import orbax.checkpoint as ocp
+  original = ocp.PyTreeCheckpointHandler.async_save
+  saves = []
+
+  class Failing:
+    def result(self, timeout=None):
+      time.sleep(0.2)
+      raise OSError("disk full (injected into a background save)")
+
+  async def async_save(self, *args, **kwargs):
+    futures = await original(self, *args, **kwargs)
+    saves.append(1)
+    return list(futures or []) + ([Failing()] if len(saves) == 2 else [])
+
+  monkeypatch.setattr(ocp.PyTreeCheckpointHandler, "async_save", async_save)
+  with pytest.raises(OSError, match="disk full"):
+    cli.main(["train", "--config", DIGITS, "--workdir", str(tmp_path),
+              *tiny_overrides(num_steps=40, checkpoint_every=3)])
+  # The failed save never became a checkpoint.
+  checkpoints = Checkpoints(str(tmp_path), read_only=True)
+  assert 3 not in checkpoints.manager.all_steps()
+  checkpoints.manager.close()
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10", "celebahq256", "church256", "bedroom256"])
+def test_every_config_is_complete(name):
+  from diffusion import models
+  from diffusion.config import load_config
+  from diffusion.data import DigitsSource
+  from diffusion.training.loop import validate
+  config = load_config(os.path.join(CONFIGS, f"{name}.py"))
+  for key in ("num_steps", "batch_size", "checkpoint_every", "sample_every"):
+    assert config.train[key] > 0
+  assert isinstance(config.seed, int)
+  model = models.from_config(config.model)
+  source = DigitsSource()  # a stand-in: only its class count is read
+  validate(config, model, source)
+  with open(os.path.join(CONFIGS, f"{name}.py")) as f:
+    assert f"ddpm train --config experiments/configs/{name}.py" in f.read()
