@@ -57,6 +57,10 @@ def validate(config, model, source) -> None:
   for key in ("num_steps", "batch_size", "checkpoint_every", "sample_every", "log_every"):
     if not isinstance(train[key], int) or train[key] < 1:
       raise ValueError(f"config.train.{key} must be a positive int; got {train[key]!r}")
+  k = train.get("steps_per_dispatch", 1)
+  if not isinstance(k, int) or k < 1 or train.num_steps % k:
+    raise ValueError(f"config.train.steps_per_dispatch must be a positive int dividing "
+                     f"config.train.num_steps {train.num_steps}; got {k!r}")
   if train.batch_size % devices:
     raise ValueError(f"config.train.batch_size {train.batch_size} must be divisible by the "
                      f"{devices} devices of the mesh")
@@ -107,6 +111,35 @@ def _sample_grid(sampler, params, config, path, key):
     images.save_grid(path, x)
 
 
+def _start(checkpoints, model, config, mesh, sample):
+  """(state, data position): the newest checkpoint's, else a fresh state at position 0."""
+  latest = checkpoints.latest_step()
+  if latest is None:
+    return create_state(model, config, mesh, sample), 0
+  log.info("resuming from step %d of %s", latest, checkpoints.directory)
+  return checkpoints.restore(latest, abstract_state(model, config, mesh, sample))
+
+
+def _dispatches(loader, position, mesh, k):
+  """Sharded global batches, k stacked per dispatch when k > 1."""
+  batches = loader.batches(position)
+  while True:
+    if k == 1:
+      yield shard_batch(next(batches), mesh)
+    else:
+      parts = [next(batches) for _ in range(k)]
+      yield shard_batch({n: np.stack([p[n] for p in parts]) for n in parts[0]}, mesh,
+                        stacked=True)
+
+
+def _summary(pending: list) -> dict[str, float]:
+  """Means of the metrics since the last report; `skipped` is a count."""
+  host = jax.device_get(pending)
+  summary = {name: float(np.mean([m[name] for m in host])) for name in host[0]}
+  summary["skipped"] = float(sum(m["skipped"] for m in host))
+  return summary
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Trains to config.train.num_steps (or until SIGTERM); returns the step reached."""
   source = make_source(config.data)
@@ -114,57 +147,39 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   validate(config, model, source)
   schedule = schedule_from_config(config)
   mesh = make_mesh()
-  main = jax.process_index() == 0
+  cfg, k = config.train, config.train.get("steps_per_dispatch", 1)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-
-  train_cfg = config.train
-  k = train_cfg.get("steps_per_dispatch", 1)
   shape = (config.data.image_size,) * 2 + (config.data.channels,)
   sample = {"x": jnp.zeros((1, *shape))}
   if model.num_classes:
     sample["y"] = jnp.zeros((1,), jnp.int32)
 
-  checkpoints = Checkpoints(workdir, every=train_cfg.checkpoint_every,
-                            keep=train_cfg.get("keep_checkpoints", None))
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    state, position = checkpoints.restore(latest, abstract_state(model, config, mesh, sample))
-    log.info("resumed from step %d of %s", latest, checkpoints.directory)
-  else:
-    state, position = create_state(model, config, mesh, sample), 0
-  step = int(state.step)
-
+  checkpoints = Checkpoints(workdir, every=cfg.checkpoint_every,
+                            keep=cfg.get("keep_checkpoints", None))
+  state, position = _start(checkpoints, model, config, mesh, sample)
+  step = saved = int(state.step)
   step_fn = make_train_step(model, schedule, config, mesh)
   sampler = make_sampler(model, schedule, config.diffusion, shape, mesh)
-  sample_key = base_key(config.seed, "sample")
-  train_key = base_key(config.seed, "train")
-  loader = Loader(source, train_cfg.batch_size, config.seed,
+  sample_key, train_key = base_key(config.seed, "sample"), base_key(config.seed, "train")
+  grid = lambda: _sample_grid(sampler, state.ema_params, config,
+                              os.path.join(workdir, "samples", f"step_{step:08d}.png"), sample_key)
+  loader = Loader(source, cfg.batch_size, config.seed,
                   random_flip=config.data.get("random_flip", False),
                   process_index=jax.process_index(), process_count=jax.process_count())
-  batches = loader.batches(position)
+  batches = _dispatches(loader, position, mesh, k)
+  main = jax.process_index() == 0
   writer = MetricWriter(workdir, enabled=main)
-  progress = Progress(step, train_cfg.num_steps, train_cfg.batch_size, enabled=main)
+  progress = Progress(step, cfg.num_steps, cfg.batch_size, enabled=main)
   preemption = _Preemption()
-  pending, saved = [], latest
+  pending = []
   try:
-    while step < train_cfg.num_steps:
-      if k == 1:
-        batch = shard_batch(next(batches), mesh)
-      else:
-        parts = [next(batches) for _ in range(k)]
-        batch = shard_batch({n: np.stack([p[n] for p in parts]) for n in parts[0]}, mesh,
-                            stacked=True)
-      state, metrics = step_fn(state, batch, train_key)
-      step += k
-      position += k * train_cfg.batch_size
+    while step < cfg.num_steps:
+      state, metrics = step_fn(state, next(batches), train_key)
+      step, position = step + k, position + k * cfg.batch_size
       pending.append(metrics)
-
-      at_log = step % train_cfg.log_every < k or step >= train_cfg.num_steps
+      at_log = step % cfg.log_every < k or step >= cfg.num_steps
       if at_log:
-        host = jax.device_get(pending)
-        pending = []
-        summary = {name: float(np.mean([m[name] for m in host])) for name in host[0]}
-        summary["skipped"] = float(sum(m["skipped"] for m in host))
+        summary, pending = _summary(pending), []
         summary["images_per_s"] = progress.update(step, summary)
         writer.write(step, summary)
         if summary["skipped"]:
@@ -178,14 +193,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
       if checkpoints.save(step, state, position, config):
         saved = step
       checkpoints.check()
-      if step % train_cfg.sample_every < k and step < train_cfg.num_steps:
-        _sample_grid(sampler, state.ema_params, config,
-                     os.path.join(workdir, "samples", f"step_{step:08d}.png"), sample_key)
+      if step % cfg.sample_every < k and step < cfg.num_steps:
+        grid()
     else:
       if saved != step:
         checkpoints.save(step, state, position, config, force=True)
-      _sample_grid(sampler, state.ema_params, config,
-                   os.path.join(workdir, "samples", f"step_{step:08d}.png"), sample_key)
+      grid()
   finally:
     preemption.close()
     progress.close()
