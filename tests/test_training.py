@@ -154,3 +154,23 @@ def test_checkpoints_restore_onto_another_number_of_devices(tmp_path):
   assert again.restore_config(1).model.ch == 16
   jax.tree.map(np.testing.assert_array_equal, again.restore_params(1), state.ema_params)
   again.close()
+
+
+def test_learned_variances_hybrid_loss_v_prediction_and_classes():
+  """The improved-DDPM objective, class-conditional with label dropout, trains."""
+  config = tiny_config(label_dropout=0.5)
+  config.model.learned_variance = True
+  config.model.num_classes = 10
+  config.diffusion.update(dict(variance="learned_range", loss="hybrid", prediction="v",
+                               timestep_sampler="importance"))
+  model = models.from_config(config.model)
+  mesh = mesh_of(2)
+  state = create_state(model, config, mesh, {"x": jnp.zeros((1, 8, 8, 1)),
+                                              "y": jnp.zeros((1,), jnp.int32)})
+  step = make_train_step(model, schedule_from_config(config), config, mesh)
+  for batch in digit_batches(2):
+    state, metrics = step(state, shard_batch(batch, mesh), base_key(0, "train"))
+  metrics = jax.device_get(metrics)
+  assert {"loss", "mse", "vb"} <= set(metrics) and np.isfinite(metrics["loss"])
+  assert metrics["loss"] > metrics["mse"] > 0 and int(metrics["skipped"]) == 0
+  assert jax.device_get(state).params["class_embed"]["embedding"].shape == (11, 64)

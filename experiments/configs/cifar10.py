@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_res_blocks = 2
   config.model.attn_resolutions = (16,)
   config.model.dropout = 0.1
+  config.model.num_classes = 0  # > 0: class-conditional (labels from the data)
+  config.model.learned_variance = False  # True for variance = learned_range / learned
   config.model.dtype = "float32"  # "bfloat16" on TPU/GPU
   config.model.remat = False
 
@@ -51,6 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion.prediction = "eps"
   config.diffusion.variance = "fixed_large"
   config.diffusion.loss = "simple"
+  config.diffusion.vlb_weight = 0.001  # λ of the hybrid loss
   config.diffusion.timestep_sampler = "uniform"
 
   config.optim = ml_collections.ConfigDict()
@@ -64,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 800_000
   config.train.batch_size = 128
+  config.train.label_dropout = 0.0  # for classifier-free guidance, with num_classes > 0
   config.train.ema_decay = 0.9999
   config.train.ema_warmup = False
   config.train.steps_per_dispatch = 1

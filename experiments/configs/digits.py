@@ -33,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.attn_resolutions = (4,)
   config.model.dropout = 0.0
   config.model.num_groups = 8
+  config.model.num_classes = 0  # > 0: class-conditional (labels from the data)
+  config.model.learned_variance = False  # True for variance = learned_range / learned
   config.model.dtype = "float32"
   config.model.remat = False
 
@@ -44,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion.prediction = "eps"
   config.diffusion.variance = "fixed_large"
   config.diffusion.loss = "simple"
+  config.diffusion.vlb_weight = 0.001  # λ of the hybrid loss
   config.diffusion.timestep_sampler = "uniform"
 
   config.optim = ml_collections.ConfigDict()
@@ -57,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 3000
   config.train.batch_size = 64
+  config.train.label_dropout = 0.0  # for classifier-free guidance, with num_classes > 0
   config.train.ema_decay = 0.999
   config.train.ema_warmup = True
   config.train.steps_per_dispatch = 1
