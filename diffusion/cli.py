@@ -84,8 +84,21 @@ def _sample(args: argparse.Namespace) -> None:
   """`ddpm sample`: N samples from the EMA parameters of the newest checkpoint."""
   from diffusion import distributed, sample_run
   distributed.initialize()
-  sample_run.sample_to_files(args.workdir, args.num, args.out, seed=args.seed,
-                             batch=args.batch, step=args.step)
+  sample_run.sample_to_files(
+      args.workdir, args.num, args.out, seed=args.seed, batch=args.batch, step=args.step,
+      sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
+      guidance=args.guidance, class_label=args.class_label, layout=args.layout)
+
+
+def _sampler_arguments(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--sampler", default="ddpm", help="ddpm (ancestral), ddim or dpm++")
+  parser.add_argument("--steps", type=int,
+                      help="timesteps visited (default: all for ddpm, 50 for ddim, 20 for dpm++)")
+  parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η in [0, 1]")
+  parser.add_argument("--spacing", help="uniform, quadratic or logsnr (default: logsnr for "
+                                        "dpm++, else uniform)")
+  parser.add_argument("--guidance", type=float,
+                      help="classifier-free guidance scale w (class-conditional models)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   sample.add_argument("--seed", type=int, default=0)
   sample.add_argument("--batch", type=int, default=256, help="samples per compiled call")
   sample.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+  _sampler_arguments(sample)
+  sample.add_argument("--class", dest="class_label", type=int,
+                      help="draw this class only (class-conditional models; default: all in turn)")
+  sample.add_argument("--layout", default="npz",
+                      help="npz (arr_0 and labels, plus a PNG grid) or folders (a PNG per sample "
+                           "in per-class folders, for data augmentation)")
   sample.set_defaults(run=_sample)
 
   args, extra = parser.parse_known_args(argv)

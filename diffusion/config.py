@@ -4,6 +4,9 @@ import importlib.util
 import os
 
 import ml_collections
+import numpy as np
+
+from diffusion.schedules import BETA_SCHEDULES, Schedule
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -17,3 +20,18 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {path} defines no get_config()")
   return module.get_config()
+
+
+def betas_from_config(config: ml_collections.ConfigDict) -> np.ndarray:
+  """float64 betas [T] of a config's `diffusion` section."""
+  d = config.diffusion
+  kwargs = {k: d[k] for k in ("beta_start", "beta_end", "s", "max_beta") if k in d}
+  if d.schedule not in BETA_SCHEDULES:
+    raise ValueError(f"config.diffusion.schedule must be one of {sorted(BETA_SCHEDULES)}; "
+                     f"got {d.schedule!r}")
+  return BETA_SCHEDULES[d.schedule](d.num_steps, **kwargs)
+
+
+def schedule_from_config(config: ml_collections.ConfigDict) -> Schedule:
+  """The `Schedule` of a config's `diffusion` section."""
+  return Schedule.from_betas(betas_from_config(config))

@@ -1,16 +1,19 @@
-"""`ddpm sample`: samples of a trained run written as .npz (arr_0: uint8 NHWC) and a PNG grid."""
+"""`ddpm sample`: samples of a trained run as .npz (arr_0: uint8 NHWC, labels) or per-class PNG folders."""
 
 import os
 
 import jax
 import numpy as np
 import tqdm
+from PIL import Image
 
 from diffusion import images, models
-from diffusion.sampling import gather, make_sampler
+from diffusion.sampling import gather, make_sampler, to_uint8
 from diffusion.training.checkpoint import Checkpoints
-from diffusion.training.loop import make_mesh, schedule_from_config
+from diffusion.training.loop import make_mesh
 from diffusion.training.state import base_key
+
+LAYOUTS = ("npz", "folders")
 
 
 def load_run(workdir: str, step: int | None = None):
@@ -32,32 +35,75 @@ def load_run(workdir: str, step: int | None = None):
   return config, models.from_config(config.model), params, step
 
 
+def image_shape(config) -> tuple[int, int, int]:
+  return (config.data.image_size,) * 2 + (config.data.channels,)
+
+
+def replicate(params, mesh):
+  return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def batch_size(requested: int) -> int:
+  """`requested` rounded down to a multiple of the device count (at least one per device)."""
+  devices = jax.device_count()
+  return max(devices, requested - requested % devices)
+
+
+def sample_labels(model, num: int, class_label: int | None) -> np.ndarray:
+  """`class_label` for every sample, or the classes in turn (balanced) for a conditional model."""
+  if class_label is None:
+    return np.arange(num) % max(model.num_classes, 1)
+  if not model.num_classes:
+    raise ValueError("--class needs a class-conditional model; this one is unconditional")
+  if not 0 <= class_label < model.num_classes:
+    raise ValueError(f"--class must lie in [0, {model.num_classes}); got {class_label}")
+  return np.full(num, class_label)
+
+
 def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: int = 256,
-                    step: int | None = None) -> np.ndarray:
-  """Draws `num` samples with ancestral sampling; writes `out` (.npz) and `out` with .png."""
+                    step: int | None = None, sampler: str = "ddpm", steps: int | None = None,
+                    eta: float = 0.0, spacing: str | None = None, guidance: float | None = None,
+                    class_label: int | None = None, layout: str = "npz") -> np.ndarray:
+  """Draws `num` samples from a run; writes them in `layout` and returns uint8 [num, H, W, C].
+
+  "npz": `out` gets arr_0 (uint8 NHWC, the FID evaluators' format) and labels,
+  and a PNG grid beside it. "folders": `out/` gets one PNG per sample, in a
+  subfolder per class for a class-conditional model, the layout `config.data.name
+  = "folder"` reads back (data augmentation).
+  """
   if num < 1 or batch < 1:
     raise ValueError(f"--num and --batch must be positive; got {num} and {batch}")
+  if layout not in LAYOUTS:
+    raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
   config, model, params, step = load_run(workdir, step)
+  labels = sample_labels(model, num, class_label)
   mesh = make_mesh()
-  devices = jax.device_count()
-  batch = max(devices, batch - batch % devices)
-  shape = (config.data.image_size,) * 2 + (config.data.channels,)
-  sampler = make_sampler(model, schedule_from_config(config), config.diffusion, shape, mesh)
-  params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  key = base_key(seed, "sample")
-  labels = np.arange(num) % max(model.num_classes, 1)
+  sample = make_sampler(model, config, image_shape(config), mesh, sampler=sampler, steps=steps,
+                        eta=eta, spacing=spacing, guidance=guidance)
+  params, key, batch = replicate(params, mesh), base_key(seed, "sample"), batch_size(batch)
   chunks = []
   main = jax.process_index() == 0
-  for first in tqdm.tqdm(range(0, num, batch), desc=f"sample (step {step})", unit="batch",
-                         disable=not main):
+  for first in tqdm.tqdm(range(0, num, batch), desc=f"sample {sampler} (step {step})",
+                         unit="batch", disable=not main):
     n = min(batch, num - first)
-    padded = np.resize(labels[first:first + n], n + (-n) % devices)
-    x = sampler(params, key, first, padded)
-    chunks.append(gather(x)[:n])
+    padded = np.resize(labels[first:first + n], n + (-n) % jax.device_count())
+    chunks.append(to_uint8(gather(sample(params, key, first, padded)))[:n])
   samples = np.concatenate(chunks)
   if main:
+    write_samples(out, samples, labels, model.num_classes, layout)
+  return samples
+
+
+def write_samples(out: str, samples: np.ndarray, labels: np.ndarray, num_classes: int,
+                  layout: str) -> None:
+  if layout == "npz":
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     np.savez(out, arr_0=samples, labels=labels)
     images.save_grid(os.path.splitext(out)[0] + ".png", samples[:64])
-  return samples
-
+    return
+  width = len(str(max(num_classes - 1, 0)))
+  for i, (image, label) in enumerate(zip(samples, labels)):
+    folder = os.path.join(out, f"{label:0{width}d}") if num_classes else out
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+        os.path.join(folder, f"{i:06d}.png"))

@@ -67,7 +67,7 @@ def spaced_steps(schedule: Schedule, count: int | None = None, spacing: str = "u
   return steps[::-1].copy()
 
 
-def _per_sample(step_fn, out, x, keys, i):
+def per_sample(step_fn, out, x, keys, i):
   """Runs a one-example step for each sample with its own key fold_in(keys[n], i)."""
   one = lambda o, xi, k: step_fn(o[None], xi[None], jax.random.fold_in(k, i))[0]
   return jax.vmap(one)(out, x, keys)
@@ -97,7 +97,7 @@ def ancestral(denoise_fn: Denoiser, betas: np.ndarray, steps: np.ndarray, x: jax
     out = denoise_fn(x, jnp.full((n,), t))
     step = lambda o, xi, k: p_sample(respaced, o, xi, jnp.full((1,), j), k, prediction=prediction,
                                      variance=variance, clip_x0=clip_x0)[0]
-    return _per_sample(step, out, x, keys, i), None
+    return per_sample(step, out, x, keys, i), None
 
   visits = (jnp.arange(len(kept)), jnp.asarray(kept[::-1]), jnp.asarray(index))
   x, _ = jax.lax.scan(body, x, visits)
@@ -120,7 +120,7 @@ def ddim(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.Arr
     step = lambda o, xi, k: ddim_step(schedule, o, xi, jnp.full((1,), t), jnp.full((1,), t_prev),
                                       k, eta=eta, prediction=prediction, variance=variance,
                                       clip_x0=clip_x0)[0]
-    return _per_sample(step, out, x, keys, i), None
+    return per_sample(step, out, x, keys, i), None
 
   x, _ = jax.lax.scan(body, x, (jnp.arange(len(targets)), jnp.asarray(steps), jnp.asarray(targets)))
   return x

@@ -1,76 +1,122 @@
-"""Ancestral sampling (Algorithm 2) of a whole batch as one compiled `lax.scan`.
+"""Sampling from a trained network: a chain of `diffusion.samplers`, sharded over a mesh.
 
 Sample i of a request draws all of its noise from fold_in(key, i), so the
 samples do not depend on how they are split into batches or devices: the same
 seed gives the same samples.
 """
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffusion.reverse import p_sample
+from diffusion import samplers
+from diffusion.config import betas_from_config
 from diffusion.schedules import Schedule
 
 
-def ancestral_chain(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array], schedule: Schedule,
-                    keys: jax.Array, shape: tuple[int, ...], *, prediction: str = "eps",
-                    variance: str = "fixed_small", clip_x0: bool = True) -> jax.Array:
-  """x_T ~ N(0, I), then T steps of `p_sample`: returns float32 x_0 [N, *shape].
+def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta: float,
+                  spacing: str | None, guidance: float | None) -> None:
+  """The sampling options, checked before anything compiles."""
+  if sampler not in samplers.SAMPLERS:
+    raise ValueError(f"--sampler must be one of {', '.join(samplers.SAMPLERS)}; got {sampler!r}")
+  if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= num_steps):
+    raise ValueError(f"--steps must be an int in [1, {num_steps}] (the model's T); got {steps!r}")
+  if not 0.0 <= eta <= 1.0:
+    raise ValueError(f"--eta must lie in [0, 1]; got {eta!r}")
+  if spacing is not None and spacing not in samplers.SPACINGS:
+    raise ValueError(f"--spacing must be one of {', '.join(samplers.SPACINGS)}; got {spacing!r}")
+  if guidance is not None and not model.num_classes:
+    raise ValueError("--guidance needs a class-conditional model (trained with num_classes > 0 "
+                     "and label dropout); this one is unconditional")
 
-  keys: [N] one key per sample; x_T of sample i uses fold_in(keys[i], T) and
-  the noise of step t uses fold_in(keys[i], t).
+
+def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: str = "ddpm",
+                 steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
+                 guidance: float | None = None, start: int | None = None):
+  """A jitted sampler over the devices of `mesh`:
+
+    sample(params, key, first_index, labels=None, cond=None, x_start=None) -> float32 [N, *shape]
+
+  runs `sampler` ("ddpm", "ddim" or "dpm++") over `steps` timesteps (default:
+  every step for ddpm, 50 for ddim, 20 for dpm++), spaced by `spacing`, from
+  x_T ~ N(0, I) or from `x_start` at step `start`. `first_index` numbers the
+  batch's first sample within the request; `labels` (int [N]) are classes for
+  a class-conditional model, guided with scale `guidance` if given; `cond` is
+  the conditioning image of an image-conditioned model. N must be divisible
+  by the number of devices.
   """
-  num_steps = schedule.num_steps
-  draw = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, num_steps), shape))
-  x = draw(keys)
+  d = config.diffusion
+  check_options(model, d.num_steps, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                guidance=guidance)
+  betas = betas_from_config(config)
+  schedule = Schedule.from_betas(betas)
+  count = samplers.DEFAULT_STEPS[sampler] if steps is None else steps
+  if count is not None:
+    count = min(count, d.num_steps if start is None else start + 1)
+  visit = samplers.spaced_steps(schedule, count, spacing or samplers.DEFAULT_SPACING[sampler], start)
+  channels = shape[-1]
 
-  def step(x, t):
-    ts = jnp.full((x.shape[0],), t)
-    out = denoise_fn(x, ts)
-    one = lambda o, xi, k: p_sample(schedule, o[None], xi[None], ts[:1], jax.random.fold_in(k, t),
-                                    prediction=prediction, variance=variance, clip_x0=clip_x0)[0][0]
-    return jax.vmap(one)(out, x, keys), None
+  def device_sample(params, key, index, labels, cond, x_start):
+    keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(index)
+    init_keys, chain_keys = keys[:, 0], keys[:, 1]
 
-  x, _ = jax.lax.scan(step, x, jnp.arange(num_steps - 1, -1, -1))
-  return x
+    def model_fn(x, t, y):
+      kwargs = {"y": y} if model.num_classes else {}
+      if cond is not None:
+        kwargs["cond"] = jnp.concatenate([cond] * (x.shape[0] // cond.shape[0]))
+      return model.apply({"params": params}, x, t, **kwargs)
 
+    if guidance is not None:
+      denoise = samplers.classifier_free_guidance(model_fn, labels, model.num_classes, guidance,
+                                                  channels)
+    else:
+      denoise = lambda x, t: model_fn(x, t, labels)
+    x = x_start if x_start is not None else jax.vmap(
+        lambda k: jax.random.normal(k, shape))(init_keys)
+    return samplers.run(sampler, denoise, betas, schedule, visit, x, chain_keys, eta=eta,
+                        prediction=d.prediction, variance=d.variance,
+                        clip_x0=d.get("clip_x0", True))
 
-def make_sampler(model, schedule: Schedule, diffusion_config, shape: tuple[int, ...], mesh: Mesh):
-  """A jitted `(params, key, first_index, labels) -> uint8 [N, *shape]`, sharded over the mesh.
+  run = over_samples(device_sample, mesh, 3)
 
-  `first_index` numbers the first sample of the batch within the request, and
-  `labels` (int [N], or None for unconditional models) are the classes.
-  N must be divisible by the number of devices in the mesh.
-  """
-  options = dict(prediction=diffusion_config.prediction, variance=diffusion_config.variance,
-                 clip_x0=diffusion_config.get("clip_x0", True))
-
-  def device_sample(params, key, index, labels):
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
-    kwargs = {"y": labels} if model.num_classes else {}
-    denoise = lambda x, t: model.apply({"params": params}, x, t, **kwargs)
-    x0 = ancestral_chain(denoise, schedule, keys, shape, **options)
-    return to_uint8(x0)
-
-  sharded = jax.shard_map(device_sample, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
-                          out_specs=P("data"), check_vma=False)
-  jitted = jax.jit(sharded)
-  data = NamedSharding(mesh, P("data"))
-
-  def sample(params, key, first_index: int, labels: np.ndarray) -> jax.Array:
-    n = labels.shape[0]
-    index = jax.device_put(np.arange(first_index, first_index + n, dtype=np.int32), data)
-    return jitted(params, key, index, jax.device_put(labels.astype(np.int32), data))
+  def sample(params, key, first_index: int, labels=None, cond=None, x_start=None) -> jax.Array:
+    n = next(len(a) for a in (labels, cond, x_start) if a is not None)
+    labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
+    as_float = lambda a: None if a is None else np.asarray(a, np.float32)
+    return run(params, key, first_index, labels, as_float(cond), as_float(x_start))
   return sample
 
 
-def to_uint8(x: jax.Array) -> jax.Array:
+def over_samples(fn, mesh: Mesh, num_per_sample: int):
+  """jit(shard_map(fn)) for fn(params, key, index, *per_sample) -> [n, ...] per-sample results.
+
+  params and key are replicated; `index` (the samples' numbers in the request,
+  from which they derive their keys) and the `num_per_sample` per-sample arrays
+  (None allowed) are split over the mesh's "data" axis. Call the result as
+  run(params, key, first_index, *per_sample) with host arrays.
+  """
+  data = NamedSharding(mesh, P("data"))
+  specs = (P(), P(), P("data")) + (P("data"),) * num_per_sample
+  jitted = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P("data"),
+                                 check_vma=False))
+
+  def call(params, key, first_index, *per_sample):
+    n = next(len(a) for a in per_sample if a is not None)
+    put = lambda a: None if a is None else jax.device_put(a, data)
+    index = np.arange(first_index, first_index + n, dtype=np.int32)
+    return jitted(params, key, put(index), *map(put, per_sample))
+  return call
+
+
+def to_uint8(x) -> np.ndarray:
   """[-1, 1] floats -> uint8 pixels, rounding to the nearest of the 256 levels."""
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> float32 in [-1, 1]."""
+  return np.asarray(images, np.float32) / 127.5 - 1.0
 
 
 def gather(x: jax.Array) -> np.ndarray:

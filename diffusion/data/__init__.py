@@ -2,7 +2,8 @@
 
 from diffusion.data.loader import Loader
 from diffusion.data.sources import (
-    DigitsSource, ImageFolderSource, TfdsSource, make_source, resize_and_crop)
+    DEGRADATIONS, DegradedSource, DigitsSource, ImageFolderSource, PairedFolderSource,
+    TfdsSource, degrade, make_source, resize_and_crop)
 
-__all__ = ["DigitsSource", "ImageFolderSource", "Loader", "TfdsSource", "make_source",
-           "resize_and_crop"]
+__all__ = ["DEGRADATIONS", "DegradedSource", "DigitsSource", "ImageFolderSource", "Loader",
+           "PairedFolderSource", "TfdsSource", "degrade", "make_source", "resize_and_crop"]

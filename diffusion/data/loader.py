@@ -17,7 +17,8 @@ import numpy as np
 
 
 class Loader:
-  """Batches {"image": uint8 [B/P, H, W, C], "label": int32 [B/P]} from a source."""
+  """Batches {"image": uint8 [B/P, H, W, C], "label": int32 [B/P]} from a source, and
+  "cond" (uint8) when the source gives conditioning images."""
 
   def __init__(self, source, global_batch: int, seed: int, *, random_flip: bool,
                process_index: int = 0, process_count: int = 1, num_threads: int = 8,
@@ -43,14 +44,14 @@ class Loader:
         self._epochs.popitem(last=False)
     return self._epochs[epoch]
 
-  def example(self, sample: int) -> tuple[np.ndarray, int]:
-    """Stream sample number `sample`: (uint8 image, label)."""
+  def example(self, sample: int) -> tuple:
+    """Stream sample number `sample`: (uint8 image, label[, uint8 conditioning image])."""
     epoch, within = divmod(sample, len(self.source))
     perm, flips = self._epoch(epoch)
-    image, label = self.source[int(perm[within])]
+    example = self.source[int(perm[within])]
     if self.random_flip and flips[within]:
-      image = image[:, ::-1]
-    return image, label
+      example = tuple(a[:, ::-1] if isinstance(a, np.ndarray) else a for a in example)
+    return example
 
   def _submit(self, start: int) -> list[concurrent.futures.Future]:
     first = start + self.offset
@@ -65,8 +66,11 @@ class Loader:
         pending.append(self._submit(position + len(pending) * self.global_batch))
       examples = [f.result() for f in pending.popleft()]
       position += self.global_batch
-      yield {"image": np.stack([e[0] for e in examples]),
-             "label": np.asarray([e[1] for e in examples], np.int32)}
+      batch = {"image": np.stack([e[0] for e in examples]),
+               "label": np.asarray([e[1] for e in examples], np.int32)}
+      if len(examples[0]) > 2:
+        batch["cond"] = np.stack([e[2] for e in examples])
+      yield batch
 
   def close(self) -> None:
     self._pool.shutdown(wait=False, cancel_futures=True)

@@ -8,7 +8,7 @@ All images come out at the configured resolution and channel count.
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -145,12 +145,102 @@ class TfdsSource:
     return resize_and_crop(image, self.image_size), label
 
 
-def make_source(config) -> "DigitsSource | ImageFolderSource | TfdsSource":
-  """The source of a config's `data` section: name "digits", "folder" (with `path`) or a TFDS name."""
+class PairedFolderSource:
+  """(target, 0, input) pairs from `path/input/` and `path/target/` files of the same names.
+
+  For image-to-image training: the model learns the target given the input.
+  """
+
+  def __init__(self, path: str, image_size: int, channels: int):
+    inputs = ImageFolderSource(os.path.join(path, "input"), image_size, channels)
+    targets = ImageFolderSource(os.path.join(path, "target"), image_size, channels)
+    names = lambda s, root: [os.path.relpath(f, root) for f in s.files]
+    mine, theirs = names(inputs, os.path.join(path, "input")), names(targets, os.path.join(path, "target"))
+    if mine != theirs:
+      missing = sorted(set(mine) ^ set(theirs))[:3]
+      raise ValueError(f"config.data.path {path!r}: input/ and target/ must hold the same file "
+                       f"names; unpaired: {missing}")
+    self.inputs, self.targets, self.num_classes = inputs, targets, 0
+
+  def __len__(self) -> int:
+    return len(self.targets)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
+    return self.targets[index][0], 0, self.inputs[index][0]
+
+
+DEGRADATIONS = ("blur", "colour_cast", "low_light", "downscale")
+
+
+def degrade(image: np.ndarray, kinds: tuple[str, ...], rng: np.random.Generator) -> np.ndarray:
+  """A synthetic degradation of uint8 [H, W, C]: Gaussian blur, a colour cast (the red
+  loss of underwater images), low light (dimmed, noisy), downscaling by 2 and back."""
+  x = image.astype(np.float32)
+  for kind in kinds:
+    if kind == "blur":
+      pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+      pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5) * image.shape[0] / 32))
+      x = np.asarray(pil, np.float32).reshape(image.shape)
+    elif kind == "colour_cast":
+      gains = rng.uniform([0.4, 0.8, 0.9], [0.7, 1.0, 1.1])[:image.shape[-1]]
+      x = x * gains if image.shape[-1] == 3 else x * gains[1]
+    elif kind == "low_light":
+      x = x * rng.uniform(0.2, 0.5) + rng.normal(0, 4, x.shape)
+    elif kind == "downscale":
+      size = image.shape[:2]
+      small = np.clip(x, 0, 255).astype(np.uint8)
+      pil = Image.fromarray(small[..., 0] if image.shape[-1] == 1 else small)
+      pil = pil.resize((size[1] // 2, size[0] // 2), Image.BICUBIC).resize(size[::-1], Image.BICUBIC)
+      x = np.asarray(pil, np.float32).reshape(image.shape)
+    else:
+      raise ValueError(f"config.data.degradations: unknown {kind!r} (known: {', '.join(DEGRADATIONS)})")
+    image = np.clip(np.round(x), 0, 255).astype(np.uint8)
+  return image
+
+
+class DegradedSource:
+  """(image, label, degraded image) from another source: a degradation seeded by the index."""
+
+  def __init__(self, source, kinds: tuple[str, ...], seed: int = 0):
+    unknown = [k for k in kinds if k not in DEGRADATIONS]
+    if not kinds or unknown:
+      raise ValueError(f"config.data.degradations must name some of {', '.join(DEGRADATIONS)}; "
+                       f"got {','.join(kinds)!r}")
+    self.source, self.kinds, self.seed = source, kinds, seed
+    self.num_classes = source.num_classes
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
+    image, label = self.source[index][:2]
+    return image, label, degrade(image, self.kinds, np.random.default_rng([self.seed, index]))
+
+
+CONDITIONS = ("", "pairs", "degrade")
+
+
+def make_source(config):
+  """The source of a config's `data` section.
+
+  name: "digits", "folder" (files under `path`) or a TFDS name. condition:
+  "" (none), "pairs" (`path/input/` and `path/target/`) or "degrade" (the
+  named source with `degradations`, e.g. "blur,low_light").
+  """
   size, channels = config.image_size, config.channels
+  condition = config.get("condition", "")
+  if condition not in CONDITIONS:
+    raise ValueError(f"config.data.condition must be one of {CONDITIONS}; got {condition!r}")
+  if condition == "pairs":
+    return PairedFolderSource(config.path, size, channels)
   if config.name == "digits":
-    return DigitsSource(size, channels)
-  if config.name == "folder":
-    return ImageFolderSource(config.path, size, channels)
-  return TfdsSource(config.name, config.get("split", "train"), size, channels,
-                    data_dir=config.get("data_dir") or None)
+    source = DigitsSource(size, channels)
+  elif config.name == "folder":
+    source = ImageFolderSource(config.path, size, channels)
+  else:
+    source = TfdsSource(config.name, config.get("split", "train"), size, channels,
+                        data_dir=config.get("data_dir") or None)
+  if condition == "degrade":
+    kinds = tuple(k.strip() for k in config.get("degradations", "").split(",") if k.strip())
+    source = DegradedSource(source, kinds)
+  return source

@@ -1,7 +1,8 @@
 """Training: the state, the sharded step, checkpoints and the loop of `ddpm train`."""
 
 from diffusion.training.checkpoint import Checkpoints
-from diffusion.training.loop import make_mesh, schedule_from_config, train
+from diffusion.config import schedule_from_config
+from diffusion.training.loop import make_mesh, train
 from diffusion.training.state import (
     TrainState, abstract_state, base_key, create_state, make_optimizer)
 from diffusion.training.step import make_train_step, shard_batch, timestep_probs

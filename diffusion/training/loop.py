@@ -20,8 +20,9 @@ from jax.experimental import multihost_utils
 from diffusion import _checks, images, models
 from diffusion.data import Loader, make_source
 from diffusion.losses import LOSSES
-from diffusion.sampling import gather, make_sampler
-from diffusion.schedules import BETA_SCHEDULES, make_schedule
+from diffusion.sampling import gather, make_sampler, to_float, to_uint8
+from diffusion.config import schedule_from_config
+from diffusion.schedules import BETA_SCHEDULES
 from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.metrics import MetricWriter, Progress
 from diffusion.training.state import abstract_state, base_key, create_state
@@ -33,12 +34,6 @@ log = logging.getLogger(__name__)
 def make_mesh() -> jax.sharding.Mesh:
   """One "data" axis over every device of every process."""
   return jax.make_mesh((jax.device_count(),), ("data",))
-
-
-def schedule_from_config(config):
-  d = config.diffusion
-  kwargs = {k: d[k] for k in ("beta_start", "beta_end", "s", "max_beta") if k in d}
-  return make_schedule(d.schedule, d.num_steps, **kwargs)
 
 
 def validate(config, model, source) -> None:
@@ -74,9 +69,11 @@ def validate(config, model, source) -> None:
   if model.learned_variance != (config.diffusion.variance in ("learned", "learned_range")):
     raise ValueError(f"config.model.learned_variance={model.learned_variance} does not fit "
                      f"config.diffusion.variance={config.diffusion.variance!r}")
-  if model.cond_channels:
-    raise ValueError("config.model.cond_channels > 0 needs paired data, which `ddpm train` "
-                     "does not read yet")
+  conditioned = bool(data.get("condition", ""))
+  if conditioned != bool(model.cond_channels) or (conditioned and model.cond_channels != data.channels):
+    raise ValueError(f"config.model.cond_channels ({model.cond_channels}) must equal "
+                     f"config.data.channels ({data.channels}) when config.data.condition is set, "
+                     f"and be 0 otherwise; condition is {data.get('condition', '')!r}")
 
 
 class _Preemption:
@@ -100,13 +97,19 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _sample_grid(sampler, params, config, path, key):
+def _sample_grid(sampler, params, config, source, path, key):
+  """EMA samples as a PNG grid; for an image-conditioned model, conditions and samples in turn."""
   num = config.train.num_samples
   num -= num % jax.device_count()
   if num <= 0:
     return
   labels = np.arange(num) % max(config.model.get("num_classes", 0), 1)
-  x = gather(sampler(params, key, 0, labels))
+  cond = None
+  if config.model.get("cond_channels", 0):
+    cond = np.stack([source[i % len(source)][2] for i in range(num)])
+  x = to_uint8(gather(sampler(params, key, 0, labels, None if cond is None else to_float(cond))))
+  if cond is not None:
+    x = np.stack([cond, x], axis=1).reshape(-1, *x.shape[1:])
   if jax.process_index() == 0:
     images.save_grid(path, x)
 
@@ -153,15 +156,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   sample = {"x": jnp.zeros((1, *shape))}
   if model.num_classes:
     sample["y"] = jnp.zeros((1,), jnp.int32)
+  if model.cond_channels:
+    sample["cond"] = jnp.zeros((1, *shape[:-1], model.cond_channels))
 
   checkpoints = Checkpoints(workdir, every=cfg.checkpoint_every,
                             keep=cfg.get("keep_checkpoints", None))
   state, position = _start(checkpoints, model, config, mesh, sample)
   step = saved = int(state.step)
   step_fn = make_train_step(model, schedule, config, mesh)
-  sampler = make_sampler(model, schedule, config.diffusion, shape, mesh)
+  sampler = make_sampler(model, config, shape, mesh)
   sample_key, train_key = base_key(config.seed, "sample"), base_key(config.seed, "train")
-  grid = lambda: _sample_grid(sampler, state.ema_params, config,
+  grid = lambda: _sample_grid(sampler, state.ema_params, config, source,
                               os.path.join(workdir, "samples", f"step_{step:08d}.png"), sample_key)
   loader = Loader(source, cfg.batch_size, config.seed,
                   random_flip=config.data.get("random_flip", False),

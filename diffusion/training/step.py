@@ -62,13 +62,15 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
   conditional = model.num_classes > 0
   label_dropout = train.get("label_dropout", 0.0)
 
-  def example_losses(params, image, label, key, probs):
+  def example_losses(params, image, label, cond, key, probs):
     """Losses of one example (a batch of 1), all of its randomness from `key`."""
     key_t, key_loss, key_drop, key_label = jax.random.split(key, 4)
     x0 = image[None].astype(jnp.float32) / 127.5 - 1.0
     t = jax.random.choice(key_t, schedule.num_steps, (1,), p=probs) if importance else \
         jax.random.randint(key_t, (1,), 0, schedule.num_steps)
     kwargs = {}
+    if cond is not None:
+      kwargs["cond"] = cond[None].astype(jnp.float32) / 127.5 - 1.0
     if conditional:  # classifier-free guidance: drop the label to the null class
       dropped = jax.random.bernoulli(key_label, label_dropout)
       kwargs["y"] = jnp.where(dropped, model.num_classes, label)[None]
@@ -88,8 +90,8 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
     probs = timestep_probs(state)
 
     def loss_fn(params):
-      losses = jax.vmap(example_losses, in_axes=(None, 0, 0, 0, None))(
-          params, batch["image"], batch["label"], keys, probs)
+      losses = jax.vmap(example_losses, in_axes=(None, 0, 0, 0, 0, None))(
+          params, batch["image"], batch["label"], batch.get("cond"), keys, probs)
       weights = 1.0 / (schedule.num_steps * probs[losses["t"]]) if importance else 1.0
       return jnp.sum(weights * losses["loss"]) / global_batch, losses
 

@@ -29,7 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 32
   config.data.split = "train"
   config.data.data_dir = ""  # TFDS data_dir: a local folder or a bucket; "" = TFDS's default
-  config.data.path = ""  # the image folder, for name = "folder"
+  config.data.path = ""  # the image folder, for name = "folder" or condition = "pairs"
+  config.data.condition = ""  # image-to-image: "pairs" (path/input, path/target) or "degrade"
+  config.data.degradations = ""  # for "degrade": some of blur,colour_cast,low_light,downscale
   config.data.channels = 3
   config.data.random_flip = True
 
@@ -42,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dropout = 0.1
   config.model.num_classes = 0  # > 0: class-conditional (labels from the data)
   config.model.learned_variance = False  # True for variance = learned_range / learned
+  config.model.cond_channels = 0  # = data.channels with data.condition set
   config.model.dtype = "float32"  # "bfloat16" on TPU/GPU
   config.model.remat = False
 

@@ -21,7 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 8
   config.data.split = "train"
   config.data.data_dir = ""  # TFDS data_dir: a local folder or a bucket; "" = TFDS's default
-  config.data.path = ""  # the image folder, for name = "folder"
+  config.data.path = ""  # the image folder, for name = "folder" or condition = "pairs"
+  config.data.condition = ""  # image-to-image: "pairs" (path/input, path/target) or "degrade"
+  config.data.degradations = ""  # for "degrade": some of blur,colour_cast,low_light,downscale
   config.data.channels = 1
   config.data.random_flip = False  # a mirrored digit is no digit
 
@@ -35,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_groups = 8
   config.model.num_classes = 0  # > 0: class-conditional (labels from the data)
   config.model.learned_variance = False  # True for variance = learned_range / learned
+  config.model.cond_channels = 0  # = data.channels with data.condition set
   config.model.dtype = "float32"
   config.model.remat = False
 

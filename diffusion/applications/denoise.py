@@ -1,0 +1,48 @@
+"""Denoising a given noisy image with a DDPM prior.
+
+An image y = x + n, n ~ N(0, s² I) in units of the [0, 1] pixel range, is
+s' = 2s in the model's [-1, 1] range. Scaled by sqrt(ᾱ_k) it is a draw of
+the forward process at step k, x_k = sqrt(ᾱ_k) x_0 + sqrt(1 - ᾱ_k) ε, when
+(1 - ᾱ_k) / ᾱ_k = s'². The step chosen is the first whose noise-to-signal
+ratio reaches s'; the small remainder of noise is added, so that x_k follows
+q(x_k | x_0) exactly. The reverse chain then runs from step k. Several
+chains give the posterior mean and a per-pixel standard deviation.
+"""
+
+import jax
+import numpy as np
+
+from diffusion.config import schedule_from_config
+from diffusion.sampling import gather, make_sampler, to_float
+
+
+def noise_step(alphas_cumprod: np.ndarray, sigma: float) -> tuple[int, float]:
+  """(k, extra std): the first step whose noise-to-signal ratio reaches 2·sigma, and the
+  standard deviation of the noise to add to the image (in [-1, 1] units, before scaling)."""
+  if not 0 < sigma <= 1:
+    raise ValueError(f"--sigma must lie in (0, 1] (a standard deviation in units of the [0, 1] "
+                     f"pixel range); got {sigma!r}")
+  ac = np.asarray(alphas_cumprod, np.float64)
+  ratio = (1 - ac) / ac  # the variance of noise relative to the signal at each step
+  target = (2 * sigma) ** 2
+  if ratio[-1] < target:
+    raise ValueError(f"--sigma {sigma} is more noise than the model's last step holds "
+                     f"(at most {np.sqrt(ratio[-1]) / 2:.3g})")
+  k = int(np.argmax(ratio >= target))
+  return k, float(np.sqrt(ratio[k] - target))
+
+
+def denoise(model, params, config, noisy: np.ndarray, sigma: float, mesh, key, *,
+            num_samples: int = 1, sampler: str = "ddpm", steps: int | None = None,
+            seed: int = 0) -> np.ndarray:
+  """Samples of the clean image given `noisy` (uint8 [H, W, C]): float32 [num_samples, H, W, C]
+  in [-1, 1]. num_samples must be divisible by the device count."""
+  schedule = schedule_from_config(config)
+  ac = np.asarray(schedule.alphas_cumprod, np.float64)
+  k, extra = noise_step(ac, sigma)
+  rng = np.random.default_rng(seed)
+  y = to_float(noisy)[None] + extra * rng.standard_normal((num_samples, *noisy.shape))
+  x_k = np.sqrt(ac[k]) * y
+  sample = make_sampler(model, config, noisy.shape, mesh, sampler=sampler,
+                        steps=None if steps is None else min(steps, k + 1), start=k)
+  return gather(sample(params, key, 0, x_start=x_k.astype(np.float32)))

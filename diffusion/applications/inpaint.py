@@ -1,0 +1,111 @@
+"""Inpainting with RePaint (Lugmayr et al. 2022): an unconditional DDPM fills a masked region.
+
+At every reverse step the known region is replaced by the data noised to
+the same step, x_{t-1} = m ⊙ q_sample(x_0, t-1) + (1 - m) ⊙ p_sample(x_t)
+(Algorithm 1), and the chain is resampled: after every `jump_length` steps
+down it goes back up `jump_length` steps through the forward process and
+descends again, `resamplings` times in all (Sec. 4.2), so the generated
+region harmonises with the known one. The result's known pixels are the
+input's, exactly.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion import samplers
+from diffusion.config import betas_from_config
+from diffusion.forward import q_sample
+from diffusion.reverse import p_sample
+from diffusion.sampling import gather, over_samples, to_float, to_uint8
+from diffusion.schedules import Schedule, respace_betas
+
+
+def repaint_schedule(num_steps: int, jump_length: int = 10, resamplings: int = 10) -> np.ndarray:
+  """The chain indices RePaint visits, from num_steps - 1 down to -1 (clean data).
+
+  Descending, the chain jumps back up `jump_length` steps at every multiple of
+  `jump_length` below num_steps - jump_length, `resamplings - 1` times each.
+  """
+  if jump_length < 1 or resamplings < 1:
+    raise ValueError(f"--jump-length and --resamplings must be positive; got {jump_length} "
+                     f"and {resamplings}")
+  jumps = {i: resamplings - 1 for i in range(0, num_steps - jump_length, jump_length)}
+  i = num_steps - 1
+  visits = [i]
+  while i >= 0:
+    i -= 1
+    visits.append(i)
+    if jumps.get(i, 0) > 0:
+      jumps[i] -= 1
+      for _ in range(jump_length):
+        i += 1
+        visits.append(i)
+  return np.array(visits)
+
+
+def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.ndarray,
+                  x0: jax.Array, known: jax.Array, x: jax.Array, keys: jax.Array, *,
+                  prediction: str, variance: str, clip_x0: bool = True) -> jax.Array:
+  """Runs RePaint over `visits` (indices into the chain `schedule` of kept timesteps `kept`).
+
+  x0: [N, ...] the image, known: [N, ..., 1] bool mask, x: [N, ...] at visits[0].
+  """
+  kept = jnp.asarray(kept)
+  shape = x.shape[1:]
+  noise = lambda k: jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, k), shape))(keys)
+
+  def down(x, k, i, j):
+    out = denoise_fn(x, jnp.full((x.shape[0],), kept[i]))
+    step = lambda o, xi, key: p_sample(schedule, o, xi, jnp.full((1,), i), key,
+                                       prediction=prediction, variance=variance,
+                                       clip_x0=clip_x0)[0]
+    unknown = samplers.per_sample(step, out, x, keys, 2 * k)
+    t = jnp.full((x.shape[0],), jnp.maximum(j, 0))
+    noised = jnp.where(j >= 0, q_sample(schedule, x0, t, noise(2 * k + 1)), x0)
+    return jnp.where(known, noised, unknown)
+
+  def up(x, k, i, j):
+    beta = schedule.betas[j]
+    return jnp.sqrt(1 - beta) * x + jnp.sqrt(beta) * noise(2 * k)
+
+  def body(x, visit):
+    k, i, j = visit
+    return jax.lax.cond(j < i, down, up, x, k, i, j), None
+
+  pairs = (jnp.arange(len(visits) - 1), jnp.asarray(visits[:-1]), jnp.asarray(visits[1:]))
+  x, _ = jax.lax.scan(body, x, pairs)
+  return x
+
+
+def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, key, *,
+            num_samples: int = 1, steps: int = 250, jump_length: int = 10,
+            resamplings: int = 10) -> np.ndarray:
+  """Fills the pixels where `mask` is False; returns uint8 [num_samples, H, W, C].
+
+  image: uint8 [H, W, C]; mask: bool [H, W], True = known (kept). The chain
+  runs on `steps` timesteps respaced from the model's T (RePaint used 250).
+  num_samples must be divisible by the mesh's device count.
+  """
+  d = config.diffusion
+  betas = betas_from_config(config)
+  if not 1 <= steps <= len(betas):
+    raise ValueError(f"--steps must lie in [1, {len(betas)}] (the model's T); got {steps}")
+  kept = np.sort(samplers.spaced_steps(Schedule.from_betas(betas), steps))
+  chain = Schedule.from_betas(respace_betas(betas, kept))
+  visits = repaint_schedule(len(kept), jump_length, resamplings)
+
+  def device_fn(params, key, index, x0, known):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+    x = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], x0.shape[1:]))(keys)
+    denoise = lambda x, t: model.apply({"params": params}, x, t)
+    return repaint_chain(denoise, chain, kept, visits, x0, known, x, keys,
+                         prediction=d.prediction, variance=d.variance,
+                         clip_x0=d.get("clip_x0", True))
+
+  run = over_samples(device_fn, mesh, 2)
+  x0 = np.broadcast_to(to_float(image), (num_samples, *image.shape))
+  known = np.broadcast_to(mask[None, ..., None], (num_samples, *mask.shape, 1))
+  generated = to_uint8(gather(run(params, key, 0, np.ascontiguousarray(x0),
+                                  np.ascontiguousarray(known))))
+  return np.where(known, image[None], generated)
