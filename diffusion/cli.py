@@ -90,15 +90,65 @@ def _sample(args: argparse.Namespace) -> None:
       guidance=args.guidance, class_label=args.class_label, layout=args.layout)
 
 
-def _sampler_arguments(parser: argparse.ArgumentParser) -> None:
+def _sampler_arguments(parser: argparse.ArgumentParser, guidance: bool = True) -> None:
   parser.add_argument("--sampler", default="ddpm", help="ddpm (ancestral), ddim or dpm++")
   parser.add_argument("--steps", type=int,
                       help="timesteps visited (default: all for ddpm, 50 for ddim, 20 for dpm++)")
+  if not guidance:
+    return
   parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η in [0, 1]")
   parser.add_argument("--spacing", help="uniform, quadratic or logsnr (default: logsnr for "
                                         "dpm++, else uniform)")
   parser.add_argument("--guidance", type=float,
                       help="classifier-free guidance scale w (class-conditional models)")
+
+
+def _application_parsers(commands) -> None:
+  """`ddpm inpaint | denoise | enhance | anomaly`: the applications on a trained run."""
+  from diffusion.applications import commands as apps
+
+  def common(name, help_text, run):
+    parser = commands.add_parser(name, help=help_text)
+    parser.add_argument("--workdir", required=True, help="a training run")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run)
+    return parser
+
+  inpaint = common("inpaint", "fill the black region of --mask (RePaint)", apps.inpaint_command)
+  inpaint.add_argument("--image", required=True)
+  inpaint.add_argument("--mask", required=True, help="PNG: white = keep, black = generate")
+  inpaint.add_argument("--out", required=True)
+  inpaint.add_argument("--steps", type=int, default=250, help="chain length (respaced)")
+  inpaint.add_argument("--jump-length", type=int, default=10)
+  inpaint.add_argument("--resamplings", type=int, default=10)
+  inpaint.add_argument("--num-samples", type=int, default=1)
+
+  denoise = common("denoise", "denoise an image with Gaussian noise of std --sigma",
+                   apps.denoise_command)
+  denoise.add_argument("--image", required=True)
+  denoise.add_argument("--sigma", type=float, required=True,
+                       help="noise std in units of the [0, 1] pixel range, in (0, 1]")
+  denoise.add_argument("--out", required=True)
+  denoise.add_argument("--num-samples", type=int, default=1,
+                       help="> 1: also the per-pixel mean and std (out.npz, out_std.png)")
+  _sampler_arguments(denoise, guidance=False)
+
+  enhance = common("enhance", "enhance an image with an image-conditioned model",
+                   apps.enhance_command)
+  enhance.add_argument("--image", required=True)
+  enhance.add_argument("--out", required=True)
+  enhance.add_argument("--num-samples", type=int, default=1)
+  _sampler_arguments(enhance, guidance=False)
+
+  anomaly = common("anomaly", "score images by partial diffusion and reconstruction",
+                   apps.anomaly_command)
+  anomaly.add_argument("--images", required=True,
+                       help="a folder (normal/ and anomalous/ subfolders give labels) or an .npz "
+                            "(images, optional labels)")
+  anomaly.add_argument("--out", required=True, help="scores.csv (and scores_maps.npz)")
+  anomaly.add_argument("--at-step", type=int, help="diffuse to this step (default T/4)")
+  _sampler_arguments(anomaly, guidance=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="npz (arr_0 and labels, plus a PNG grid) or folders (a PNG per sample "
                            "in per-class folders, for data augmentation)")
   sample.set_defaults(run=_sample)
+
+  _application_parsers(commands)
 
   args, extra = parser.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

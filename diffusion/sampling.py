@@ -109,6 +109,11 @@ def over_samples(fn, mesh: Mesh, num_per_sample: int):
   return call
 
 
+def padded(n: int, mesh: Mesh) -> int:
+  """n rounded up to a multiple of the mesh's devices."""
+  return n + (-n) % mesh.size
+
+
 def to_uint8(x) -> np.ndarray:
   """[-1, 1] floats -> uint8 pixels, rounding to the nearest of the 256 levels."""
   return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

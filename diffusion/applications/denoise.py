@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from diffusion.config import schedule_from_config
-from diffusion.sampling import gather, make_sampler, to_float
+from diffusion.sampling import gather, padded, make_sampler, to_float
 
 
 def noise_step(alphas_cumprod: np.ndarray, sigma: float) -> tuple[int, float]:
@@ -41,8 +41,8 @@ def denoise(model, params, config, noisy: np.ndarray, sigma: float, mesh, key, *
   ac = np.asarray(schedule.alphas_cumprod, np.float64)
   k, extra = noise_step(ac, sigma)
   rng = np.random.default_rng(seed)
-  y = to_float(noisy)[None] + extra * rng.standard_normal((num_samples, *noisy.shape))
+  y = to_float(noisy)[None] + extra * rng.standard_normal((padded(num_samples, mesh), *noisy.shape))
   x_k = np.sqrt(ac[k]) * y
   sample = make_sampler(model, config, noisy.shape, mesh, sampler=sampler,
                         steps=None if steps is None else min(steps, k + 1), start=k)
-  return gather(sample(params, key, 0, x_start=x_k.astype(np.float32)))
+  return gather(sample(params, key, 0, x_start=x_k.astype(np.float32)))[:num_samples]

@@ -8,7 +8,7 @@ sampling runs the reverse chain with the image as condition.
 
 import numpy as np
 
-from diffusion.sampling import gather, make_sampler, to_float
+from diffusion.sampling import gather, padded, make_sampler, to_float
 
 
 def enhance(model, params, config, image: np.ndarray, mesh, key, *, num_samples: int = 1,
@@ -22,5 +22,5 @@ def enhance(model, params, config, image: np.ndarray, mesh, key, *, num_samples:
                      f"{model.cond_channels}")
   shape = (config.data.image_size,) * 2 + (config.data.channels,)
   sample = make_sampler(model, config, shape, mesh, sampler=sampler, steps=steps)
-  cond = np.broadcast_to(to_float(image), (num_samples, *image.shape))
-  return gather(sample(params, key, 0, cond=np.ascontiguousarray(cond)))
+  cond = np.broadcast_to(to_float(image), (padded(num_samples, mesh), *image.shape))
+  return gather(sample(params, key, 0, cond=np.ascontiguousarray(cond)))[:num_samples]

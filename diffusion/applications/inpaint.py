@@ -17,7 +17,7 @@ from diffusion import samplers
 from diffusion.config import betas_from_config
 from diffusion.forward import q_sample
 from diffusion.reverse import p_sample
-from diffusion.sampling import gather, over_samples, to_float, to_uint8
+from diffusion.sampling import gather, padded, over_samples, to_float, to_uint8
 from diffusion.schedules import Schedule, respace_betas
 
 
@@ -104,8 +104,9 @@ def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, ke
                          clip_x0=d.get("clip_x0", True))
 
   run = over_samples(device_fn, mesh, 2)
-  x0 = np.broadcast_to(to_float(image), (num_samples, *image.shape))
-  known = np.broadcast_to(mask[None, ..., None], (num_samples, *mask.shape, 1))
+  n = padded(num_samples, mesh)
+  x0 = np.broadcast_to(to_float(image), (n, *image.shape))
+  known = np.broadcast_to(mask[None, ..., None], (n, *mask.shape, 1))
   generated = to_uint8(gather(run(params, key, 0, np.ascontiguousarray(x0),
-                                  np.ascontiguousarray(known))))
-  return np.where(known, image[None], generated)
+                                  np.ascontiguousarray(known))))[:num_samples]
+  return np.where(known[:num_samples], image[None], generated)

@@ -1,0 +1,99 @@
+"""The `ddpm inpaint | denoise | enhance | anomaly` commands: read PNG/NPZ, run, write PNG/NPZ/CSV."""
+
+import csv
+import os
+
+import numpy as np
+from PIL import Image
+
+from diffusion.applications.anomaly import anomaly_scores, auroc
+from diffusion.applications.denoise import denoise
+from diffusion.applications.enhance import enhance
+from diffusion.applications.inpaint import inpaint
+from diffusion.applications.imageio import read_image, read_images, write_image
+from diffusion.sample_run import image_shape, load_run, replicate
+from diffusion.sampling import to_uint8
+from diffusion.training.loop import make_mesh
+from diffusion.training.state import base_key
+
+
+def _run(args):
+  config, model, params, _ = load_run(args.workdir, args.step)
+  mesh = make_mesh()
+  return config, model, replicate(params, mesh), mesh, base_key(args.seed, "sample")
+
+
+def _write_samples(out: str, samples: np.ndarray) -> None:
+  """Sample 0 to `out`, further ones to out_1.png, out_2.png, ..."""
+  stem, ext = os.path.splitext(out)
+  for i, sample in enumerate(samples):
+    write_image(out if i == 0 else f"{stem}_{i}{ext or '.png'}", sample)
+
+
+def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+  """bool [H, W] from a black-and-white PNG: white (255) = known, black (0) = to generate."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--mask {path!r} does not exist")
+  with Image.open(path) as image:
+    mask = np.asarray(image.convert("L"))
+  if mask.shape != tuple(shape):
+    raise ValueError(f"--mask {path!r} is {mask.shape[0]}×{mask.shape[1]}; the image is "
+                     f"{shape[0]}×{shape[1]}")
+  values = np.unique(mask)
+  if not set(values.tolist()) <= {0, 255}:
+    raise ValueError(f"--mask {path!r} must be binary (0 = generate, 255 = keep); it holds "
+                     f"{len(values)} grey levels")
+  return mask == 255
+
+
+def inpaint_command(args) -> None:
+  config, model, params, mesh, key = _run(args)
+  image = read_image(args.image, image_shape(config))
+  mask = read_mask(args.mask, image.shape[:2])
+  samples = inpaint(model, params, config, image, mask, mesh, key, num_samples=args.num_samples,
+                    steps=args.steps, jump_length=args.jump_length, resamplings=args.resamplings)
+  _write_samples(args.out, samples)
+
+
+def denoise_command(args) -> None:
+  config, model, params, mesh, key = _run(args)
+  noisy = read_image(args.image, image_shape(config))
+  samples = denoise(model, params, config, noisy, args.sigma, mesh, key,
+                    num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
+                    seed=args.seed)
+  mean = samples.mean(axis=0)
+  write_image(args.out, to_uint8(mean))
+  if args.num_samples > 1:
+    std = samples.std(axis=0) / 2  # in units of the [0, 1] pixel range
+    stem = os.path.splitext(args.out)[0]
+    np.savez(stem + ".npz", mean=(mean + 1) / 2, std=std, samples=to_uint8(samples))
+    scale = 255 / max(float(std.max()), 1e-8)
+    write_image(stem + "_std.png", np.clip(std * scale, 0, 255).astype(np.uint8))
+
+
+def enhance_command(args) -> None:
+  config, model, params, mesh, key = _run(args)
+  image = read_image(args.image, (config.data.image_size,) * 2 + (model.cond_channels,))
+  samples = enhance(model, params, config, image, mesh, key, num_samples=args.num_samples,
+                    sampler=args.sampler, steps=args.steps)
+  _write_samples(args.out, to_uint8(samples))
+
+
+def anomaly_command(args) -> float | None:
+  config, model, params, mesh, key = _run(args)
+  names, images, labels = read_images(args.images, image_shape(config))
+  scores, maps, _ = anomaly_scores(model, params, config, images, mesh, key, step=args.at_step,
+                                   sampler=args.sampler, steps=args.steps, seed=args.seed)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image", "score"] + (["label"] if labels is not None else []))
+    for i, name in enumerate(names):
+      writer.writerow([name, f"{scores[i]:.6g}"] + ([int(labels[i])] if labels is not None else []))
+  np.savez(os.path.splitext(args.out)[0] + "_maps.npz", maps=maps, scores=scores)
+  if labels is None:
+    return None
+  value = auroc(scores, labels)
+  print(f"AUROC {value:.4f} ({int(labels.sum())} anomalous, {int((1 - labels).sum())} normal)")
+  return value
+
