@@ -58,9 +58,8 @@ def inpaint_command(args) -> None:
 def denoise_command(args) -> None:
   config, model, params, mesh, key = _run(args)
   noisy = read_image(args.image, image_shape(config))
-  samples = denoise(model, params, config, noisy, args.sigma, mesh, key,
-                    num_samples=args.num_samples, sampler=args.sampler, steps=args.steps,
-                    seed=args.seed)
+  samples = denoise(model, params, config, np.repeat(noisy[None], args.num_samples, 0),
+                    args.sigma, mesh, key, sampler=args.sampler, steps=args.steps, seed=args.seed)
   mean = samples.mean(axis=0)
   write_image(args.out, to_uint8(mean))
   if args.num_samples > 1:
@@ -74,8 +73,8 @@ def denoise_command(args) -> None:
 def enhance_command(args) -> None:
   config, model, params, mesh, key = _run(args)
   image = read_image(args.image, (config.data.image_size,) * 2 + (model.cond_channels,))
-  samples = enhance(model, params, config, image, mesh, key, num_samples=args.num_samples,
-                    sampler=args.sampler, steps=args.steps)
+  samples = enhance(model, params, config, np.repeat(image[None], args.num_samples, 0), mesh,
+                    key, sampler=args.sampler, steps=args.steps)
   _write_samples(args.out, to_uint8(samples))
 
 

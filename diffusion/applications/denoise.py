@@ -33,16 +33,24 @@ def noise_step(alphas_cumprod: np.ndarray, sigma: float) -> tuple[int, float]:
 
 
 def denoise(model, params, config, noisy: np.ndarray, sigma: float, mesh, key, *,
-            num_samples: int = 1, sampler: str = "ddpm", steps: int | None = None,
-            seed: int = 0) -> np.ndarray:
-  """Samples of the clean image given `noisy` (uint8 [H, W, C]): float32 [num_samples, H, W, C]
-  in [-1, 1]. num_samples must be divisible by the device count."""
+            sampler: str = "ddpm", steps: int | None = None, seed: int = 0) -> np.ndarray:
+  """One posterior sample of the clean image for each noisy one.
+
+  noisy: uint8 [N, H, W, C] (or one image [H, W, C]); returns float32 of the
+  same shape in [-1, 1]. Pass an image several times for several samples
+  (their mean and standard deviation: an uncertainty map).
+  """
+  single = noisy.ndim == 3
+  noisy = noisy[None] if single else noisy
   schedule = schedule_from_config(config)
   ac = np.asarray(schedule.alphas_cumprod, np.float64)
   k, extra = noise_step(ac, sigma)
+  n = len(noisy)
   rng = np.random.default_rng(seed)
-  y = to_float(noisy)[None] + extra * rng.standard_normal((padded(num_samples, mesh), *noisy.shape))
-  x_k = np.sqrt(ac[k]) * y
-  sample = make_sampler(model, config, noisy.shape, mesh, sampler=sampler,
+  y = to_float(noisy)
+  y = np.concatenate([y, y[:padded(n, mesh) - n]])
+  x_k = np.sqrt(ac[k]) * (y + extra * rng.standard_normal(y.shape))
+  sample = make_sampler(model, config, noisy.shape[1:], mesh, sampler=sampler,
                         steps=None if steps is None else min(steps, k + 1), start=k)
-  return gather(sample(params, key, 0, x_start=x_k.astype(np.float32)))[:num_samples]
+  out = gather(sample(params, key, 0, x_start=x_k.astype(np.float32)))[:n]
+  return out[0] if single else out

@@ -11,16 +11,22 @@ import numpy as np
 from diffusion.sampling import gather, padded, make_sampler, to_float
 
 
-def enhance(model, params, config, image: np.ndarray, mesh, key, *, num_samples: int = 1,
-            sampler: str = "ddpm", steps: int | None = None) -> np.ndarray:
-  """Enhanced versions of `image` (uint8 [H, W, C]): float32 [num_samples, H, W, C] in [-1, 1]."""
+def enhance(model, params, config, images: np.ndarray, mesh, key, *, sampler: str = "ddpm",
+            steps: int | None = None) -> np.ndarray:
+  """An enhanced version of each image: uint8 [N, H, W, C] (or [H, W, C]) -> float32 of the
+  same shape in [-1, 1]. Pass an image several times for several samples."""
   if not model.cond_channels:
     raise ValueError("this run's model is not image-conditioned (config.model.cond_channels = 0): "
                      "train it with config.data.condition set")
-  if image.shape[-1] != model.cond_channels:
-    raise ValueError(f"--image has {image.shape[-1]} channels; the model is conditioned on "
+  single = images.ndim == 3
+  images = images[None] if single else images
+  if images.shape[-1] != model.cond_channels:
+    raise ValueError(f"--image has {images.shape[-1]} channels; the model is conditioned on "
                      f"{model.cond_channels}")
   shape = (config.data.image_size,) * 2 + (config.data.channels,)
   sample = make_sampler(model, config, shape, mesh, sampler=sampler, steps=steps)
-  cond = np.broadcast_to(to_float(image), (padded(num_samples, mesh), *image.shape))
-  return gather(sample(params, key, 0, cond=np.ascontiguousarray(cond)))[:num_samples]
+  n = len(images)
+  cond = to_float(images)
+  cond = np.concatenate([cond, cond[:padded(n, mesh) - n]])
+  out = gather(sample(params, key, 0, cond=cond))[:n]
+  return out[0] if single else out

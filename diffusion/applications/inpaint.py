@@ -85,7 +85,6 @@ def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, ke
 
   image: uint8 [H, W, C]; mask: bool [H, W], True = known (kept). The chain
   runs on `steps` timesteps respaced from the model's T (RePaint used 250).
-  num_samples must be divisible by the mesh's device count.
   """
   d = config.diffusion
   betas = betas_from_config(config)
