@@ -1,0 +1,122 @@
+"""The samplers against the exact answer for Gaussian data, whose optimal denoiser is known."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import diffusion
+from diffusion import samplers
+
+T = 1000
+MU, STD = 0.1, 0.3
+BETAS = diffusion.linear_betas(T)
+SCHEDULE = diffusion.Schedule.from_betas(BETAS)
+
+
+def oracle(x, t):
+  """E[ε | x_t] for data N(MU, STD²): the optimal ε-predictor."""
+  a = SCHEDULE.alphas_cumprod[t].reshape(-1, 1, 1)
+  return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * MU) / (a * STD**2 + 1 - a)
+
+
+def chain(sampler, count, n=20_000, seed=0, spacing=None, **options):
+  """Samples of `sampler` over `count` steps; `seed` draws the chain's noise, not x_T."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))
+  x_T = jax.random.normal(jax.random.key(1000), (n, 1, 1))
+  steps = samplers.spaced_steps(SCHEDULE, count, spacing or samplers.DEFAULT_SPACING[sampler])
+  run = jax.jit(lambda x, k: samplers.run(sampler, oracle, BETAS, SCHEDULE, steps, x, k,
+                                          prediction="eps", variance="fixed_small",
+                                          clip_x0=False, **options))
+  return np.asarray(run(x_T, keys)).ravel()
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "logsnr"])
+def test_spaced_steps(spacing):
+  for count in (1, 2, 10, 50, 1000):
+    steps = samplers.spaced_steps(SCHEDULE, count, spacing)
+    assert len(steps) == count and steps[0] == 999 and np.all(np.diff(steps) < 0)
+    assert count == 1 or steps[-1] == 0
+  partial = samplers.spaced_steps(SCHEDULE, 20, spacing, start=300)
+  assert partial[0] == 300 and partial[-1] == 0 and len(partial) == 20
+  np.testing.assert_array_equal(samplers.spaced_steps(SCHEDULE, None, spacing), np.arange(999, -1, -1))
+
+
+def test_the_ddim_papers_spacings():
+  np.testing.assert_array_equal(samplers.spaced_steps(SCHEDULE, 10),
+                                [999, 888, 777, 666, 555, 444, 333, 222, 111, 0])
+  quadratic = samplers.spaced_steps(SCHEDULE, 10, "quadratic")[::-1]
+  np.testing.assert_allclose(quadratic, 999 * np.linspace(0, 1, 10) ** 2, atol=0.5)
+
+
+def test_bad_spacing_arguments():
+  with pytest.raises(ValueError, match=r"steps must be an int in \[1, 1000\]"):
+    samplers.spaced_steps(SCHEDULE, 1001)
+  with pytest.raises(ValueError, match="spacing must be one of"):
+    samplers.spaced_steps(SCHEDULE, 10, "cubic")
+  with pytest.raises(ValueError, match=r"start step must lie in \[0, 1000\)"):
+    samplers.spaced_steps(SCHEDULE, 10, start=1000)
+
+
+def test_ddim_with_eta_1_over_every_step_is_ancestral_sampling_in_distribution():
+  ancestral = chain("ddpm", None, seed=0)
+  ddim = chain("ddim", 1000, seed=1, eta=1.0)
+  assert not np.allclose(ancestral, ddim)  # independent noise
+  assert stats.ks_2samp(ancestral, ddim).pvalue > 0.01
+  for x in (ancestral, ddim):  # both end on the data, a little narrow (σ² = β̃)
+    assert abs(x.mean() - MU) < 4 * STD / np.sqrt(len(x)) and abs(x.std() / STD - 1) < 0.03
+
+
+def test_ddim_with_eta_0_is_deterministic():
+  np.testing.assert_array_equal(chain("ddim", 50, n=100, seed=0), chain("ddim", 50, n=100, seed=7))
+  assert not np.array_equal(chain("ddim", 50, n=100, eta=0.5, seed=0),
+                            chain("ddim", 50, n=100, eta=0.5, seed=7))
+
+
+def test_dpm_solver_pp_is_accurate_in_few_steps():
+  """The probability-flow ODE maps N(0, 1) exactly onto the data N(MU, STD²)."""
+  exact = chain("ddim", 1000, n=4000)  # the ODE to first order with tiny steps
+  for steps, tolerance in ((10, 0.05), (20, 0.03)):
+    dpm = chain("dpm++", steps, n=4000)
+    ddim = chain("ddim", steps, n=4000)
+    assert np.abs(dpm - exact).max() < tolerance
+    assert np.abs(dpm - exact).max() < np.abs(ddim - exact).max() / 4
+    assert abs(dpm.std() / STD - 1) < 0.04
+
+
+@pytest.mark.parametrize("count", [1000, 100, 10])
+def test_respacing_keeps_the_marginals_of_the_kept_steps(count):
+  """With the exact reverse variances of the respaced chain, every step draws from the true
+  q(x_{t_{i-1}} | x_{t_i}): the chain ends on the data for any number of steps."""
+  kept = np.sort(samplers.spaced_steps(SCHEDULE, count))
+  respaced = diffusion.Schedule.from_betas(diffusion.respace_betas(BETAS, kept))
+  np.testing.assert_allclose(respaced.alphas_cumprod, SCHEDULE.alphas_cumprod[kept], rtol=1e-5)
+
+  def exact(x, t):
+    i = jnp.searchsorted(jnp.asarray(kept), t)
+    a = respaced.alphas_cumprod[i].reshape(-1, 1, 1)
+    var_x0 = STD**2 * (1 - a) / (a * STD**2 + 1 - a)
+    var = (respaced.posterior_variance[i].reshape(-1, 1, 1)
+           + respaced.posterior_mean_coef1[i].reshape(-1, 1, 1) ** 2 * var_x0)
+    return jnp.concatenate([oracle(x, t), jnp.log(var)], -1)
+
+  n = 20_000
+  keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(n))
+  x_T = jax.random.normal(jax.random.key(1), (n, 1, 1))
+  x = np.asarray(samplers.ancestral(exact, BETAS, kept[::-1], x_T, keys, variance="learned",
+                                    clip_x0=False)).ravel()
+  assert abs(x.mean() - MU) < 4 * STD / np.sqrt(n)
+  assert abs(x.std() / STD - 1) < 0.015
+
+
+def test_classifier_free_guidance_mixes_the_two_predictions():
+  def model_fn(x, t, y):  # "ε" = label, variance channel = 10 · label
+    y = y.astype(jnp.float32).reshape(-1, 1, 1, 1)
+    return jnp.concatenate([jnp.broadcast_to(y, x.shape), jnp.broadcast_to(10 * y, x.shape)], -1)
+  labels = jnp.array([2, 3])
+  guided = samplers.classifier_free_guidance(model_fn, labels, null_class=10, scale=3.0, channels=1)
+  out = guided(jnp.zeros((2, 4, 4, 1)), jnp.array([5, 5]))
+  # ε̃ = ε_∅ + w (ε_y - ε_∅) with ε_∅ = 10; the variance is the conditional one.
+  np.testing.assert_allclose(out[:, 0, 0, 0], 10 + 3 * (np.array([2, 3]) - 10))
+  np.testing.assert_allclose(out[:, 0, 0, 1], [20, 30])
