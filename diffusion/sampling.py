@@ -114,6 +114,11 @@ def padded(n: int, mesh: Mesh) -> int:
   return n + (-n) % mesh.size
 
 
+def pad_to_devices(a: np.ndarray, mesh: Mesh) -> np.ndarray:
+  """`a` [n, ...] with its rows repeated cyclically up to a multiple of the mesh's devices."""
+  return a[np.arange(padded(len(a), mesh)) % len(a)]
+
+
 def to_uint8(x) -> np.ndarray:
   """[-1, 1] floats -> uint8 pixels, rounding to the nearest of the 256 levels."""
   return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)

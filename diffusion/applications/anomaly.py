@@ -6,11 +6,10 @@ images and changes anomalous ones. The per-pixel map is |x - x̂| (mean over
 channels), the per-image score its mean square, in units of the [0, 1] range.
 """
 
-import jax
 import numpy as np
 
 from diffusion.config import schedule_from_config
-from diffusion.sampling import gather, make_sampler, to_float
+from diffusion.sampling import gather, make_sampler, pad_to_devices, to_float
 
 
 def anomaly_scores(model, params, config, images: np.ndarray, mesh, key, *, step: int | None = None,
@@ -25,7 +24,7 @@ def anomaly_scores(model, params, config, images: np.ndarray, mesh, key, *, step
   step = num_steps // 4 if step is None else step
   if not 0 <= step < num_steps:
     raise ValueError(f"--step must lie in [0, {num_steps}) (the model's T); got {step}")
-  devices = jax.device_count()
+  devices = mesh.size
   batch = max(devices, batch - batch % devices)
   ac = float(schedule.alphas_cumprod[step])
   sample = make_sampler(model, config, images.shape[1:], mesh, sampler=sampler,
@@ -34,11 +33,10 @@ def anomaly_scores(model, params, config, images: np.ndarray, mesh, key, *, step
   x0 = to_float(images)
   recon = []
   for first in range(0, len(images), batch):
-    chunk = x0[first:first + batch]
-    pad = (-len(chunk)) % devices
-    chunk = np.concatenate([chunk, chunk[:pad]]) if pad else chunk
+    n = len(x0[first:first + batch])
+    chunk = pad_to_devices(x0[first:first + batch], mesh)
     x_k = np.sqrt(ac) * chunk + np.sqrt(1 - ac) * rng.standard_normal(chunk.shape)
-    recon.append(gather(sample(params, key, first, x_start=x_k.astype(np.float32)))[:len(chunk) - pad])
+    recon.append(gather(sample(params, key, first, x_start=x_k.astype(np.float32)))[:n])
   recon = np.concatenate(recon)
   maps = np.abs(x0 - recon).mean(axis=-1) / 2  # [0, 1] units
   scores = np.mean(((x0 - recon) / 2) ** 2, axis=(1, 2, 3))

@@ -72,6 +72,9 @@ def denoise_command(args) -> None:
 
 def enhance_command(args) -> None:
   config, model, params, mesh, key = _run(args)
+  if not model.cond_channels:
+    raise ValueError(f"--workdir {args.workdir!r}: the model is not image-conditioned "
+                     "(config.model.cond_channels = 0); train it with config.data.condition set")
   image = read_image(args.image, (config.data.image_size,) * 2 + (model.cond_channels,))
   samples = enhance(model, params, config, np.repeat(image[None], args.num_samples, 0), mesh,
                     key, sampler=args.sampler, steps=args.steps)

@@ -9,11 +9,10 @@ q(x_k | x_0) exactly. The reverse chain then runs from step k. Several
 chains give the posterior mean and a per-pixel standard deviation.
 """
 
-import jax
 import numpy as np
 
 from diffusion.config import schedule_from_config
-from diffusion.sampling import gather, padded, make_sampler, to_float
+from diffusion.sampling import gather, make_sampler, pad_to_devices, to_float
 
 
 def noise_step(alphas_cumprod: np.ndarray, sigma: float) -> tuple[int, float]:
@@ -47,8 +46,7 @@ def denoise(model, params, config, noisy: np.ndarray, sigma: float, mesh, key, *
   k, extra = noise_step(ac, sigma)
   n = len(noisy)
   rng = np.random.default_rng(seed)
-  y = to_float(noisy)
-  y = np.concatenate([y, y[:padded(n, mesh) - n]])
+  y = pad_to_devices(to_float(noisy), mesh)
   x_k = np.sqrt(ac[k]) * (y + extra * rng.standard_normal(y.shape))
   sample = make_sampler(model, config, noisy.shape[1:], mesh, sampler=sampler,
                         steps=None if steps is None else min(steps, k + 1), start=k)

@@ -8,7 +8,7 @@ sampling runs the reverse chain with the image as condition.
 
 import numpy as np
 
-from diffusion.sampling import gather, padded, make_sampler, to_float
+from diffusion.sampling import gather, make_sampler, pad_to_devices, to_float
 
 
 def enhance(model, params, config, images: np.ndarray, mesh, key, *, sampler: str = "ddpm",
@@ -26,7 +26,6 @@ def enhance(model, params, config, images: np.ndarray, mesh, key, *, sampler: st
   shape = (config.data.image_size,) * 2 + (config.data.channels,)
   sample = make_sampler(model, config, shape, mesh, sampler=sampler, steps=steps)
   n = len(images)
-  cond = to_float(images)
-  cond = np.concatenate([cond, cond[:padded(n, mesh) - n]])
+  cond = pad_to_devices(to_float(images), mesh)
   out = gather(sample(params, key, 0, cond=cond))[:n]
   return out[0] if single else out

@@ -1,0 +1,225 @@
+"""The applications on a DDPM trained on the digits: inpainting, denoising, anomaly detection,
+enhancement, class-conditional data augmentation, and their bad input."""
+
+import csv
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from _tiny import CONFIGS, tiny_overrides
+from diffusion import cli
+from diffusion.applications import auroc, denoise
+from diffusion.data import DigitsSource, ImageFolderSource, PairedFolderSource, degrade
+from diffusion.sample_run import load_run, replicate
+from diffusion.sampling import to_float
+from diffusion.training.loop import make_mesh
+from diffusion.training.state import base_key
+
+DIGITS = os.path.join(CONFIGS, "digits.py")
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  """The digits config, shortened: T = 200 (betas scaled by 1000/T, as improved DDPM does),
+  600 steps. Good enough to denoise and to tell digits from non-digits."""
+  workdir = tmp_path_factory.mktemp("digits")
+  # Trained in a process of its own on one CPU device with XLA's usual optimisation: the
+  # tests' settings (8 devices, unoptimised code) would make these 600 steps twice as slow.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  run = subprocess.run([
+      sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir", str(workdir),
+      "--config.train.num_steps=600", "--config.diffusion.num_steps=200",
+      "--config.diffusion.beta_start=5e-4", "--config.diffusion.beta_end=0.1",
+      "--config.optim.warmup_steps=100", "--config.train.checkpoint_every=600",
+      "--config.train.sample_every=600", "--config.train.num_samples=8",
+      "--config.train.log_every=100"], env=env, capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-2000:]
+  return workdir
+
+
+def save(path, image):
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+  return str(path)
+
+
+def test_inpainting_keeps_the_known_pixels(digits_run, tmp_path):
+  image = DigitsSource().images[1700]
+  mask = np.full((8, 8), 255, np.uint8)
+  mask[2:6, 1:7] = 0
+  out = tmp_path / "out.png"
+  assert cli.main(["inpaint", "--workdir", str(digits_run), "--image", save(tmp_path / "in.png", image),
+                   "--mask", save(tmp_path / "mask.png", mask[..., None]), "--out", str(out),
+                   "--steps", "50", "--jump-length", "5", "--resamplings", "3",
+                   "--num-samples", "3"]) == 0
+  results = [np.asarray(Image.open(p))[..., None] for p in
+             (out, tmp_path / "out_1.png", tmp_path / "out_2.png")]
+  known = mask == 255
+  for result in results:
+    np.testing.assert_array_equal(result[known], image[known])
+  assert not np.array_equal(results[0][~known], results[1][~known])
+
+
+def psnr(x, clean):
+  """Per image, x in [-1, 1], clean uint8."""
+  return 10 * np.log10(1 / np.mean(((x + 1) / 2 - clean / 255) ** 2, axis=(1, 2, 3)))
+
+
+def test_denoising_improves_psnr(digits_run):
+  config, model, params, _ = load_run(str(digits_run))
+  mesh = make_mesh()
+  params = replicate(params, mesh)
+  clean = DigitsSource().images[1500:1516]
+  rng = np.random.default_rng(1)
+  gains = {}
+  for sigma in (0.1, 0.2, 0.4):
+    noisy = np.clip(np.round(clean + rng.normal(0, sigma * 255, clean.shape)), 0, 255)
+    noisy = noisy.astype(np.uint8)
+    samples = denoise(model, params, config, np.repeat(noisy, 4, axis=0), sigma, mesh,
+                      base_key(0, "sample"))
+    mean = samples.reshape(16, 4, 8, 8, 1).mean(axis=1)  # the posterior mean: the MMSE estimate
+    gains[sigma] = psnr(mean, clean).mean() - psnr(to_float(noisy), clean).mean()
+  print("PSNR gain (dB) of the 4-sample posterior mean:", gains)
+  assert all(gain > 0.5 for gain in gains.values()), gains
+
+
+def test_the_denoise_command_writes_the_uncertainty(digits_run, tmp_path):
+  clean = DigitsSource().images[1600]
+  noisy = np.clip(clean + np.random.default_rng(0).normal(0, 50, clean.shape), 0, 255)
+  out = tmp_path / "clean.png"
+  assert cli.main(["denoise", "--workdir", str(digits_run),
+                   "--image", save(tmp_path / "noisy.png", noisy.astype(np.uint8)),
+                   "--sigma", "0.2", "--out", str(out), "--num-samples", "4"]) == 0
+  assert np.asarray(Image.open(out)).shape == (8, 8)
+  data = np.load(tmp_path / "clean.npz")
+  assert data["mean"].shape == data["std"].shape == (8, 8, 1) and data["std"].max() > 0
+  assert data["samples"].shape == (4, 8, 8, 1)
+  assert os.path.exists(tmp_path / "clean_std.png")
+
+
+def test_anomaly_scores_separate_digits_from_non_digits(digits_run, tmp_path, capsys):
+  source = DigitsSource()
+  rng = np.random.default_rng(0)
+  normal = source.images[1700:1732]
+  anomalous = np.concatenate([rng.integers(0, 256, (16, 8, 8, 1)).astype(np.uint8),  # noise
+                              255 - source.images[1600:1616]])  # inverted digits
+  images = np.concatenate([normal, anomalous])
+  labels = np.array([0] * 32 + [1] * 32)
+  np.savez(tmp_path / "images.npz", images=images, labels=labels)
+  out = tmp_path / "scores.csv"
+  assert cli.main(["anomaly", "--workdir", str(digits_run), "--images",
+                   str(tmp_path / "images.npz"), "--out", str(out)]) == 0
+  printed = capsys.readouterr().out
+  with open(out) as f:
+    rows = list(csv.DictReader(f))
+  scores = np.array([float(r["score"]) for r in rows])
+  assert [int(r["label"]) for r in rows] == list(labels)
+  value = auroc(scores, labels)
+  print(f"anomaly AUROC, digits vs noise and inverted digits: {value:.3f}")
+  assert f"AUROC {value:.4f}" in printed and value > 0.9
+  maps = np.load(tmp_path / "scores_maps.npz")["maps"]
+  assert maps.shape == (64, 8, 8)
+
+  # A folder with normal/ and anomalous/ subfolders gives the labels too.
+  for name, group in (("normal", normal[:4]), ("anomalous", anomalous[:4])):
+    os.makedirs(tmp_path / "folder" / name)
+    for i, image in enumerate(group):
+      save(tmp_path / "folder" / name / f"{i}.png", image)
+  assert cli.main(["anomaly", "--workdir", str(digits_run), "--images", str(tmp_path / "folder"),
+                   "--out", str(tmp_path / "folder.csv"), "--sampler", "ddim", "--steps",
+                   "10"]) == 0
+  assert "AUROC" in capsys.readouterr().out
+
+
+def test_auroc_against_scikit_learn():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 300)
+  scores = np.round(rng.normal(labels * 0.7, 1.0), 1)  # with ties
+  assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+  with pytest.raises(ValueError, match="needs both normal"):
+    auroc(scores, np.zeros(300))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["inpaint", "--image", "BIG", "--mask", "MASK", "--out", "o.png"],
+     r"--image .* has shape \(16, 16, 1\) \(H, W, C\); the model takes \(8, 8, 1\)"),
+    (["inpaint", "--image", "IMG", "--mask", "BIG", "--out", "o.png"], "--mask .* is 16×16"),
+    (["inpaint", "--image", "IMG", "--mask", "GREY", "--out", "o.png"], "--mask .* must be binary"),
+    (["inpaint", "--image", "IMG", "--mask", "MASK", "--out", "o.png", "--steps", "5000"],
+     r"--steps must lie in \[1, 200\]"),
+    (["denoise", "--image", "IMG", "--sigma", "0", "--out", "o.png"], r"--sigma must lie in \(0, 1\]"),
+    (["denoise", "--image", "IMG", "--sigma", "1.5", "--out", "o.png"], r"--sigma must lie in \(0, 1\]"),
+    (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--sampler", "euler"],
+     "--sampler must be one of ddpm, ddim, dpm\\+\\+"),
+    (["sample", "--num", "4", "--out", "s.npz", "--steps", "201"], r"--steps must be an int in \[1, 200\]"),
+    (["sample", "--num", "4", "--out", "s.npz", "--guidance", "2"], "--guidance needs a class-conditional"),
+    (["sample", "--num", "4", "--out", "s.npz", "--class", "3"], "--class needs a class-conditional"),
+    (["enhance", "--image", "IMG", "--out", "o.png"], "not image-conditioned"),
+])
+def test_bad_input_is_named(digits_run, tmp_path, capsys, argv, message):
+  files = {"BIG": np.zeros((16, 16, 1), np.uint8), "IMG": np.zeros((8, 8, 1), np.uint8),
+           "MASK": np.full((8, 8, 1), 255, np.uint8), "GREY": np.full((8, 8, 1), 128, np.uint8)}
+  paths = {name: save(tmp_path / f"{name}.png", image) for name, image in files.items()}
+  argv = [paths.get(a, a) for a in argv]
+  argv = argv[:1] + ["--workdir", str(digits_run)] + [
+      str(tmp_path / a) if a in ("o.png", "s.npz") else a for a in argv[1:]]
+  assert cli.main(argv) == 2
+  assert re.search(message, capsys.readouterr().err)
+
+
+def test_enhancement_trains_on_degraded_digits_and_enhances(tmp_path):
+  workdir = tmp_path / "run"
+  assert cli.main(["train", "--config", DIGITS, "--workdir", str(workdir), *tiny_overrides(),
+                   "--config.data.condition=degrade", "--config.data.degradations=blur,low_light",
+                   "--config.model.cond_channels=1"]) == 0
+  assert os.listdir(workdir / "samples")
+  image = degrade(DigitsSource().images[5], ("blur", "low_light"), np.random.default_rng(0))
+  out = tmp_path / "enhanced.png"
+  assert cli.main(["enhance", "--workdir", str(workdir), "--image",
+                   save(tmp_path / "degraded.png", image), "--out", str(out),
+                   "--sampler", "ddim", "--steps", "5"]) == 0
+  assert np.asarray(Image.open(out)).shape == (8, 8)
+
+
+def test_degradations_and_paired_folders(tmp_path):
+  image = DigitsSource(image_size=16, channels=3).images[3]
+  for kind in ("blur", "colour_cast", "low_light", "downscale"):
+    a = degrade(image, (kind,), np.random.default_rng(1))
+    assert a.shape == image.shape and a.dtype == np.uint8 and not np.array_equal(a, image)
+    np.testing.assert_array_equal(a, degrade(image, (kind,), np.random.default_rng(1)))
+  with pytest.raises(ValueError, match="unknown 'fog'"):
+    degrade(image, ("fog",), np.random.default_rng(0))
+  for split in ("input", "target"):
+    os.makedirs(tmp_path / split)
+    for name in ("a.png", "b.png"):
+      save(tmp_path / split / name, image if split == "target" else 255 - image)
+  pairs = PairedFolderSource(str(tmp_path), 16, 3)
+  target, label, cond = pairs[1]
+  np.testing.assert_array_equal(target, image)
+  np.testing.assert_array_equal(cond, 255 - image)
+  os.remove(tmp_path / "input" / "b.png")
+  with pytest.raises(ValueError, match=r"unpaired: \['b.png'\]"):
+    PairedFolderSource(str(tmp_path), 16, 3)
+
+
+def test_class_conditional_samples_for_data_augmentation(tmp_path):
+  workdir = tmp_path / "run"
+  assert cli.main(["train", "--config", DIGITS, "--workdir", str(workdir), *tiny_overrides(),
+                   "--config.model.num_classes=10", "--config.train.label_dropout=0.2"]) == 0
+  folders = tmp_path / "augmented"
+  assert cli.main(["sample", "--workdir", str(workdir), "--num", "20", "--out", str(folders),
+                   "--layout", "folders", "--sampler", "dpm++", "--steps", "5"]) == 0
+  assert sorted(os.listdir(folders)) == [str(k) for k in range(10)]
+  read_back = ImageFolderSource(str(folders), 8, 1)
+  assert len(read_back) == 20 and read_back.num_classes == 10
+  out = tmp_path / "threes.npz"
+  assert cli.main(["sample", "--workdir", str(workdir), "--num", "8", "--out", str(out),
+                   "--class", "3", "--guidance", "2.0", "--sampler", "ddim", "--steps", "5"]) == 0
+  data = np.load(out)
+  assert data["arr_0"].shape == (8, 8, 8, 1) and np.all(data["labels"] == 3)
