@@ -1,4 +1,4 @@
-"""Speed of the network: forward and training step, images/s and XLA's FLOP count.
+"""Speed: the network's forward and training step (images/s, XLA's FLOP count) and the samplers (samples/s).
 
 Not a test: run it on the machine to be measured, e.g.
   ddpm bench-unet --config experiments/configs/cifar10.py --batch 8
@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 
 from diffusion.losses import loss_simple
@@ -77,4 +78,62 @@ def format_table(result: dict[str, Any]) -> str:
     r = result[name]
     lines.append(f"{name:<11} {r['images_per_s']:>10.2f} {r['step_s']:>9.4f} "
                  f"{r['gflops_per_image']:>10.3f} {r['tflops_per_s']:>8.3f} {r['compile_s']:>10.1f}")
+  return "\n".join(lines)
+
+
+def bench_sampling(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++"),
+                   steps: int | None = None, repeats: int = 1, seed: int = 0) -> dict[str, Any]:
+  """Samples/s of each sampler at its default number of steps (or `steps`), on every device.
+
+  The network's parameters are a random initialisation: the time does not
+  depend on their values. For each sampler: the number of network calls, the
+  seconds of the first call (compilation and one chain), and, timed over
+  `repeats` more chains, seconds per chain, samples/s and milliseconds per
+  network call of the batch.
+  """
+  from diffusion.sample_run import image_shape, replicate
+  from diffusion.sampling import make_sampler
+  from diffusion.training.loop import make_mesh
+  from diffusion import samplers as samplers_lib
+  mesh = make_mesh()
+  shape = image_shape(config)
+  if batch % mesh.size:
+    raise ValueError(f"--batch must be a multiple of the {mesh.size} devices; got {batch}")
+  key = jax.random.key(seed)
+  x, t = jnp.zeros((1, *shape)), jnp.zeros((1,), jnp.int32)
+  kwargs = {"y": jnp.zeros((1,), jnp.int32)} if model.num_classes else {}
+  if model.cond_channels:
+    kwargs["cond"] = jnp.zeros((1, *shape[:-1], model.cond_channels))
+  params = replicate(jax.jit(model.init)(key, x, t, **kwargs)["params"], mesh)
+  cond = np.zeros((batch, *shape[:-1], model.cond_channels), np.float32) if model.cond_channels \
+      else None
+  result = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+            "devices": mesh.size, "dtype": jnp.dtype(model.dtype).name, "batch": batch,
+            "shape": list(shape), "num_steps": config.diffusion.num_steps, "samplers": {}}
+  labels = np.zeros(batch, np.int32)
+  for name in samplers:
+    count = steps or samplers_lib.DEFAULT_STEPS[name] or config.diffusion.num_steps
+    sample = make_sampler(model, config, shape, mesh, sampler=name, steps=count)
+    start = time.perf_counter()
+    jax.block_until_ready(sample(params, key, 0, labels, cond))
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(repeats):
+      out = sample(params, key, batch * (i + 1), labels, cond)
+    jax.block_until_ready(out)
+    chain_s = (time.perf_counter() - start) / repeats
+    result["samplers"][name] = {"steps": count, "first_call_s": first_s, "chain_s": chain_s,
+                                "samples_per_s": batch / chain_s,
+                                "ms_per_network_call": 1e3 * chain_s / count}
+  return result
+
+
+def format_sampling_table(result: dict[str, Any]) -> str:
+  lines = [f"{result['platform']} {result['device']} × {result['devices']}, {result['dtype']}, "
+           f"batch {result['batch']} of {tuple(result['shape'])}, T = {result['num_steps']}",
+           f"{'sampler':<8} {'steps':>6} {'samples/s':>10} {'s/chain':>9} {'ms/call':>8} "
+           f"{'first call s':>13}"]
+  for name, r in result["samplers"].items():
+    lines.append(f"{name:<8} {r['steps']:>6} {r['samples_per_s']:>10.2f} {r['chain_s']:>9.2f} "
+                 f"{r['ms_per_network_call']:>8.2f} {r['first_call_s']:>13.1f}")
   return "\n".join(lines)

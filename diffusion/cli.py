@@ -44,6 +44,29 @@ def _bench_unet(args: argparse.Namespace) -> None:
       json.dump(result, f, indent=2)
 
 
+def _bench_sampling(args: argparse.Namespace) -> None:
+  """Times each sampler's whole chain on a config's network (random parameters)."""
+  from diffusion import benchmark, models
+  from diffusion.config import load_config
+  from diffusion.sampling import check_options
+  config = load_config(args.config)
+  model_config = dict(config.model)
+  if args.dtype:
+    model_config["dtype"] = args.dtype
+  model = models.from_config(model_config)
+  names = tuple(n.strip() for n in args.samplers.split(",") if n.strip())
+  for name in names:
+    check_options(model, config.diffusion.num_steps, sampler=name, steps=args.steps, eta=0.0,
+                  spacing=None, guidance=None)
+  result = benchmark.bench_sampling(model, config, args.batch, samplers=names, steps=args.steps,
+                                    repeats=args.repeats)
+  result["config"] = args.config
+  print(benchmark.format_sampling_table(result))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
   """`ddpm train`: trains (or resumes) the run in --workdir."""
   import jax
@@ -173,6 +196,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   bench.add_argument("--json", help="also write the figures to this file")
   bench.set_defaults(run=_bench_unet)
 
+  bench = commands.add_parser(
+      "bench-sampling", help="samples/s of each sampler on a config's network")
+  bench.add_argument("--config", required=True, help="an experiments/configs/*.py file")
+  bench.add_argument("--batch", type=int, default=64, help="samples per chain (all devices)")
+  bench.add_argument("--samplers", default="ddpm,ddim,dpm++",
+                     help="comma-separated (default: all three, each at its default steps)")
+  bench.add_argument("--steps", type=int, help="steps for every sampler (default: theirs)")
+  bench.add_argument("--dtype", choices=["float32", "bfloat16"],
+                     help="computation dtype (default: the config's)")
+  bench.add_argument("--repeats", type=int, default=1, help="timed chains after the first")
+  bench.add_argument("--json", help="also write the figures to this file")
+  bench.set_defaults(run=_bench_sampling)
+
   train = commands.add_parser(
       "train", help="train (or resume) a run; --config.KEY=VALUE overrides the config",
       usage="ddpm train --config FILE --workdir DIR [--config.KEY=VALUE ...]")
@@ -206,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--steps and --rows must be positive")
   if args.command == "bench-unet" and (args.batch < 1 or args.steps < 1):
     parser.error("--batch and --steps must be positive")
+  if args.command == "bench-sampling" and (args.batch < 1 or args.repeats < 1):
+    parser.error("--batch and --repeats must be positive")
   try:
     if args.command == "train":
       _train(args, extra)

@@ -77,22 +77,32 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
     raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
   config, model, params, step = load_run(workdir, step)
   labels = sample_labels(model, num, class_label)
+  samples = draw_samples(config, model, params, labels, seed=seed, batch=batch, sampler=sampler,
+                         steps=steps, eta=eta, spacing=spacing, guidance=guidance,
+                         desc=f"sample {sampler} (step {step})")
+  if jax.process_index() == 0:
+    write_samples(out, samples, labels, model.num_classes, layout)
+  return samples
+
+
+def draw_samples(config, model, params, labels: np.ndarray, *, seed: int = 0, batch: int = 256,
+                 sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+                 spacing: str | None = None, guidance: float | None = None,
+                 desc: str = "sample") -> np.ndarray:
+  """uint8 samples [len(labels), H, W, C] of a run's network (labels: classes, ignored by an
+  unconditional model), drawn `batch` at a time over every device with a progress bar."""
+  num = len(labels)
   mesh = make_mesh()
   sample = make_sampler(model, config, image_shape(config), mesh, sampler=sampler, steps=steps,
                         eta=eta, spacing=spacing, guidance=guidance)
   params, key, batch = replicate(params, mesh), base_key(seed, "sample"), batch_size(batch)
   chunks = []
-  main = jax.process_index() == 0
-  for first in tqdm.tqdm(range(0, num, batch), desc=f"sample {sampler} (step {step})",
-                         unit="batch", disable=not main):
+  for first in tqdm.tqdm(range(0, num, batch), desc=desc, unit="batch",
+                         disable=jax.process_index() != 0):
     n = min(batch, num - first)
     padded = np.resize(labels[first:first + n], n + (-n) % jax.device_count())
     chunks.append(to_uint8(gather(sample(params, key, first, padded)))[:n])
-  samples = np.concatenate(chunks)
-  if main:
-    write_samples(out, samples, labels, model.num_classes, layout)
-  return samples
-
+  return np.concatenate(chunks)
 
 def write_samples(out: str, samples: np.ndarray, labels: np.ndarray, num_classes: int,
                   layout: str) -> None:

@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from diffusion.data import DigitsSource, ImageFolderSource, Loader, TfdsSource, resize_and_crop
+from diffusion.data import DigitsSource, digits_split_indices, ImageFolderSource, Loader, TfdsSource, resize_and_crop
 
 
 class ArraySource:
@@ -62,10 +62,18 @@ def test_random_flips_mirror_about_half_the_images():
 
 
 def test_digits():
-  source = DigitsSource()
+  source = DigitsSource(split="all")
   assert len(source) == 1797 and source.num_classes == 10
   image, label = source[0]
   assert image.shape == (8, 8, 1) and image.dtype == np.uint8 and label == 0
+  train, test = DigitsSource(split="train"), DigitsSource(split="test")
+  assert len(train) == 1500 and len(test) == 297
+  train_index, test_index = digits_split_indices("train"), digits_split_indices("test")
+  np.testing.assert_array_equal(np.sort(np.concatenate([train_index, test_index])), np.arange(1797))
+  np.testing.assert_array_equal(test.images, source.images[test_index])
+  assert np.bincount(test.labels).min() > 15  # every class is held out
+  with pytest.raises(ValueError, match="config.data.split"):
+    DigitsSource(split="validation")
   # The 17 grey levels 0..16 land on 0..255.
   assert source.images.max() == 255 and len(np.unique(source.images)) == 17
   big = DigitsSource(image_size=16, channels=3)

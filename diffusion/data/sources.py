@@ -44,20 +44,41 @@ def _channels(image: np.ndarray, channels: int) -> np.ndarray:
   raise ValueError(f"cannot turn an image of {image.shape[-1]} channels into {channels}")
 
 
+DIGITS_SPLITS = ("train", "test", "all")
+DIGITS_TEST_SIZE = 297  # held out from a fixed permutation: 1,500 train, 297 test
+
+
+def digits_split_indices(split: str) -> np.ndarray:
+  """Indices into scikit-learn's digits of `split`: "train" (1,500), "test" (297) or "all".
+
+  The split is a fixed random permutation (seed 0), so train and test are
+  drawn from the same writers; both keep scikit-learn's order.
+  """
+  if split not in DIGITS_SPLITS:
+    raise ValueError(f"config.data.split must be one of {', '.join(DIGITS_SPLITS)} for the "
+                     f"digits; got {split!r}")
+  order = np.random.default_rng(0).permutation(1797)
+  if split == "all":
+    return np.arange(1797)
+  return np.sort(order[DIGITS_TEST_SIZE:] if split == "train" else order[:DIGITS_TEST_SIZE])
+
+
 class DigitsSource:
   """scikit-learn's 1,797 handwritten digits (8×8, 17 grey levels), shipped inside the package.
 
   Pixel values 0..16 are mapped onto 0..255; labels are the digits 0-9.
+  `split` is "train" (1,500 images), "test" (the other 297) or "all".
   """
   num_classes = 10
 
-  def __init__(self, image_size: int = 8, channels: int = 1):
+  def __init__(self, image_size: int = 8, channels: int = 1, split: str = "train"):
     from sklearn.datasets import load_digits
+    index = digits_split_indices(split)
     digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+    images = np.round(digits.images[index] * (255 / 16)).astype(np.uint8)[..., None]
     self.images = np.stack([_channels(resize_and_crop(im, image_size), channels)
                             for im in images])
-    self.labels = digits.target.astype(np.int64)
+    self.labels = digits.target[index].astype(np.int64)
 
   def __len__(self) -> int:
     return len(self.images)
@@ -234,7 +255,7 @@ def make_source(config):
   if condition == "pairs":
     return PairedFolderSource(config.path, size, channels)
   if config.name == "digits":
-    source = DigitsSource(size, channels)
+    source = DigitsSource(size, channels, config.get("split", "train"))
   elif config.name == "folder":
     source = ImageFolderSource(config.path, size, channels)
   else:

@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.name = "digits"
   config.data.image_size = 8
-  config.data.split = "train"
+  config.data.split = "train"  # digits: train (1,500), test (297) or all
   config.data.data_dir = ""  # TFDS data_dir: a local folder or a bucket; "" = TFDS's default
   config.data.path = ""  # the image folder, for name = "folder" or condition = "pairs"
   config.data.condition = ""  # image-to-image: "pairs" (path/input, path/target) or "degrade"
