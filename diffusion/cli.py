@@ -67,6 +67,13 @@ def _bench_sampling(args: argparse.Namespace) -> None:
       json.dump(result, f, indent=2)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+  from diffusion import distributed
+  from diffusion.evaluation.commands import evaluate
+  distributed.initialize()
+  evaluate(args)
+
+
 def _train(args: argparse.Namespace, overrides: list[str]) -> None:
   """`ddpm train`: trains (or resumes) the run in --workdir."""
   import jax
@@ -232,6 +239,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   _application_parsers(commands)
 
+  evaluate = commands.add_parser(
+      "evaluate", help="FID/KID/IS of samples, the digits measures, bits/dim of a data split",
+      description="ddpm evaluate --samples S.npz --inception W --reference R | --samples S.npz "
+                  "--digits | --workdir DIR --bpd")
+  evaluate.add_argument("--samples", help="samples: an .npz (arr_0 uint8 NHWC) or a folder of images")
+  evaluate.add_argument("--inception", help="the FID Inception's weights (pytorch-fid's "
+                        "pt_inception-2015-12-05-6726825d.pth or its .npz conversion)")
+  evaluate.add_argument("--reference", help="reference images (.npz or folder) or their saved "
+                        "statistics (.npz with mu, sigma)")
+  evaluate.add_argument("--save-reference", help="write the reference images' statistics here")
+  evaluate.add_argument("--digits", action="store_true",
+                        help="digits-FID/KID/IS with the project's digit classifier (8×8 digits)")
+  evaluate.add_argument("--digits-reference", default="train", help="digits split to compare with")
+  evaluate.add_argument("--workdir", help="a training run (for --bpd)")
+  evaluate.add_argument("--bpd", action="store_true",
+                        help="NLL bound in bits/dim of a data split under the run's EMA network")
+  evaluate.add_argument("--split", default="test", help="data split for --bpd (default: test)")
+  evaluate.add_argument("--num", type=int, help="evaluate the first N images of the split")
+  evaluate.add_argument("--batch", type=int, default=64, help="images per compiled call")
+  evaluate.add_argument("--chunk", type=int, default=10, help="timesteps per network call (--bpd)")
+  evaluate.add_argument("--seed", type=int, default=0)
+  evaluate.add_argument("--out", help="also write the figures as JSON")
+  evaluate.set_defaults(run=_evaluate)
+
   args, extra = parser.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax"):
@@ -249,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       _train(args, extra)
     else:
       args.run(args)
-  except (ValueError, FileNotFoundError, FileExistsError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
     print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
     return 2
   return 0

@@ -172,3 +172,30 @@ def test_bad_weights_and_images(weights, tmp_path):
   with pytest.raises(ValueError, match=r"samples must have shape \[N, H, W, 1 or 3\]"):
     check_rgb_images(np.zeros((2, 32, 32, 4), np.uint8), "samples")
   assert check_rgb_images(np.zeros((2, 8, 8, 1), np.uint8)).shape == (2, 8, 8, 3)
+
+
+def test_ddpm_evaluate_with_the_inception(weights, tmp_path, capsys):
+  from diffusion import cli
+  path, _ = weights
+  rng = np.random.default_rng(1)
+  samples = rng.integers(0, 256, (12, 16, 16, 3)).astype(np.uint8)
+  other = np.clip(samples.astype(int) + rng.integers(-60, 60, samples.shape), 0, 255)
+  np.savez(tmp_path / "samples.npz", arr_0=samples)
+  np.savez(tmp_path / "reference.npz", arr_0=other.astype(np.uint8))
+  stats, out = tmp_path / "ref_stats.npz", tmp_path / "m.json"
+  assert cli.main(["evaluate", "--samples", str(tmp_path / "samples.npz"), "--inception", path,
+                   "--reference", str(tmp_path / "reference.npz"), "--save-reference", str(stats),
+                   "--batch", "8", "--out", str(out)]) == 0
+  first = __import__("json").loads(out.read_text())["samples"]
+  assert {"fid", "kid", "is"} <= set(first) and first["fid"] > 0
+  assert "FID" in capsys.readouterr().out
+  # The saved statistics stand in for the reference images: the same FID.
+  assert cli.main(["evaluate", "--samples", str(tmp_path / "samples.npz"), "--inception", path,
+                   "--reference", str(stats), "--batch", "8", "--out", str(out)]) == 0
+  second = __import__("json").loads(out.read_text())["samples"]
+  assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
+  # Samples of another resolution than the reference's: refused before any network runs.
+  np.savez(tmp_path / "small.npz", arr_0=samples[:, :8, :8])
+  assert cli.main(["evaluate", "--samples", str(tmp_path / "small.npz"), "--inception", path,
+                   "--reference", str(stats)]) == 2
+  assert "are 8×8 but --reference statistics were computed on 16×16" in capsys.readouterr().err

@@ -65,10 +65,11 @@ def statistics(features) -> tuple[np.ndarray, np.ndarray]:
   return stats.mu, stats.sigma
 
 
-def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
-  """Writes `mu` and `sigma` to an .npz (the keys pytorch-fid's reference files use)."""
+def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray, **extra) -> None:
+  """Writes `mu` and `sigma` (and any `extra` arrays) to an .npz, with the keys pytorch-fid's
+  reference files use."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+  np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
 
 
 def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:

@@ -79,8 +79,9 @@ def create_state(model, config, mesh: Mesh, sample: dict[str, jax.Array]) -> Tra
 
 
 def base_key(seed: int, purpose: str) -> jax.Array:
-  """The root key of one use of the seed: "init", "train" or "sample"."""
-  return jax.random.fold_in(jax.random.key(seed), ("init", "train", "sample").index(purpose))
+  """The root key of one use of the seed: "init", "train", "sample" or "evaluate"."""
+  return jax.random.fold_in(jax.random.key(seed),
+                            ("init", "train", "sample", "evaluate").index(purpose))
 
 
 def abstract_state(model, config, mesh: Mesh, sample) -> TrainState:

@@ -1,0 +1,173 @@
+"""`ddpm evaluate`: FID/KID/IS of sample files, the digits measures, and bits/dim of a data split."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from diffusion.data.sources import IMAGE_EXTENSIONS
+
+
+def load_image_set(path: str, argument: str) -> np.ndarray:
+  """uint8 [N, H, W, C] from an .npz (`arr_0`, as `ddpm sample` and the FID tools write, or
+  `images`) or a folder of PNG/JPEG files (searched recursively; all of one size)."""
+  if path.endswith(".npz"):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{argument} {path!r} does not exist")
+    with np.load(path) as data:
+      key = next((k for k in ("arr_0", "images") if k in data.files), None)
+      if key is None:
+        raise ValueError(f"{argument} {path!r} holds no 'arr_0' or 'images' array; it holds "
+                         f"{data.files}")
+      images = data[key]
+  elif os.path.isdir(path):
+    files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+      raise ValueError(f"{argument} {path!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
+    arrays = []
+    for file in files:
+      with Image.open(file) as image:
+        array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I", "I;16") else "RGB"))
+      arrays.append(array[..., None] if array.ndim == 2 else array)
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+      raise ValueError(f"{argument} {path!r} mixes image shapes {shapes[:3]}: resize them first")
+    images = np.stack(arrays)
+  else:
+    raise FileNotFoundError(f"{argument} {path!r} is neither an .npz file nor a folder")
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"{argument} {path!r} holds {images.dtype} {images.shape}; need uint8 images "
+                     "[N, H, W, 1 or 3] (0..255)")
+  if not len(images):
+    raise ValueError(f"{argument} {path!r} holds no images")
+  return images
+
+
+def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, *,
+                      save_reference: str | None = None, batch: int = 200,
+                      kid_subsets: int = 100) -> dict:
+  """FID, KID and IS of uint8 samples with the FID Inception; `reference` is images (.npz with
+  arr_0, or a folder) or saved statistics (.npz with mu, sigma: FID only)."""
+  from diffusion.evaluation.frechet import (
+      frechet_distance, inception_score, kernel_inception_distance, save_statistics, statistics)
+  from diffusion.evaluation.inception import InceptionFeatures, load_inception
+  variables = load_inception(weights)
+  stats = images = None
+  if reference is not None:  # read and checked before anything runs
+    stats = _saved_statistics(reference)
+    if stats is not None and stats[2] is not None and tuple(stats[2]) != samples.shape[1:3]:
+      raise ValueError(f"--samples are {samples.shape[1]}×{samples.shape[2]} but --reference "
+                       f"statistics were computed on {stats[2][0]}×{stats[2][1]} images")
+    if stats is None:
+      images = load_image_set(reference, "--reference")
+      if images.shape[1:3] != samples.shape[1:3]:
+        raise ValueError(f"--samples are {samples.shape[1]}×{samples.shape[2]} but --reference "
+                         f"images are {images.shape[1]}×{images.shape[2]}: compare like with like")
+  inception = InceptionFeatures(variables, batch_size=batch)
+  features, logits = inception(samples, "--samples", progress=True)
+  probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+  score, score_std = inception_score(probs / probs.sum(axis=1, keepdims=True),
+                                     splits=min(10, len(samples)))
+  result = {"num_samples": len(samples), "is": score, "is_std": score_std}
+  if reference is None:
+    return result
+  if stats is not None:
+    mu, sigma, _ = stats
+  else:
+    reference_features, _ = inception(images, "--reference", progress=True)
+    mu, sigma = statistics(reference_features)
+    result["kid"], result["kid_std"] = kernel_inception_distance(
+        features, reference_features, subsets=kid_subsets)
+    if save_reference:
+      save_statistics(save_reference, mu, sigma, image_shape=np.array(images.shape[1:3]))
+  result["fid"] = frechet_distance(*statistics(features), mu, sigma)
+  return result
+
+
+def _saved_statistics(path: str):
+  """(mu, sigma, image shape or None) if `path` is a statistics .npz, else None."""
+  if not path.endswith(".npz") or not os.path.isfile(path):
+    return None
+  with np.load(path) as data:
+    if "mu" not in data.files:
+      return None
+    if "sigma" not in data.files:
+      raise ValueError(f"--reference {path!r} holds 'mu' but no 'sigma'")
+    shape = tuple(int(s) for s in data["image_shape"]) if "image_shape" in data.files else None
+    return data["mu"].astype(np.float64), data["sigma"].astype(np.float64), shape
+
+
+def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: int,
+                         chunk_size: int, seed: int, step: int | None = None) -> dict:
+  """bits/dim of `num` images (default all) of a data split under a run's EMA network."""
+  import jax
+  from diffusion.data import make_source
+  from diffusion.evaluation.nll import dataset_bits_per_dim
+  from diffusion.sample_run import load_run, replicate
+  from diffusion.training.loop import make_mesh
+  from diffusion.training.state import base_key
+  config, model, params, step = load_run(workdir, step)
+  if model.cond_channels:
+    raise ValueError("--bpd evaluates unconditional or class-conditional models; this one is "
+                     "image-conditioned")
+  data = config.data.copy_and_resolve_references()
+  with data.unlocked():
+    data.split = split
+    data.condition = ""
+  source = make_source(data)
+  count = len(source) if num is None else min(num, len(source))
+  if count < 1:
+    raise ValueError(f"--num must be positive; got {num}")
+  items = [source[i] for i in range(count)]
+  images = np.stack([image for image, _ in items])
+  labels = np.array([label for _, label in items]) if model.num_classes else None
+  mesh = make_mesh()
+  result = dataset_bits_per_dim(model, replicate(params, mesh), config, images, mesh,
+                                base_key(seed, "evaluate"), labels=labels, batch=batch,
+                                chunk_size=chunk_size)
+  result.update(step=step, split=split)
+  if jax.process_index() == 0:
+    np.save(os.path.join(workdir, f"bpd_terms_{split}_step{step}.npy"), result["terms"])
+  return result
+
+
+def evaluate(args) -> dict:
+  """Runs what `ddpm evaluate`'s arguments ask for; prints a table, returns (and writes) the figures."""
+  result = {}
+  if args.bpd:
+    if not args.workdir:
+      raise ValueError("--bpd needs --workdir (a training run)")
+    bpd = workdir_bits_per_dim(args.workdir, split=args.split, num=args.num, batch=args.batch,
+                               chunk_size=args.chunk, seed=args.seed)
+    result["bpd"] = {k: v for k, v in bpd.items() if k not in ("per_image", "terms")}
+    print(f"NLL ≤ {bpd['bpd']:.4f} ± {bpd['bpd_stderr']:.4f} bits/dim on {bpd['num_images']} "
+          f"images of split {args.split!r} (step {bpd['step']}; prior term {bpd['prior']:.2e})")
+  if args.samples:
+    samples = load_image_set(args.samples, "--samples")
+    if args.digits:
+      from diffusion.evaluation.digits import DigitsEvaluator, digits_metrics
+      metrics = digits_metrics(samples, DigitsEvaluator.load(), reference=args.digits_reference)
+      names = {"fid": "digits-FID", "kid": "digits-KID", "is": "digits-IS"}
+    else:
+      if not args.inception:
+        raise ValueError("--samples needs --inception WEIGHTS (the FID network's weights file) "
+                         "or --digits (the offline digits measures)")
+      metrics = inception_metrics(samples, args.inception, args.reference,
+                                  save_reference=args.save_reference, batch=args.batch)
+      names = {"fid": "FID", "kid": "KID", "is": "IS"}
+    result["samples"] = metrics
+    shown = ", ".join(f"{names[k]} {metrics[k]:.4g}" + (f" ± {metrics[k + '_std']:.2g}"
+                                                        if k + "_std" in metrics else "")
+                      for k in ("fid", "kid", "is") if k in metrics)
+    print(f"{metrics['num_samples']} samples of {args.samples}: {shown}")
+  if not result:
+    raise ValueError("nothing to evaluate: give --samples FILE and/or --workdir DIR --bpd")
+  if args.out:
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=2)
+  return result
