@@ -137,3 +137,199 @@ def format_sampling_table(result: dict[str, Any]) -> str:
     lines.append(f"{name:<8} {r['steps']:>6} {r['samples_per_s']:>10.2f} {r['chain_s']:>9.2f} "
                  f"{r['ms_per_network_call']:>8.2f} {r['first_call_s']:>13.1f}")
   return "\n".join(lines)
+
+
+# Dense bfloat16 peak of one chip, TFLOP/s (vendor figures), for model FLOP utilisation; other
+# devices need --peak-tflops.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
+               "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v3": 123.0}
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in device_kind.lower()), None)
+
+
+def _peak_memory(compiled) -> dict[str, float]:
+  """Peak device memory in GiB: the allocator's figure where the device reports one (GPU, TPU),
+  and XLA's estimate for the compiled program (arguments + outputs + temporaries) everywhere."""
+  out = {}
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    out["peak_gib"] = stats["peak_bytes_in_use"] / 2**30
+  try:
+    m = compiled.memory_analysis()
+    out["xla_estimate_gib"] = (m.argument_size_in_bytes + m.output_size_in_bytes
+                               + m.temp_size_in_bytes - m.alias_size_in_bytes) / 2**30
+  except Exception:  # not every backend implements it
+    pass
+  return out
+
+
+def bench_training(model: UNet, config, batch: int, *, steps: int = 5) -> dict[str, Any]:
+  """The real training step (`training.step.make_train_step`: loss, gradient all-reduce, Adam,
+  EMA) on a global batch of `batch` random images over every device."""
+  from diffusion.config import schedule_from_config
+  from diffusion.training.loop import make_mesh
+  from diffusion.training.state import base_key, create_state
+  from diffusion.training.step import make_train_step, shard_batch
+  mesh = make_mesh()
+  if batch % mesh.size:
+    raise ValueError(f"--batch must be a multiple of the {mesh.size} devices; got {batch}")
+  size, channels = config.data.image_size, config.data.channels
+  rng = np.random.default_rng(0)
+  data = {"image": rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8),
+          "label": np.zeros(batch, np.int32)}
+  if model.cond_channels:
+    data["cond"] = rng.integers(0, 256, (batch, size, size, model.cond_channels), dtype=np.uint8)
+  sample = {"x": jnp.zeros((1, size, size, channels))}
+  if model.num_classes:
+    sample["y"] = jnp.zeros((1,), jnp.int32)
+  if model.cond_channels:
+    sample["cond"] = jnp.zeros((1, size, size, model.cond_channels))
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.train.steps_per_dispatch = 1
+  state = create_state(model, config, mesh, sample)
+  step = make_train_step(model, schedule_from_config(config), config, mesh)
+  key = base_key(0, "train")
+  sharded = shard_batch(data, mesh)
+  start = time.perf_counter()
+  compiled = step.lower(state, sharded, key).compile()
+  compile_s = time.perf_counter() - start
+  state, metrics = compiled(state, sharded, key)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, sharded, key)
+  jax.block_until_ready(metrics)
+  step_s = (time.perf_counter() - start) / steps
+  flops = _flops(compiled) * mesh.size  # the cost analysis counts one device's program
+  return {"step_s": step_s, "images_per_s": batch / step_s, "compile_s": compile_s,
+          "gflops_per_image": flops / batch / 1e9, "tflops_per_s": flops / step_s / 1e12,
+          **_peak_memory(compiled)}
+
+
+def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
+                samplers: dict[str, int] | None = None,
+                sample_batch: int | None = None) -> dict[str, Any]:
+  """The same network as diffusers' `UNet2DModel` in PyTorch, the reference implementation
+  people would use instead: a training step (DDPMScheduler.add_noise, MSE on ε, backward,
+  AdamW) and each sampler's chain (DDPMScheduler / DDIMScheduler / DPMSolverMultistepScheduler),
+  on the CPU or the first CUDA device."""
+  import torch
+  from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                         UNet2DModel)
+  from diffusion.convert import diffusers_config
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  size, channels = config.data.image_size, config.data.channels
+  net = UNet2DModel(**diffusers_config(model, size, channels)).to(device)
+  d = config.diffusion
+  scheduler_kwargs = dict(num_train_timesteps=d.num_steps, beta_start=d.beta_start,
+                          beta_end=d.beta_end, beta_schedule="linear")
+  ddpm = DDPMScheduler(**scheduler_kwargs)
+  optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+  x0 = torch.rand(batch, channels, size, size, device=device) * 2 - 1
+
+  def train_step():
+    t = torch.randint(0, d.num_steps, (batch,), device=device)
+    noise = torch.randn_like(x0)
+    loss = torch.nn.functional.mse_loss(net(ddpm.add_noise(x0, noise, t), t).sample, noise)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  net.train()
+  train_step()
+  sync()
+  start = time.perf_counter()
+  for _ in range(train_steps):
+    train_step()
+  sync()
+  step_s = (time.perf_counter() - start) / train_steps
+  result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "train_step": {"step_s": step_s, "images_per_s": batch / step_s}, "samplers": {}}
+  net.eval()
+  makers = {"ddpm": lambda: DDPMScheduler(**scheduler_kwargs),
+            "ddim": lambda: DDIMScheduler(**scheduler_kwargs),
+            "dpm++": lambda: DPMSolverMultistepScheduler(**scheduler_kwargs,
+                                                         algorithm_type="dpmsolver++",
+                                                         solver_order=2)}
+  batch = sample_batch or batch
+  for name, count in (samplers or {}).items():
+    scheduler = makers[name]()
+    scheduler.set_timesteps(count)
+    with torch.no_grad():
+      x = torch.randn(batch, channels, size, size, device=device)
+      net(x, scheduler.timesteps[:1].expand(batch).to(device))  # warm-up
+      sync()
+      start = time.perf_counter()
+      for t in scheduler.timesteps:
+        eps = net(x, t.expand(batch).to(device)).sample
+        x = scheduler.step(eps, t, x).prev_sample
+      sync()
+    chain_s = time.perf_counter() - start
+    result["samplers"][name] = {"steps": count, "chain_s": chain_s,
+                                "samples_per_s": batch / chain_s,
+                                "ms_per_network_call": 1e3 * chain_s / count}
+  return result
+
+
+def bench(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++"),
+          sample_steps: int | None = None, sample_batch: int | None = None, train_steps: int = 5,
+          torch_reference: bool = True, peak: float | None = None) -> dict[str, Any]:
+  """`ddpm bench`: training and sampling speed, compile time, memory and model FLOP utilisation
+  of a config's network, with the PyTorch reference side by side when `torch_reference`."""
+  device = jax.devices()[0]
+  result = {"platform": device.platform, "device": device.device_kind,
+            "devices": jax.device_count(), "dtype": jnp.dtype(model.dtype).name, "batch": batch,
+            "shape": [config.data.image_size] * 2 + [config.data.channels]}
+  result["train"] = bench_training(model, config, batch, steps=train_steps)
+  peak = peak or peak_tflops(device.device_kind)
+  result["peak_tflops_per_device"] = peak
+  result["train"]["mfu"] = (result["train"]["tflops_per_s"] / (peak * jax.device_count())
+                            if peak else None)
+  sampling = bench_sampling(model, config, sample_batch or batch, samplers=samplers,
+                            steps=sample_steps)
+  result["sampling"] = sampling["samplers"]
+  result["sample_batch"] = sampling["batch"]
+  if torch_reference:
+    counts = {name: r["steps"] for name, r in result["sampling"].items()}
+    reference = bench_torch(model, config, batch, samplers=counts, sample_batch=sampling["batch"])
+    result["torch"] = reference
+    result["ratio"] = {"train": result["train"]["images_per_s"]
+                       / reference["train_step"]["images_per_s"],
+                       **{name: result["sampling"][name]["samples_per_s"]
+                          / reference["samplers"][name]["samples_per_s"]
+                          for name in result["sampling"]}}
+  return result
+
+
+def format_bench(result: dict[str, Any]) -> str:
+  torch_ = result.get("torch")
+  head = (f"{result['platform']} {result['device']} × {result['devices']}, {result['dtype']}, "
+          f"batch {result['batch']} of {tuple(result['shape'])}")
+  if torch_:
+    head += f"; PyTorch {torch_['torch']} on {torch_['device']} ({torch_['threads']} threads)"
+  lines = [head, f"{'':<24} {'ours':>10} {'PyTorch':>10} {'ratio':>7}"]
+  t = result["train"]
+  theirs = torch_["train_step"]["images_per_s"] if torch_ else None
+  fmt = lambda v: f"{v:>10.2f}" if v is not None else f"{'-':>10}"
+  ratio = lambda k: f"{result['ratio'][k]:>7.2f}" if torch_ else ""
+  lines.append(f"{'train images/s':<24} {fmt(t['images_per_s'])} {fmt(theirs)} {ratio('train')}")
+  lines.append(f"{'  compile s':<24} {fmt(t['compile_s'])}")
+  lines.append(f"{'  GFLOP/image (XLA)':<24} {fmt(t['gflops_per_image'])}")
+  lines.append(f"{'  TFLOP/s':<24} {t['tflops_per_s']:>10.3f}")
+  mfu = f"{100 * t['mfu']:>9.1f}%" if t.get("mfu") is not None else \
+      f"{'n/a':>10}  (peak unknown: --peak-tflops)"
+  lines.append(f"{'  model FLOP utilisation':<24} {mfu}")
+  for key, label in (("peak_gib", "  peak memory GiB"), ("xla_estimate_gib", "  XLA memory GiB")):
+    if key in t:
+      lines.append(f"{label:<24} {t[key]:>10.3f}")
+  for name, r in result["sampling"].items():
+    theirs = torch_["samplers"][name]["samples_per_s"] if torch_ else None
+    label = f"sample {name} ({r['steps']} steps)/s"
+    lines.append(f"{label:<24} {fmt(r['samples_per_s'])} {fmt(theirs)} {ratio(name)}")
+  lines.append(f"(sampling batch {result['sample_batch']}; ratio > 1: ours is faster)")
+  return "\n".join(lines)

@@ -67,6 +67,41 @@ def _bench_sampling(args: argparse.Namespace) -> None:
       json.dump(result, f, indent=2)
 
 
+def _bench(args: argparse.Namespace) -> None:
+  """`ddpm bench`: training and sampling speed against the PyTorch reference."""
+  from diffusion import benchmark, models
+  from diffusion.config import load_config
+  from diffusion.sampling import check_options
+  config = load_config(args.config)
+  model_config = dict(config.model)
+  if args.dtype:
+    model_config["dtype"] = args.dtype
+  model = models.from_config(model_config)
+  names = tuple(n.strip() for n in args.samplers.split(",") if n.strip())
+  for name in names:
+    check_options(model, config.diffusion.num_steps, sampler=name, steps=args.sample_steps,
+                  eta=0.0, spacing=None, guidance=None)
+  if args.batch < 1 or args.train_steps < 1 or (args.sample_batch or 1) < 1:
+    raise ValueError("--batch, --sample-batch and --train-steps must be positive")
+  torch_reference = not args.no_torch
+  if torch_reference:
+    try:
+      import diffusers  # noqa: F401
+      import torch  # noqa: F401
+    except ImportError:
+      raise ValueError("the PyTorch reference needs torch and diffusers (pip install "
+                       "'ddpm-jax[bench]'); or pass --no-torch") from None
+  result = benchmark.bench(model, config, args.batch, samplers=names,
+                           sample_steps=args.sample_steps, sample_batch=args.sample_batch,
+                           train_steps=args.train_steps, torch_reference=torch_reference,
+                           peak=args.peak_tflops)
+  result["config"] = args.config
+  print(benchmark.format_bench(result))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
   from diffusion import distributed
   from diffusion.evaluation.commands import evaluate
@@ -202,6 +237,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   bench.add_argument("--steps", type=int, default=5, help="timed steps after a warm-up")
   bench.add_argument("--json", help="also write the figures to this file")
   bench.set_defaults(run=_bench_unet)
+
+  bench = commands.add_parser(
+      "bench", help="training and sampling speed, memory and FLOP utilisation, beside PyTorch")
+  bench.add_argument("--config", required=True, help="an experiments/configs/*.py file")
+  bench.add_argument("--batch", type=int, default=64, help="global training batch")
+  bench.add_argument("--dtype", choices=["float32", "bfloat16"],
+                     help="computation dtype (default: the config's)")
+  bench.add_argument("--train-steps", type=int, default=5, help="timed training steps")
+  bench.add_argument("--samplers", default="ddpm,ddim,dpm++", help="comma-separated")
+  bench.add_argument("--sample-steps", type=int, help="steps for every sampler (default: theirs)")
+  bench.add_argument("--sample-batch", type=int, help="samples per chain (default: --batch)")
+  bench.add_argument("--peak-tflops", type=float,
+                     help="the device's peak TFLOP/s for the FLOP utilisation (known for "
+                          "H100/H200/A100/TPUs)")
+  bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+  bench.add_argument("--json", help="also write the figures to this file")
+  bench.set_defaults(run=_bench)
 
   bench = commands.add_parser(
       "bench-sampling", help="samples/s of each sampler on a config's network")

@@ -125,6 +125,28 @@ def unet_from_diffusers_config(config: dict[str, Any]) -> UNet:
       out_channels=out_channels, num_groups=groups)
 
 
+def diffusers_config(model: UNet, image_size: int, channels: int) -> dict[str, Any]:
+  """The diffusers `UNet2DModel` keyword arguments of the same network as `model` (2-D data),
+  the inverse of `unet_from_diffusers_config`: for side-by-side runs against PyTorch."""
+  if model.num_heads != 1 and not model.head_dim:
+    raise ValueError("diffusers_config: set head_dim instead of num_heads (diffusers fixes the "
+                     "width of a head)")
+  levels = len(model.ch_mult)
+  attn = [image_size // 2**i in model.attn_resolutions for i in range(levels)]
+  out_channels = (model.out_channels or channels) * (2 if model.learned_variance else 1)
+  return dict(
+      sample_size=image_size, in_channels=channels + model.cond_channels,
+      out_channels=out_channels,
+      layers_per_block=model.num_res_blocks,
+      block_out_channels=tuple(model.ch * m for m in model.ch_mult),
+      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+      downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6,
+      norm_num_groups=model.num_groups, attention_head_dim=model.head_dim, act_fn="silu",
+      mid_block_scale_factor=1, center_input_sample=False, time_embedding_type="positional",
+      dropout=model.dropout, num_class_embeds=model.num_classes or None)
+
+
 def _dense(w, b):
   return {"kernel": w.T, "bias": b}
 
@@ -253,10 +275,23 @@ def main(argv: Sequence[str] | None = None) -> int:
       description="Convert a diffusers UNet2DModel folder into a model folder of this library.")
   parser.add_argument("model_dir", help="folder with config.json and diffusion_pytorch_model.*")
   parser.add_argument("out_dir", help="new folder for model.json and params/")
+  parser.add_argument("--config", help="an experiments/configs/*.py file: its data and diffusion "
+                      "settings go into out_dir/config.json, and `ddpm sample --workdir out_dir` "
+                      "(and the other commands) then run the converted network")
   args = parser.parse_args(argv)
   try:
     model, params = from_diffusers(args.model_dir)
+    config = None
+    if args.config:
+      from diffusion.config import load_config
+      from diffusion.models.config import model_kwargs
+      config = load_config(args.config)
+      with config.unlocked():
+        config.model = model_kwargs(model)
     models.save(args.out_dir, model, params)
+    if config is not None:
+      with open(os.path.join(args.out_dir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
   except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
     parser.exit(2, f"error: {e}\n")
   count = sum(p.size for p in jax.tree.leaves(params))

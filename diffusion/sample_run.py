@@ -1,8 +1,10 @@
 """`ddpm sample`: samples of a trained run as .npz (arr_0: uint8 NHWC, labels) or per-class PNG folders."""
 
+import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import tqdm
 from PIL import Image
@@ -17,7 +19,24 @@ LAYOUTS = ("npz", "folders")
 
 
 def load_run(workdir: str, step: int | None = None):
-  """(config, model, EMA params, step) of a run's checkpoint (default: the newest)."""
+  """(config, model, EMA params, step) of a run's checkpoint (default: the newest).
+
+  `workdir` may also be a model folder with a `config.json` (`python -m
+  diffusion.convert ... --config FILE` writes one for a released checkpoint):
+  its parameters, at step 0.
+  """
+  if os.path.isfile(os.path.join(workdir, "model.json")):
+    config_file = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_file):
+      raise FileNotFoundError(
+          f"--workdir {workdir!r} is a model folder without config.json (the data and diffusion "
+          "settings): convert it with `python -m diffusion.convert IN OUT --config FILE`")
+    if step not in (None, 0):
+      raise ValueError(f"--step {step}: a model folder has only step 0")
+    with open(config_file) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    model, params = models.load(workdir)
+    return config, model, params, 0
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise FileNotFoundError(f"--workdir {workdir!r} holds no checkpoints/: not a training run")
   checkpoints = Checkpoints(workdir, read_only=True)

@@ -5,7 +5,7 @@
   python experiments/digits_samplers.py --workdir runs/digits --num 1000 \
       --rows ddpm:1000 ddim:50:0 dpm++:20 --out runs/digits/samplers.json
 
-A row is SAMPLER:STEPS[:ETA]. `--rows ddim-table` gives the DDIM paper's grid:
+A row is SAMPLER:STEPS[:ETA]; the row `ddim-table` stands for the DDIM paper's grid:
 S = 10, 20, 50, 100, 1000 for η = 0 and 1, and ancestral 1,000. Every row
 draws the same `--num` samples' noise (same seed). The floor a perfect model
 would reach with as many samples is printed beside them: the held-out test
@@ -42,7 +42,7 @@ def main(argv=None):
   parser.add_argument("--batch", type=int, default=500)
   parser.add_argument("--out", help="a JSON file for the figures")
   args = parser.parse_args(argv)
-  rows = [parse_row(r) for r in (DDIM_TABLE if args.rows == ["ddim-table"] else args.rows)]
+  rows = [parse_row(r) for row in args.rows for r in (DDIM_TABLE if row == "ddim-table" else [row])]
   config, model, params, step = load_run(args.workdir)
   evaluator = DigitsEvaluator.load()
   labels = sample_labels(model, args.num, None)

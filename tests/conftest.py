@@ -13,6 +13,8 @@ os.environ["XLA_FLAGS"] = " ".join([
     "--xla_backend_optimization_level=0"])
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ddpm-test-jit-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# The digits classifier of the digits measures is trained into a cache of the test session's own.
+os.environ.setdefault("DDPM_CACHE_DIR", tempfile.mkdtemp(prefix="ddpm-test-cache-"))
 
 import jax  # noqa: E402  (after XLA_FLAGS, which jax reads on import)
 import pytest  # noqa: E402

@@ -1,5 +1,6 @@
 """The `ddpm` command."""
 
+import os
 import subprocess
 import sys
 
@@ -61,3 +62,43 @@ def test_bench_unet_reports_throughput_and_flops(tmp_path, capsys):
   # The backward pass costs about twice the forward.
   ratio = result["train_step"]["gflops_per_image"] / result["forward"]["gflops_per_image"]
   assert 2 < ratio < 4
+
+
+def test_bench_sampling_times_every_sampler(tmp_path, capsys):
+  out = tmp_path / "sampling.json"
+  digits = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "configs", "digits.py")
+  assert cli.main(["bench-sampling", "--config", digits, "--batch", "8", "--steps", "2",
+                   "--samplers", "ddpm,dpm++", "--json", str(out)]) == 0
+  assert "samples/s" in capsys.readouterr().out
+  import json
+  result = json.loads(out.read_text())
+  assert set(result["samplers"]) == {"ddpm", "dpm++"} and result["devices"] == 8
+  for figures in result["samplers"].values():
+    assert figures["steps"] == 2 and figures["samples_per_s"] > 0
+  assert cli.main(["bench-sampling", "--config", digits, "--samplers", "euler"]) == 2
+  assert "--sampler must be one of" in capsys.readouterr().err
+
+
+def test_bench_against_pytorch(tmp_path, capsys):
+  digits = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "experiments",
+                                        "configs", "digits.py"))
+  config = tmp_path / "small.py"
+  config.write_text(
+      "from diffusion.config import load_config\n"
+      "def get_config():\n"
+      f"  config = load_config({digits!r})\n"
+      "  config.model.ch, config.model.num_groups, config.diffusion.num_steps = 16, 4, 20\n"
+      "  return config\n")
+  out = tmp_path / "bench.json"
+  assert cli.main(["bench", "--config", str(config), "--batch", "8", "--train-steps", "1",
+                   "--samplers", "ddim,dpm++", "--sample-steps", "3", "--peak-tflops", "1",
+                   "--json", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "train images/s" in printed and "PyTorch" in printed and "model FLOP utilisation" in printed
+  import json
+  result = json.loads(out.read_text())
+  assert result["train"]["images_per_s"] > 0 and 0 < result["train"]["mfu"] < 1
+  assert result["train"]["gflops_per_image"] > 0 and result["train"]["xla_estimate_gib"] > 0
+  assert set(result["torch"]["samplers"]) == {"ddim", "dpm++"}
+  assert all(r > 0 for r in result["ratio"].values())
+  assert result["torch"]["samplers"]["ddim"]["steps"] == 3

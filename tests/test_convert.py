@@ -175,3 +175,49 @@ def test_the_command_writes_a_model_folder(tmp_path):
   again = subprocess.run([sys.executable, "-m", "diffusion.convert", path, out],
                          capture_output=True, text=True)
   assert again.returncode == 2 and "already holds a model" in again.stderr
+
+
+@pytest.mark.parametrize("name", ["digits.py", "cifar10.py", "celebahq256.py"])
+def test_diffusers_config_is_the_inverse_of_the_converter(name):
+  """Our configs as UNet2DModel arguments (the benchmark's PyTorch side) and back."""
+  from diffusion.config import load_config
+  config = load_config(os.path.join(os.path.dirname(__file__), os.pardir, "experiments",
+                                    "configs", name))
+  model = models.from_config(config.model)
+  kwargs = convert.diffusers_config(model, config.data.image_size, config.data.channels)
+  back = convert.unet_from_diffusers_config({"_class_name": "UNet2DModel", **kwargs})
+  fields = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "num_groups", "num_classes")
+  assert {f: getattr(back, f) for f in fields} == {f: getattr(model, f) for f in fields}
+  if name == "digits.py":  # small enough to count: the same number of parameters
+    net = UNet2DModel(**kwargs)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)),
+                            jnp.zeros((1,), jnp.int32))
+    assert sum(p.numel() for p in net.parameters()) == sum(
+        np.prod(s.shape) for s in jax.tree.leaves(shapes))
+
+
+def test_a_converted_checkpoint_samples_with_ddpm_sample(tmp_path):
+  """convert --config makes the released network a --workdir for `ddpm sample` and the others."""
+  from diffusion import cli
+  small = dict(SMALL, num_class_embeds=None)
+  net, path = reference(small, tmp_path)
+  config = tmp_path / "small.py"
+  digits = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "experiments",
+                                        "configs", "digits.py"))
+  config.write_text(
+      "from diffusion.config import load_config\n"
+      "def get_config():\n"
+      f"  config = load_config({digits!r})\n"
+      "  config.data.image_size, config.data.channels = 16, 3\n"
+      "  config.diffusion.num_steps = 20\n"
+      "  return config\n")
+  out = tmp_path / "converted"
+  assert convert.main([path, str(out), "--config", str(config)]) == 0
+  samples = tmp_path / "s.npz"
+  assert cli.main(["sample", "--workdir", str(out), "--num", "8", "--out", str(samples),
+                   "--sampler", "ddim", "--steps", "2"]) == 0
+  assert np.load(samples)["arr_0"].shape == (8, 16, 16, 3)
+  # Without --config the folder holds no diffusion settings: a clear error.
+  assert convert.main([path, str(tmp_path / "bare")]) == 0
+  assert cli.main(["sample", "--workdir", str(tmp_path / "bare"), "--num", "8", "--out",
+                   str(samples)]) == 2

@@ -74,8 +74,7 @@ def test_evaluate_bpd_on_a_split(tiny_run, tmp_path, capsys):
   assert os.path.exists(os.path.join(tiny_run, f"bpd_terms_test_step{figures['step']}.npy"))
 
 
-def test_evaluate_digits_measures(tmp_path, capsys, monkeypatch):
-  monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "cache"))
+def test_evaluate_digits_measures(tmp_path, capsys):
   np.savez(tmp_path / "held_out.npz", arr_0=DigitsSource(split="test").images)
   assert cli.main(["evaluate", "--samples", str(tmp_path / "held_out.npz"), "--digits",
                    "--out", str(tmp_path / "m.json")]) == 0
@@ -113,3 +112,22 @@ def test_evaluate_bad_input(tmp_path, capsys, argv, message):
   argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
   assert cli.main(["evaluate", *argv]) == 2
   assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_the_recipes_run(tiny_run, tmp_path, capsys):
+  """experiments/: a data split as reference .npz, and the sampler table on a run."""
+  import importlib.util
+  def load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, os.pardir, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  out = load("dataset_to_npz").main(["--config", DIGITS, "--split", "test", "--out",
+                                     str(tmp_path / "test.npz")])
+  with np.load(out) as data:
+    np.testing.assert_array_equal(data["arr_0"], DigitsSource(split="test").images)
+  results = load("digits_samplers").main(["--workdir", tiny_run, "--num", "16", "--rows",
+                                          "ddim:3:0", "dpm++:2", "--out", str(tmp_path / "t.json")])
+  assert [r["row"] for r in results] == ["held-out test split", "ddim S=3 η=0", "dpm++ S=2"]
+  assert "| ddim S=3 η=0" in capsys.readouterr().out
+  assert all(r["fid"] > 0 for r in results)

@@ -198,7 +198,8 @@ def test_a_failed_background_save_stops_the_run(tmp_path, monkeypatch):
   checkpoints.manager.close()
 
 
-@pytest.mark.parametrize("name", ["digits", "cifar10", "celebahq256", "church256", "bedroom256"])
+@pytest.mark.parametrize("name", ["digits", "digits_hybrid", "cifar10", "celebahq256", "church256",
+                                  "bedroom256"])
 def test_every_config_is_complete(name):
   from diffusion import models
   from diffusion.config import load_config
