@@ -139,14 +139,21 @@ def format_sampling_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-# Dense bfloat16 peak of one chip, TFLOP/s (vendor figures), for model FLOP utilisation; other
-# devices need --peak-tflops.
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v4": 275.0, "TPU v5 lite": 197.0,
-               "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0, "TPU v3": 123.0}
+# Dense peak TFLOP/s of one JAX device (vendor figures): bfloat16, and the float32 matmul rate
+# XLA's default precision gets (TF32 on NVIDIA GPUs; bfloat16 passes on TPUs). More specific names
+# first. A TPU v3 device is one core (half a chip); v4 and later devices are whole chips.
+PEAK_TFLOPS = [("H100 PCIe", 756.0, 378.0), ("H100", 989.0, 494.0), ("H200", 989.0, 494.0),
+               ("A100", 312.0, 156.0), ("TPU v3", 61.5, 61.5), ("TPU v4", 275.0, 275.0),
+               ("TPU v5 lite", 197.0, 197.0), ("TPU v5e", 197.0, 197.0), ("TPU v5", 459.0, 459.0),
+               ("TPU v6 lite", 918.0, 918.0)]
 
 
-def peak_tflops(device_kind: str) -> float | None:
-  return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in device_kind.lower()), None)
+def peak_tflops(device_kind: str, dtype: str = "bfloat16") -> float | None:
+  """The device's dense peak for `dtype` from PEAK_TFLOPS, or None if it is not listed."""
+  for name, bf16, f32 in PEAK_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return bf16 if dtype == "bfloat16" else f32
+  return None
 
 
 def _peak_memory(compiled) -> dict[str, float]:
@@ -194,7 +201,8 @@ def bench_training(model: UNet, config, batch: int, *, steps: int = 5) -> dict[s
   key = base_key(0, "train")
   sharded = shard_batch(data, mesh)
   start = time.perf_counter()
-  compiled = step.lower(state, sharded, key).compile()
+  lowered = step.lower(state, sharded, key)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   state, metrics = compiled(state, sharded, key)
   jax.block_until_ready(metrics)
@@ -203,7 +211,10 @@ def bench_training(model: UNet, config, batch: int, *, steps: int = 5) -> dict[s
     state, metrics = compiled(state, sharded, key)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / steps
-  flops = _flops(compiled) * mesh.size  # the cost analysis counts one device's program
+  # The cost analysis of the shard_mapped program counts one device's share; taken before
+  # compilation, it also counts the matmuls and convolutions that a GPU compile turns into
+  # library calls.
+  flops = _flops(lowered) * mesh.size
   return {"step_s": step_s, "images_per_s": batch / step_s, "compile_s": compile_s,
           "gflops_per_image": flops / batch / 1e9, "tflops_per_s": flops / step_s / 1e12,
           **_peak_memory(compiled)}
@@ -214,8 +225,10 @@ def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
                 sample_batch: int | None = None) -> dict[str, Any]:
   """The same network as diffusers' `UNet2DModel` in PyTorch, the reference implementation
   people would use instead: a training step (DDPMScheduler.add_noise, MSE on ε, backward,
-  AdamW) and each sampler's chain (DDPMScheduler / DDIMScheduler / DPMSolverMultistepScheduler),
-  on the CPU or the first CUDA device."""
+  AdamW, EMA) and each sampler's chain (DDPMScheduler / DDIMScheduler /
+  DPMSolverMultistepScheduler), on the CPU or on one CUDA device, under bfloat16 autocast
+  when the model computes in bfloat16. PyTorch keeps float32 matmuls in full precision
+  (TF32 off), where XLA's default precision on NVIDIA GPUs uses TF32."""
   import torch
   from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                          UNet2DModel)
@@ -223,20 +236,41 @@ def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
   device = "cuda" if torch.cuda.is_available() else "cpu"
   size, channels = config.data.image_size, config.data.channels
   net = UNet2DModel(**diffusers_config(model, size, channels)).to(device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16,
+                            enabled=jnp.dtype(model.dtype) == jnp.bfloat16)
+  kwargs = {}
+  if model.num_classes:
+    kwargs["class_labels"] = torch.zeros(max(batch, sample_batch or 0), dtype=torch.long,
+                                         device=device)
+  cond = (torch.zeros(max(batch, sample_batch or 0), model.cond_channels, size, size,
+                      device=device) if model.cond_channels else None)
+
+  def eps(x, t):
+    """ε of the network: the first C output channels (the rest are a learned variance)."""
+    n = x.shape[0]
+    inputs = x if cond is None else torch.cat([x, cond[:n]], dim=1)
+    extra = {k: v[:n] for k, v in kwargs.items()}
+    with autocast:
+      return net(inputs, t, **extra).sample[:, :channels].float()
   d = config.diffusion
   scheduler_kwargs = dict(num_train_timesteps=d.num_steps, beta_start=d.beta_start,
                           beta_end=d.beta_end, beta_schedule="linear")
   ddpm = DDPMScheduler(**scheduler_kwargs)
   optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+  params = [p for p in net.parameters()]
+  ema = [p.detach().clone() for p in params]
   x0 = torch.rand(batch, channels, size, size, device=device) * 2 - 1
 
   def train_step():
+    """L_simple, backward, Adam and an EMA of the parameters: what our step does."""
     t = torch.randint(0, d.num_steps, (batch,), device=device)
     noise = torch.randn_like(x0)
-    loss = torch.nn.functional.mse_loss(net(ddpm.add_noise(x0, noise, t), t).sample, noise)
+    loss = torch.nn.functional.mse_loss(eps(ddpm.add_noise(x0, noise, t), t), noise)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, params, 1 - 0.9999)
 
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   net.train()
@@ -262,12 +296,11 @@ def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
     scheduler.set_timesteps(count)
     with torch.no_grad():
       x = torch.randn(batch, channels, size, size, device=device)
-      net(x, scheduler.timesteps[:1].expand(batch).to(device))  # warm-up
+      eps(x, scheduler.timesteps[:1].expand(batch).to(device))  # warm-up
       sync()
       start = time.perf_counter()
       for t in scheduler.timesteps:
-        eps = net(x, t.expand(batch).to(device)).sample
-        x = scheduler.step(eps, t, x).prev_sample
+        x = scheduler.step(eps(x, t.expand(batch).to(device)), t, x).prev_sample
       sync()
     chain_s = time.perf_counter() - start
     result["samplers"][name] = {"steps": count, "chain_s": chain_s,
@@ -286,7 +319,7 @@ def bench(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++")
             "devices": jax.device_count(), "dtype": jnp.dtype(model.dtype).name, "batch": batch,
             "shape": [config.data.image_size] * 2 + [config.data.channels]}
   result["train"] = bench_training(model, config, batch, steps=train_steps)
-  peak = peak or peak_tflops(device.device_kind)
+  peak = peak or peak_tflops(device.device_kind, result["dtype"])
   result["peak_tflops_per_device"] = peak
   result["train"]["mfu"] = (result["train"]["tflops_per_s"] / (peak * jax.device_count())
                             if peak else None)

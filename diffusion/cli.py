@@ -81,8 +81,13 @@ def _bench(args: argparse.Namespace) -> None:
   for name in names:
     check_options(model, config.diffusion.num_steps, sampler=name, steps=args.sample_steps,
                   eta=0.0, spacing=None, guidance=None)
-  if args.batch < 1 or args.train_steps < 1 or (args.sample_batch or 1) < 1:
+  if args.batch < 1 or args.train_steps < 1 or (args.sample_batch is not None
+                                                 and args.sample_batch < 1):
     raise ValueError("--batch, --sample-batch and --train-steps must be positive")
+  import jax
+  for name, value in (("--batch", args.batch), ("--sample-batch", args.sample_batch)):
+    if value is not None and value % jax.device_count():
+      raise ValueError(f"{name} must be a multiple of the {jax.device_count()} devices; got {value}")
   torch_reference = not args.no_torch
   if torch_reference:
     try:
@@ -91,6 +96,8 @@ def _bench(args: argparse.Namespace) -> None:
     except ImportError:
       raise ValueError("the PyTorch reference needs torch and diffusers (pip install "
                        "'ddpm-jax[bench]'); or pass --no-torch") from None
+    from diffusion.convert import diffusers_config
+    diffusers_config(model, config.data.image_size, config.data.channels)  # representable?
   result = benchmark.bench(model, config, args.batch, samplers=names,
                            sample_steps=args.sample_steps, sample_batch=args.sample_batch,
                            train_steps=args.train_steps, torch_reference=torch_reference,
@@ -332,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       _train(args, extra)
     else:
       args.run(args)
-  except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+  except (ValueError, OSError, ImportError) as e:  # OSError: files (missing, unreadable, ...)
     print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
     return 2
   return 0

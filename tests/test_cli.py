@@ -80,6 +80,8 @@ def test_bench_sampling_times_every_sampler(tmp_path, capsys):
 
 
 def test_bench_against_pytorch(tmp_path, capsys):
+  """A class-conditional network with learned variances: both sides take labels and read ε
+  from the first channels."""
   digits = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "experiments",
                                         "configs", "digits.py"))
   config = tmp_path / "small.py"
@@ -88,6 +90,8 @@ def test_bench_against_pytorch(tmp_path, capsys):
       "def get_config():\n"
       f"  config = load_config({digits!r})\n"
       "  config.model.ch, config.model.num_groups, config.diffusion.num_steps = 16, 4, 20\n"
+      "  config.model.learned_variance, config.diffusion.variance = True, 'learned_range'\n"
+      "  config.model.num_classes = 3\n"
       "  return config\n")
   out = tmp_path / "bench.json"
   assert cli.main(["bench", "--config", str(config), "--batch", "8", "--train-steps", "1",

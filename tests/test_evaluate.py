@@ -102,10 +102,17 @@ def test_evaluate_digits_measures(tmp_path, capsys):
      "Inception weights .* do not exist.*nothing is downloaded"),
     (["--samples", "{tmp}/mixed"], "mixes image shapes"),
     (["--workdir", "{tmp}", "--bpd"], "holds no checkpoints"),
+    (["--samples", "{tmp}/big.npz", "--digits", "--inception", "w.pth"], "--digits .* takes no"),
+    (["--samples", "{tmp}/big.npz", "--digits", "--digits-reference", "val"],
+     "--digits-reference must be one of train, test, all"),
+    (["--samples", "{tmp}/big.npz", "--save-reference", "s.npz"], "--save-reference needs"),
+    (["--samples", "{tmp}/one.npz", "--digits"], "is a single .npy array"),
 ])
 def test_evaluate_bad_input(tmp_path, capsys, argv, message):
   np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 8, 8, 1), np.float32))
   np.savez(tmp_path / "big.npz", arr_0=np.zeros((4, 16, 16, 1), np.uint8))
+  np.save(tmp_path / "one.npy", np.zeros((4, 8, 8, 1), np.uint8))
+  os.replace(tmp_path / "one.npy", tmp_path / "one.npz")
   (tmp_path / "mixed").mkdir()
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mixed" / "a.png")
   Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "mixed" / "b.png")

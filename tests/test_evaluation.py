@@ -116,6 +116,11 @@ def test_inception_score_limits_and_formula(rng):
   assert inception_score(p, splits=1)[0] == pytest.approx(expected, rel=1e-9)
   with pytest.raises(ValueError, match="probs"):
     inception_score(p * 2)
+  # Parts with their own marginals: the first half all class 0, the second half all class 1.
+  # Each part is one class (score 1), though together they hold two (score 2).
+  ordered = np.eye(2)[np.repeat([0, 1], 50)]
+  assert inception_score(ordered, splits=2)[0] == pytest.approx(1)
+  assert inception_score(ordered, splits=1)[0] == pytest.approx(2)
 
 
 @pytest.fixture(scope="module")
@@ -128,9 +133,13 @@ def evaluator(cache):
   return DigitsEvaluator.load(cache)
 
 
-def test_the_digits_classifier_and_its_cache(evaluator, cache):
+def test_the_digits_classifier_and_its_cache(evaluator, cache, monkeypatch):
   assert evaluator.test_accuracy > 0.95
   # The second load reads the cached file: the same parameters, no training.
+  from diffusion.evaluation import digits
+  def no_training(**kwargs):
+    raise AssertionError("trained again instead of reading the cache")
+  monkeypatch.setattr(digits, "train_classifier", no_training)
   again = DigitsEvaluator.load(cache)
   np.testing.assert_array_equal(again.params["Dense_1"]["kernel"],
                                 evaluator.params["Dense_1"]["kernel"])

@@ -113,7 +113,8 @@ class Reference:
     if "fc.weight" not in self.state:
       self.state["fc.weight"] = self._rand(1008, 2048, scale=0.02)
       self.state["fc.bias"] = self._rand(1008, scale=0.1)
-    logits = F.linear(features, self.state["fc.weight"], self.state["fc.bias"])
+    # The Inception Score's logits: the fc layer without its bias, as the original IS code.
+    logits = F.linear(features, self.state["fc.weight"])
     return features.numpy(), logits.numpy()
 
 
@@ -161,6 +162,13 @@ def test_bad_weights_and_images(weights, tmp_path):
   path, reference = weights
   with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
     load_inception(str(tmp_path / "pt_inception-2015-12-05-6726825d.pth"))
+  # Easy mistakes: reference statistics or a truncated file passed as the weights.
+  np.savez(tmp_path / "stats.npz", mu=np.zeros(3), sigma=np.eye(3))
+  with pytest.raises(ValueError, match="not the FID Inception-v3: unexpected entry 'mu'"):
+    load_inception(str(tmp_path / "stats.npz"))
+  (tmp_path / "truncated.pth").write_bytes(open(path, "rb").read()[:1000])
+  with pytest.raises(ValueError, match="cannot be read by torch.load"):
+    load_inception(str(tmp_path / "truncated.pth"))
   state = dict(reference.state)
   state["Mixed_6b.branch1x1.conv.weight"] = state["Mixed_6b.branch1x1.conv.weight"][:10]
   del state["fc.bias"]

@@ -9,13 +9,24 @@ from PIL import Image
 from diffusion.data.sources import IMAGE_EXTENSIONS
 
 
+def open_npz(path: str, argument: str):
+  """np.load of an .npz archive, or a ValueError naming `argument` for anything else."""
+  try:
+    data = np.load(path)
+  except Exception as e:  # zipfile, pickle and OS errors of a broken file
+    raise ValueError(f"{argument} {path!r} cannot be read as .npz: {e}") from None
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise ValueError(f"{argument} {path!r} is a single .npy array, not an .npz archive")
+  return data
+
+
 def load_image_set(path: str, argument: str) -> np.ndarray:
   """uint8 [N, H, W, C] from an .npz (`arr_0`, as `ddpm sample` and the FID tools write, or
   `images`) or a folder of PNG/JPEG files (searched recursively; all of one size)."""
   if path.endswith(".npz"):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{argument} {path!r} does not exist")
-    with np.load(path) as data:
+    with open_npz(path, argument) as data:
       key = next((k for k in ("arr_0", "images") if k in data.files), None)
       if key is None:
         raise ValueError(f"{argument} {path!r} holds no 'arr_0' or 'images' array; it holds "
@@ -28,8 +39,11 @@ def load_image_set(path: str, argument: str) -> np.ndarray:
       raise ValueError(f"{argument} {path!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
     arrays = []
     for file in files:
-      with Image.open(file) as image:
-        array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I", "I;16") else "RGB"))
+      try:
+        with Image.open(file) as image:
+          array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I", "I;16") else "RGB"))
+      except Exception as e:  # PIL raises many types for a broken file
+        raise ValueError(f"{argument}: {file!r} is not a readable image: {e}") from None
       arrays.append(array[..., None] if array.ndim == 2 else array)
     shapes = sorted({a.shape for a in arrays})
     if len(shapes) > 1:
@@ -42,8 +56,9 @@ def load_image_set(path: str, argument: str) -> np.ndarray:
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f"{argument} {path!r} holds {images.dtype} {images.shape}; need uint8 images "
                      "[N, H, W, 1 or 3] (0..255)")
-  if not len(images):
-    raise ValueError(f"{argument} {path!r} holds no images")
+  if len(images) < 2:
+    raise ValueError(f"{argument} {path!r} holds {len(images)} image(s); the statistics need at "
+                     "least 2 (and FID tens of thousands to be comparable with papers)")
   return images
 
 
@@ -53,12 +68,15 @@ def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, 
   """FID, KID and IS of uint8 samples with the FID Inception; `reference` is images (.npz with
   arr_0, or a folder) or saved statistics (.npz with mu, sigma: FID only)."""
   from diffusion.evaluation.frechet import (
-      frechet_distance, inception_score, kernel_inception_distance, save_statistics, statistics)
+      frechet_distance, inception_score, kernel_inception_distance, save_statistics, score_splits,
+      statistics)
   from diffusion.evaluation.inception import InceptionFeatures, load_inception
   variables = load_inception(weights)
   stats = images = None
   if reference is not None:  # read and checked before anything runs
     stats = _saved_statistics(reference)
+    if stats is not None and save_reference:
+      raise ValueError(f"--save-reference: --reference {reference!r} already holds statistics")
     if stats is not None and stats[2] is not None and tuple(stats[2]) != samples.shape[1:3]:
       raise ValueError(f"--samples are {samples.shape[1]}×{samples.shape[2]} but --reference "
                        f"statistics were computed on {stats[2][0]}×{stats[2][1]} images")
@@ -71,7 +89,7 @@ def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, 
   features, logits = inception(samples, "--samples", progress=True)
   probs = np.exp(logits - logits.max(axis=1, keepdims=True))
   score, score_std = inception_score(probs / probs.sum(axis=1, keepdims=True),
-                                     splits=min(10, len(samples)))
+                                     splits=score_splits(len(samples)))
   result = {"num_samples": len(samples), "is": score, "is_std": score_std}
   if reference is None:
     return result
@@ -92,7 +110,7 @@ def _saved_statistics(path: str):
   """(mu, sigma, image shape or None) if `path` is a statistics .npz, else None."""
   if not path.endswith(".npz") or not os.path.isfile(path):
     return None
-  with np.load(path) as data:
+  with open_npz(path, "--reference") as data:
     if "mu" not in data.files:
       return None
     if "sigma" not in data.files:
@@ -114,6 +132,11 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   if model.cond_channels:
     raise ValueError("--bpd evaluates unconditional or class-conditional models; this one is "
                      "image-conditioned")
+  if config.data.name == "digits":
+    from diffusion.data.sources import DIGITS_SPLITS
+    if split not in DIGITS_SPLITS:
+      raise ValueError(f"--split must be one of {', '.join(DIGITS_SPLITS)} for the digits; got "
+                       f"{split!r}")
   data = config.data.copy_and_resolve_references()
   with data.unlocked():
     data.split = split
@@ -138,9 +161,21 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
 def evaluate(args) -> dict:
   """Runs what `ddpm evaluate`'s arguments ask for; prints a table, returns (and writes) the figures."""
   result = {}
+  if args.digits and (args.inception or args.reference or args.save_reference):
+    raise ValueError("--digits compares with a digits split (--digits-reference); it takes no "
+                     "--inception, --reference or --save-reference")
+  if args.save_reference and not args.reference:
+    raise ValueError("--save-reference needs --reference images to compute the statistics of")
+  if args.digits:
+    from diffusion.data.sources import DIGITS_SPLITS
+    if args.digits_reference not in DIGITS_SPLITS:
+      raise ValueError(f"--digits-reference must be one of {', '.join(DIGITS_SPLITS)}; got "
+                       f"{args.digits_reference!r}")
+    if not args.samples:
+      raise ValueError("--digits needs --samples")
+  if args.bpd and not args.workdir:
+    raise ValueError("--bpd needs --workdir (a training run)")
   if args.bpd:
-    if not args.workdir:
-      raise ValueError("--bpd needs --workdir (a training run)")
     bpd = workdir_bits_per_dim(args.workdir, split=args.split, num=args.num, batch=args.batch,
                                chunk_size=args.chunk, seed=args.seed)
     result["bpd"] = {k: v for k, v in bpd.items() if k not in ("per_image", "terms")}

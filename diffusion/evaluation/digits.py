@@ -9,9 +9,11 @@ probabilities for the Inception Score:
   evaluator = DigitsEvaluator.load()      # trains and caches on first use
   digits_metrics(samples_uint8, evaluator)  # {"fid": ..., "is": ..., "kid": ...}
 
-The reference statistics are those of the train split (1,500 images); the
-held-out test split (297) gives the floor a perfect model would reach with as
-many samples (`digits_metrics(DigitsSource(split="test").images)`).
+The reference statistics are those of the train split (1,500 images). The
+held-out test split (297) scores what fresh digits from the data distribution
+score with as many samples (`digits_metrics(DigitsSource(split="test").images)`);
+a model that reproduces its training images can score lower still, so look at
+the samples too.
 """
 
 import dataclasses
@@ -26,7 +28,7 @@ import optax
 from flax import traverse_util
 
 from diffusion.evaluation.frechet import (
-    fid_from_features, inception_score, kernel_inception_distance, statistics)
+    fid_from_features, inception_score, kernel_inception_distance, score_splits, statistics)
 
 VERSION = 1  # bump when the network or its training changes: old caches are then retrained
 IMAGE_SHAPE = (8, 8, 1)
@@ -62,8 +64,9 @@ def _to_input(images) -> jax.Array:
 
 
 def train_classifier(*, seed: int = 0, epochs: int = 40, batch_size: int = 100):
-  """Trains DigitClassifier on the digits' train split with shifts of ±1 pixel; on the CPU, so the
-  result is the same on every machine. Returns (params, accuracy on the test split)."""
+  """Trains DigitClassifier on the digits' train split with shifts of ±1 pixel, on the CPU and
+  deterministically (the same parameters on a given machine and JAX version; other CPUs may differ
+  in the last bits). Returns (params, accuracy on the test split)."""
   from diffusion.data import DigitsSource
   train, test = DigitsSource(split="train"), DigitsSource(split="test")
   model = DigitClassifier()
@@ -142,8 +145,7 @@ class DigitsEvaluator:
 
   def probs(self, images, name: str = "images") -> np.ndarray:
     """Class probabilities float64 [N, 10] of uint8 digits [N, 8, 8, 1]."""
-    logits = self._apply(images, name)[0]
-    return np.asarray(jax.nn.softmax(logits, axis=1))
+    return _softmax(self._apply(images, name)[0])
 
   def reference_statistics(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the features of a digits split."""
@@ -151,12 +153,18 @@ class DigitsEvaluator:
     return statistics(self.features(DigitsSource(split=split).images))
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+  """float64 softmax over the last axis."""
+  z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
 def check_images(images, name: str = "images") -> np.ndarray:
   """uint8 digits [N, 8, 8, 1] (the format `ddpm sample` writes), else a ValueError naming `name`."""
   images = np.asarray(images)
   if images.dtype != np.uint8:
     raise ValueError(f"{name} must be uint8 images (0..255, as `ddpm sample` writes); got {images.dtype}")
-  if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE or not len(images):
+  if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE or len(images) < 2:
     raise ValueError(f"{name} must be digits of shape [N, 8, 8, 1] (the digits measures work at "
                      f"the digits' own resolution); got {images.shape}")
   return images
@@ -167,7 +175,7 @@ def digits_metrics(samples, evaluator: DigitsEvaluator | None = None, *,
   """digits-FID, digits-KID and digits-IS of uint8 samples [N, 8, 8, 1] against a digits split.
 
   Returns {"fid", "kid", "kid_std", "is", "is_std", "num_samples"}; the IS uses
-  min(10, N) splits.
+  10 parts, or fewer of at least 50 samples each for fewer than 500 samples.
   """
   samples = check_images(samples, "samples")
   evaluator = evaluator or DigitsEvaluator.load()
@@ -175,8 +183,7 @@ def digits_metrics(samples, evaluator: DigitsEvaluator | None = None, *,
   from diffusion.data import DigitsSource
   reference_features = evaluator.features(DigitsSource(split=reference).images)
   kid, kid_std = kernel_inception_distance(features, reference_features, subsets=kid_subsets)
-  score, score_std = inception_score(np.asarray(jax.nn.softmax(logits, axis=1)),
-                                     splits=min(10, len(samples)))
+  score, score_std = inception_score(_softmax(logits), splits=score_splits(len(samples)))
   return {"fid": fid_from_features(features, reference_features), "kid": kid, "kid_std": kid_std,
           "is": score, "is_std": score_std, "num_samples": len(samples)}
 

@@ -49,6 +49,8 @@ class Statistics:
 
   @property
   def mu(self) -> np.ndarray:
+    if not self.count:
+      raise ValueError("no features yet: call update() first")
     return self._shift + self._sum / self.count
 
   @property
@@ -145,6 +147,12 @@ def kernel_inception_distance(features1, features2, *, subsets: int = 100,
     values.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off
                   - 2 * kxy.mean())
   return float(np.mean(values)), float(np.std(values))
+
+
+def score_splits(n: int) -> int:
+  """Parts of an Inception Score of n samples: 10 (the standard, for 50,000 samples), fewer for
+  fewer samples so that each part holds at least 50."""
+  return max(1, min(10, n // 50))
 
 
 def inception_score(probs, *, splits: int = 10) -> tuple[float, float]:

@@ -13,6 +13,11 @@ Nothing is downloaded: the user supplies the weights file,
 and `InceptionFeatures(params)(images_uint8)` gives float64 features and
 logits, computed on the accelerator in batches. Layer names are the PyTorch
 ones, so the conversion is a renaming and a transposition.
+
+The FID it gives is pytorch-fid's, which resizes with PyTorch's bilinear
+interpolation; the TensorFlow code of the papers resized inside its graph, and
+the two differ slightly (pytorch-fid documents differences well under 1 FID
+point on CIFAR-10).
 """
 
 import os
@@ -162,25 +167,26 @@ class InceptionV3(nn.Module):
     return features, logits
 
 
-def from_torch_state_dict(state_dict) -> dict:
+_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
+
+
+def from_torch_state_dict(state_dict, source: str = "the weights") -> dict:
   """Flax variables {"params", "batch_stats"} from a pytorch-fid Inception state dict (name → array)."""
   params, stats = {}, {}
   for name, value in state_dict.items():
-    value = np.asarray(value, np.float32)
-    *path, leaf = name.split(".")
+    *path, leaf = str(name).split(".")
     if leaf == "num_batches_tracked":
       continue
-    if path[-1] == "conv" and leaf == "weight":  # OIHW → HWIO
+    value = np.asarray(value, np.float32)
+    if path and path[-1] == "conv" and leaf == "weight" and value.ndim == 4:  # OIHW → HWIO
       params[(*path, "kernel")] = value.transpose(2, 3, 1, 0)
-    elif path[-1] == "bn":
-      target, key = {"weight": (params, "scale"), "bias": (params, "bias"),
-                     "running_mean": (stats, "mean"), "running_var": (stats, "var")}[leaf]
-      target[(*path, key)] = value
-    elif path == ["fc"]:
+    elif path and path[-1] == "bn" and leaf in _BN:
+      (stats if leaf.startswith("running") else params)[(*path, _BN[leaf])] = value
+    elif path == ["fc"] and leaf in ("weight", "bias"):
       params[("fc", "kernel" if leaf == "weight" else "bias")] = value.T if leaf == "weight" \
           else value
     else:
-      raise ValueError(f"unexpected entry {name!r} in the Inception weights")
+      raise ValueError(f"{source} is not the FID Inception-v3: unexpected entry {name!r}")
   return {"params": traverse_util.unflatten_dict(params),
           "batch_stats": traverse_util.unflatten_dict(stats)}
 
@@ -198,7 +204,13 @@ def load_inception(path: str) -> dict:
         "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or an .npz converted from it with "
         "`python -m diffusion.evaluation.inception IN.pth OUT.npz`); nothing is downloaded")
   if path.endswith(".npz"):
-    with np.load(path) as data:
+    try:
+      data = np.load(path)
+    except Exception as e:  # zipfile, pickle and OS errors of a broken file
+      raise ValueError(f"Inception weights {path!r} cannot be read: {e}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+      raise ValueError(f"Inception weights {path!r} are not an .npz archive of named arrays")
+    with data:
       state = {k: data[k] for k in data.files}
   else:
     try:
@@ -206,9 +218,14 @@ def load_inception(path: str) -> dict:
     except ImportError:
       raise ImportError(f"reading {path!r} needs PyTorch (pip install torch); or convert it "
                         "once to .npz where PyTorch is installed") from None
-    state = {k: v.numpy() for k, v in torch.load(path, map_location="cpu",
-                                                 weights_only=True).items()}
-  variables = from_torch_state_dict(state)
+    try:
+      state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and OS errors of a broken or foreign file
+      raise ValueError(f"Inception weights {path!r} cannot be read by torch.load: {e}") from None
+    if not isinstance(state, dict):
+      raise ValueError(f"Inception weights {path!r} hold a {type(state).__name__}, not a state dict")
+    state = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in state.items()}
+  variables = from_torch_state_dict(state, repr(path))
   got = {k: v.shape for k, v in traverse_util.flatten_dict(variables, sep="/").items()}
   expected = _expected_shapes()
   if got != expected:
@@ -232,10 +249,18 @@ def check_rgb_images(images, name: str = "images") -> np.ndarray:
 
 class InceptionFeatures:
   """`__call__(uint8 images [N, H, W, C]) -> (features float64 [N, 2048], logits float64 [N, 1008])`,
-  in jitted batches of `batch_size` sharded over the local devices."""
+  in jitted batches of `batch_size` sharded over the local devices.
+
+  The logits are those of the Inception Score: pool features times the fc
+  weights without the fc bias, as the original IS code (and torch-fidelity's
+  "logits_unbiased") compute them.
+  """
 
   def __init__(self, variables: dict, batch_size: int = 200):
+    if not isinstance(batch_size, int) or batch_size < 1:
+      raise ValueError(f"--batch must be a positive int; got {batch_size!r}")
     self.variables, self.batch_size = variables, batch_size
+    self._fc = np.asarray(variables["params"]["fc"]["kernel"], np.float64)
     devices = jax.local_devices()
     self.mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     self.batch_size += (-batch_size) % len(devices)
@@ -248,16 +273,16 @@ class InceptionFeatures:
     sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
     variables = jax.device_put(self.variables, jax.sharding.NamedSharding(
         self.mesh, jax.sharding.PartitionSpec()))
-    features, logits = [], []
+    features = []
     for start in tqdm.tqdm(range(0, len(images), self.batch_size), desc="inception",
                            unit="batch", disable=not progress):
       batch = images[start:start + self.batch_size]
       n = len(batch)
       batch = batch[np.arange(n + (-n) % self.mesh.size) % n]
-      f, lo = self._apply(variables, jax.device_put(batch, sharding))
+      f, _ = self._apply(variables, jax.device_put(batch, sharding))
       features.append(np.asarray(f, np.float64)[:n])
-      logits.append(np.asarray(lo, np.float64)[:n])
-    return np.concatenate(features), np.concatenate(logits)
+    features = np.concatenate(features)
+    return features, features @ self._fc
 
 
 def main(argv=None) -> int:
@@ -266,7 +291,14 @@ def main(argv=None) -> int:
   if len(argv) != 2:
     print(main.__doc__, file=sys.stderr)
     return 2
-  variables = load_inception(argv[0])
+  if not argv[1].endswith(".npz"):
+    print("OUT must end in .npz", file=sys.stderr)
+    return 2
+  try:
+    variables = load_inception(argv[0])
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   state = {}
   flat = traverse_util.flatten_dict(variables)
   for (collection, *path, leaf), value in flat.items():
