@@ -1,6 +1,7 @@
 """Experiment configs: Python files whose `get_config()` returns an ml_collections.ConfigDict."""
 
 import importlib.util
+import inspect
 import os
 
 import ml_collections
@@ -25,11 +26,15 @@ def load_config(path: str) -> ml_collections.ConfigDict:
 def betas_from_config(config: ml_collections.ConfigDict) -> np.ndarray:
   """float64 betas [T] of a config's `diffusion` section."""
   d = config.diffusion
-  kwargs = {k: d[k] for k in ("beta_start", "beta_end", "s", "max_beta") if k in d}
   if d.schedule not in BETA_SCHEDULES:
     raise ValueError(f"config.diffusion.schedule must be one of {sorted(BETA_SCHEDULES)}; "
                      f"got {d.schedule!r}")
-  return BETA_SCHEDULES[d.schedule](d.num_steps, **kwargs)
+  fn = BETA_SCHEDULES[d.schedule]
+  # The config's settings that this schedule takes (beta_start/beta_end are the linear family's,
+  # s/max_beta the cosine's); the others stay in the config for the other schedules.
+  accepted = inspect.signature(fn).parameters
+  kwargs = {k: d[k] for k in ("beta_start", "beta_end", "s", "max_beta") if k in d and k in accepted}
+  return fn(d.num_steps, **kwargs)
 
 
 def schedule_from_config(config: ml_collections.ConfigDict) -> Schedule:

@@ -212,5 +212,11 @@ def test_every_config_is_complete(name):
   model = models.from_config(config.model)
   source = DigitsSource()  # a stand-in: only its class count is read
   validate(config, model, source)
+  from diffusion.config import betas_from_config
+  from diffusion.schedules import cosine_betas, linear_betas
+  d = config.diffusion
+  expected = (cosine_betas(d.num_steps) if d.schedule == "cosine" else
+              linear_betas(d.num_steps, d.beta_start, d.beta_end))
+  np.testing.assert_array_equal(betas_from_config(config), expected)
   with open(os.path.join(CONFIGS, f"{name}.py")) as f:
     assert f"ddpm train --config experiments/configs/{name}.py" in f.read()

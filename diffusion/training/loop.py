@@ -21,7 +21,7 @@ from diffusion import _checks, images, models
 from diffusion.data import Loader, make_source
 from diffusion.losses import LOSSES
 from diffusion.sampling import gather, make_sampler, to_float, to_uint8
-from diffusion.config import schedule_from_config
+from diffusion.config import betas_from_config, schedule_from_config
 from diffusion.schedules import BETA_SCHEDULES
 from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.metrics import MetricWriter, Progress
@@ -45,6 +45,7 @@ def validate(config, model, source) -> None:
   _checks.choice(d.variance, _checks.VARIANCES, "config.diffusion.variance")
   _checks.choice(d.get("timestep_sampler", "uniform"), ("uniform", "importance"),
                  "config.diffusion.timestep_sampler")
+  betas_from_config(config)  # the schedule's own checks of T and its parameters
   if d.loss == "hybrid" and d.variance not in _checks.LEARNED_VARIANCES:
     raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
                      f"variance must be learned_range or learned, not {d.variance!r}")
