@@ -26,65 +26,58 @@ def _schedule(args: argparse.Namespace) -> None:
           f"{np.sqrt(tables['betas'][t]):>11.4e}")
 
 
-def _bench_unet(args: argparse.Namespace) -> None:
-  """Times the forward pass and training gradient of a config's network."""
-  from diffusion import benchmark, models
+def _bench_setup(args: argparse.Namespace, steps: int | None = None):
+  """(config, model, sampler names) of a bench command: the config's network in --dtype, and
+  --samplers checked at `steps`."""
+  from diffusion import models
   from diffusion.config import load_config
+  from diffusion.sampling import check_options
   config = load_config(args.config)
   model_config = dict(config.model)
   if args.dtype:
     model_config["dtype"] = args.dtype
   model = models.from_config(model_config)
-  size, channels = config.data.image_size, config.data.channels
-  result = benchmark.bench_unet(model, args.batch, (size, size, channels), steps=args.steps)
+  names = tuple(n.strip() for n in getattr(args, "samplers", "").split(",") if n.strip())
+  for name in names:
+    check_options(model, config.diffusion.num_steps, sampler=name, steps=steps, eta=0.0,
+                  spacing=None, guidance=None)
+  return config, model, names
+
+
+def _report(args: argparse.Namespace, result: dict, table: str) -> None:
   result["config"] = args.config
-  print(benchmark.format_table(result))
+  print(table)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=2)
+
+
+def _bench_unet(args: argparse.Namespace) -> None:
+  """Times the forward pass and training gradient of a config's network."""
+  from diffusion import benchmark
+  config, model, _ = _bench_setup(args)
+  size, channels = config.data.image_size, config.data.channels
+  result = benchmark.bench_unet(model, args.batch, (size, size, channels), steps=args.steps)
+  _report(args, result, benchmark.format_table(result))
 
 
 def _bench_sampling(args: argparse.Namespace) -> None:
   """Times each sampler's whole chain on a config's network (random parameters)."""
-  from diffusion import benchmark, models
-  from diffusion.config import load_config
-  from diffusion.sampling import check_options
-  config = load_config(args.config)
-  model_config = dict(config.model)
-  if args.dtype:
-    model_config["dtype"] = args.dtype
-  model = models.from_config(model_config)
-  names = tuple(n.strip() for n in args.samplers.split(",") if n.strip())
-  for name in names:
-    check_options(model, config.diffusion.num_steps, sampler=name, steps=args.steps, eta=0.0,
-                  spacing=None, guidance=None)
+  from diffusion import benchmark
+  config, model, names = _bench_setup(args, args.steps)
   result = benchmark.bench_sampling(model, config, args.batch, samplers=names, steps=args.steps,
                                     repeats=args.repeats)
-  result["config"] = args.config
-  print(benchmark.format_sampling_table(result))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
+  _report(args, result, benchmark.format_sampling_table(result))
 
 
 def _bench(args: argparse.Namespace) -> None:
   """`ddpm bench`: training and sampling speed against the PyTorch reference."""
-  from diffusion import benchmark, models
-  from diffusion.config import load_config
-  from diffusion.sampling import check_options
-  config = load_config(args.config)
-  model_config = dict(config.model)
-  if args.dtype:
-    model_config["dtype"] = args.dtype
-  model = models.from_config(model_config)
-  names = tuple(n.strip() for n in args.samplers.split(",") if n.strip())
-  for name in names:
-    check_options(model, config.diffusion.num_steps, sampler=name, steps=args.sample_steps,
-                  eta=0.0, spacing=None, guidance=None)
+  import jax
+  from diffusion import benchmark
+  config, model, names = _bench_setup(args, args.sample_steps)
   if args.batch < 1 or args.train_steps < 1 or (args.sample_batch is not None
                                                  and args.sample_batch < 1):
     raise ValueError("--batch, --sample-batch and --train-steps must be positive")
-  import jax
   for name, value in (("--batch", args.batch), ("--sample-batch", args.sample_batch)):
     if value is not None and value % jax.device_count():
       raise ValueError(f"{name} must be a multiple of the {jax.device_count()} devices; got {value}")
@@ -102,11 +95,7 @@ def _bench(args: argparse.Namespace) -> None:
                            sample_steps=args.sample_steps, sample_batch=args.sample_batch,
                            train_steps=args.train_steps, torch_reference=torch_reference,
                            peak=args.peak_tflops)
-  result["config"] = args.config
-  print(benchmark.format_bench(result))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
+  _report(args, result, benchmark.format_bench(result))
 
 
 def _evaluate(args: argparse.Namespace) -> None:

@@ -7,17 +7,7 @@ import numpy as np
 from PIL import Image
 
 from diffusion.data.sources import IMAGE_EXTENSIONS
-
-
-def open_npz(path: str, argument: str):
-  """np.load of an .npz archive, or a ValueError naming `argument` for anything else."""
-  try:
-    data = np.load(path)
-  except Exception as e:  # zipfile, pickle and OS errors of a broken file
-    raise ValueError(f"{argument} {path!r} cannot be read as .npz: {e}") from None
-  if not isinstance(data, np.lib.npyio.NpzFile):
-    raise ValueError(f"{argument} {path!r} is a single .npy array, not an .npz archive")
-  return data
+from diffusion.evaluation.frechet import open_npz
 
 
 def load_image_set(path: str, argument: str) -> np.ndarray:

@@ -74,11 +74,22 @@ def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray, **extra) -> No
   np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
 
 
+def open_npz(path: str, argument: str):
+  """np.load of an .npz archive, or a ValueError naming `argument` for anything else."""
+  try:
+    data = np.load(path)
+  except Exception as e:  # zipfile, pickle and OS errors of a broken file
+    raise ValueError(f"{argument} {path!r} cannot be read as .npz: {e}") from None
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise ValueError(f"{argument} {path!r} is a single .npy array, not an .npz archive")
+  return data
+
+
 def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) from an .npz with keys "mu" and "sigma"."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"reference statistics {path!r} do not exist")
-  with np.load(path) as data:
+  with open_npz(path, "reference statistics") as data:
     if "mu" not in data or "sigma" not in data:
       raise ValueError(f"{path!r} must hold arrays 'mu' and 'sigma'; it holds {list(data)}")
     return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)

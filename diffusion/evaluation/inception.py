@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from diffusion.evaluation.frechet import open_npz
+
 HIGHEST = jax.lax.Precision.HIGHEST
 INPUT_SIZE = 299
 NUM_FEATURES, NUM_CLASSES = 2048, 1008
@@ -204,13 +206,7 @@ def load_inception(path: str) -> dict:
         "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or an .npz converted from it with "
         "`python -m diffusion.evaluation.inception IN.pth OUT.npz`); nothing is downloaded")
   if path.endswith(".npz"):
-    try:
-      data = np.load(path)
-    except Exception as e:  # zipfile, pickle and OS errors of a broken file
-      raise ValueError(f"Inception weights {path!r} cannot be read: {e}") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-      raise ValueError(f"Inception weights {path!r} are not an .npz archive of named arrays")
-    with data:
+    with open_npz(path, "Inception weights") as data:
       state = {k: data[k] for k in data.files}
   else:
     try:
