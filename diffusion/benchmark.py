@@ -311,7 +311,8 @@ def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
 
 def bench(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++"),
           sample_steps: int | None = None, sample_batch: int | None = None, train_steps: int = 5,
-          torch_reference: bool = True, peak: float | None = None) -> dict[str, Any]:
+          torch_reference: bool = True, peak: float | None = None,
+          layers: bool = False) -> dict[str, Any]:
   """`ddpm bench`: training and sampling speed, compile time, memory and model FLOP utilisation
   of a config's network, with the PyTorch reference side by side when `torch_reference`."""
   device = jax.devices()[0]
@@ -331,6 +332,8 @@ def bench(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++")
     counts = {name: r["steps"] for name, r in result["sampling"].items()}
     reference = bench_torch(model, config, batch, samplers=counts, sample_batch=sampling["batch"])
     result["torch"] = reference
+    if layers:
+      result["layers"] = bench_layers(model, config, sampling["batch"])
     result["ratio"] = {"train": result["train"]["images_per_s"]
                        / reference["train_step"]["images_per_s"],
                        **{name: result["sampling"][name]["samples_per_s"]
@@ -365,4 +368,70 @@ def format_bench(result: dict[str, Any]) -> str:
     label = f"sample {name} ({r['steps']} steps)/s"
     lines.append(f"{label:<24} {fmt(r['samples_per_s'])} {fmt(theirs)} {ratio(name)}")
   lines.append(f"(sampling batch {result['sample_batch']}; ratio > 1: ours is faster)")
+  if torch_:
+    slower = [k for k, v in result["ratio"].items() if v < 1]
+    if slower:
+      lines.append(f"BELOW TARGET: PyTorch is faster for {', '.join(slower)}; `--layers` times "
+                   "the network's layer kinds on both sides to show where")
+  if result.get("layers"):
+    lines.append(format_layers(result["layers"]))
+  return "\n".join(lines)
+
+
+def bench_layers(model: UNet, config, batch: int, *, repeats: int = 20) -> list[dict[str, Any]]:
+  """Where the time goes, layer kind by layer kind: a 3×3 convolution, GroupNorm and swish at
+  the shape of each resolution level of `model` ([batch, size / 2^i, size / 2^i, ch · mult_i]),
+  forward only, in JAX and in PyTorch (CPU or one CUDA device). Returns one row per
+  (level, layer) with milliseconds per call on each side."""
+  import flax.linen as nn
+  import torch
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  def time_jax(fn, *args):
+    fn = jax.jit(fn)
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    for _ in range(repeats):
+      out = fn(*args)
+    jax.block_until_ready(out)
+    return 1e3 * (time.perf_counter() - start) / repeats
+
+  def time_torch(fn, x):
+    with torch.no_grad():
+      fn(x)
+      sync()
+      start = time.perf_counter()
+      for _ in range(repeats):
+        fn(x)
+      sync()
+    return 1e3 * (time.perf_counter() - start) / repeats
+
+  rows = []
+  size = config.data.image_size
+  for level, mult in enumerate(model.ch_mult):
+    side, channels = size // 2**level, model.ch * mult
+    x = jnp.ones((batch, side, side, channels), model.dtype)
+    xt = torch.ones(batch, channels, side, side, device=device)
+    conv, norm = nn.Conv(channels, (3, 3), padding=1, dtype=model.dtype), nn.GroupNorm(
+        model.num_groups, dtype=model.dtype)
+    cp, gp = conv.init(jax.random.key(0), x), norm.init(jax.random.key(0), x)
+    layers = {
+        "conv 3x3": (lambda p, x: conv.apply(p, x), cp,
+                     torch.nn.Conv2d(channels, channels, 3, padding=1).to(device)),
+        "GroupNorm": (lambda p, x: norm.apply(p, x), gp,
+                      torch.nn.GroupNorm(model.num_groups, channels).to(device)),
+        "swish": (lambda p, x: jax.nn.swish(x), cp, torch.nn.functional.silu)}
+    for name, (fn, params, reference) in layers.items():
+      ours, theirs = time_jax(fn, params, x), time_torch(reference, xt)
+      rows.append({"shape": [batch, side, side, channels], "layer": name, "jax_ms": ours,
+                   "torch_ms": theirs, "ratio": theirs / ours})
+  return rows
+
+
+def format_layers(rows: list[dict[str, Any]]) -> str:
+  lines = [f"{'layer':<10} {'shape':<20} {'JAX ms':>8} {'PyTorch ms':>11} {'ratio':>6}"]
+  for r in rows:
+    lines.append(f"{r['layer']:<10} {str(tuple(r['shape'])):<20} {r['jax_ms']:>8.2f} "
+                 f"{r['torch_ms']:>11.2f} {r['ratio']:>6.2f}")
   return "\n".join(lines)

@@ -94,7 +94,7 @@ def _bench(args: argparse.Namespace) -> None:
   result = benchmark.bench(model, config, args.batch, samplers=names,
                            sample_steps=args.sample_steps, sample_batch=args.sample_batch,
                            train_steps=args.train_steps, torch_reference=torch_reference,
-                           peak=args.peak_tflops)
+                           peak=args.peak_tflops, layers=args.layers)
   _report(args, result, benchmark.format_bench(result))
 
 
@@ -248,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="the device's peak TFLOP/s for the FLOP utilisation (known for "
                           "H100/H200/A100/TPUs)")
   bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+  bench.add_argument("--layers", action="store_true",
+                     help="also time conv/GroupNorm/swish at each level's shape, JAX vs PyTorch")
   bench.add_argument("--json", help="also write the figures to this file")
   bench.set_defaults(run=_bench)
 

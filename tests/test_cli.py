@@ -96,7 +96,7 @@ def test_bench_against_pytorch(tmp_path, capsys):
   out = tmp_path / "bench.json"
   assert cli.main(["bench", "--config", str(config), "--batch", "8", "--train-steps", "1",
                    "--samplers", "ddim,dpm++", "--sample-steps", "3", "--peak-tflops", "1",
-                   "--json", str(out)]) == 0
+                   "--layers", "--json", str(out)]) == 0
   printed = capsys.readouterr().out
   assert "train images/s" in printed and "PyTorch" in printed and "model FLOP utilisation" in printed
   import json
@@ -106,3 +106,6 @@ def test_bench_against_pytorch(tmp_path, capsys):
   assert set(result["torch"]["samplers"]) == {"ddim", "dpm++"}
   assert all(r > 0 for r in result["ratio"].values())
   assert result["torch"]["samplers"]["ddim"]["steps"] == 3
+  # Layer timings at both levels of the (1, 2) network: 8×8×16 and 4×4×32.
+  assert {tuple(r["shape"]) for r in result["layers"]} == {(8, 8, 8, 16), (8, 4, 4, 32)}
+  assert all(r["jax_ms"] > 0 and r["torch_ms"] > 0 for r in result["layers"])
