@@ -194,3 +194,24 @@ def test_save_and_load_round_trip(tmp_path):
     models.save(str(tmp_path / "m"), model, params)
   with pytest.raises(FileNotFoundError, match="has no model.json"):
     models.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("shape, groups", [((3, 8, 8, 32), 8), ((2, 5, 6, 7, 16), 4),
+                                           ((4, 12, 6), 3)])
+def test_group_norm_equals_flax_and_a_float64_formula(shape, groups):
+  """1-, 2- and 3-D data, scale and bias away from their initial values."""
+  import flax.linen as nn
+  from diffusion.models.unet import GroupNorm
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1.5, 2.0, shape), jnp.float32)
+  params = {"params": {"scale": jnp.asarray(rng.normal(1, 0.3, shape[-1]), jnp.float32),
+                       "bias": jnp.asarray(rng.normal(0, 0.3, shape[-1]), jnp.float32)}}
+  ours = GroupNorm(groups).apply(params, x)
+  np.testing.assert_allclose(ours, nn.GroupNorm(groups, epsilon=1e-6).apply(params, x),
+                             atol=2e-5)
+  x64 = np.asarray(x, np.float64).reshape(shape[0], -1, groups, shape[-1] // groups)
+  mean, var = x64.mean(axis=(1, 3), keepdims=True), x64.var(axis=(1, 3), keepdims=True)
+  expected = ((x64 - mean) / np.sqrt(var + 1e-6)).reshape(shape) * np.asarray(
+      params["params"]["scale"], np.float64) + np.asarray(params["params"]["bias"], np.float64)
+  np.testing.assert_allclose(ours, expected, atol=2e-5)
+  assert GroupNorm(groups, dtype=jnp.bfloat16).apply(params, x).dtype == jnp.bfloat16

@@ -20,6 +20,37 @@ import jax
 import jax.numpy as jnp
 
 
+class GroupNorm(nn.Module):
+  """Group normalisation over [B, *spatial, C] (statistics per example and group), with the
+  parameters ("scale", "bias") of `flax.linen.GroupNorm`, which it equals to rounding.
+
+  The statistics are reduced in two levels, over the spatial axes per channel and then
+  over each group's channels, in float32: XLA compiles this to far faster code than the
+  one-level reduction over (spatial, channels-in-group), about 4-7× on CPUs (see
+  `ddpm bench --layers`).
+  """
+  num_groups: int = 32
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    if channels % self.num_groups:
+      raise ValueError(f"GroupNorm: {channels} channels are not divisible into "
+                       f"num_groups={self.num_groups} groups")
+    scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+    batch, per_group = x.shape[0], channels // self.num_groups
+    flat = x.astype(jnp.float32).reshape(batch, -1, channels)
+    group_mean = lambda a: jnp.mean(a, axis=1).reshape(batch, self.num_groups, per_group).mean(-1)
+    mean, mean_sq = group_mean(flat), group_mean(jnp.square(flat))  # [B, G]
+    inv = jax.lax.rsqrt(jnp.maximum(mean_sq - jnp.square(mean), 0.0) + self.epsilon)
+    a = jnp.repeat(inv, per_group, axis=1) * scale[None]  # y = x a + b, per example and channel
+    b = bias[None] - jnp.repeat(mean, per_group, axis=1) * a
+    return (flat * a[:, None, :] + b[:, None, :]).reshape(x.shape).astype(self.dtype)
+
+
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0
                        ) -> jax.Array:
   """The sinusoidal embedding of the Transformer, as in DDPM: [B] -> float32 [B, dim].
@@ -45,7 +76,7 @@ class ResBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
     nd = x.ndim - 2
-    norm = lambda name: nn.GroupNorm(self.num_groups, dtype=self.dtype, name=name)
+    norm = lambda name: GroupNorm(self.num_groups, dtype=self.dtype, name=name)
     conv = lambda name: nn.Conv(self.features, (3,) * nd, padding=1,
                                 dtype=self.dtype, name=name)
     h = conv("conv1")(nn.swish(norm("norm1")(x)))
@@ -73,7 +104,7 @@ class AttnBlock(nn.Module):
     if channels % heads:
       raise ValueError(f"the attention at {x.shape[1:-1]} has {channels} channels, "
                        f"not divisible into num_heads={heads} heads")
-    h = nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
+    h = GroupNorm(self.num_groups, dtype=self.dtype, name="norm")(x)
     h = h.reshape(batch, -1, channels)
     q, k, v = (nn.Dense(channels, dtype=self.dtype, name=name)(h)
                .reshape(batch, -1, heads, channels // heads)
@@ -235,6 +266,6 @@ class UNet(nn.Module):
         h = Upsample(self.resample_with_conv, self.dtype, name=f"up_{level}_upsample")(h)
     assert not hs
 
-    h = nn.swish(nn.GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
+    h = nn.swish(GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
     h = nn.Conv(out_channels, (3,) * nd, padding=1, dtype=self.dtype, name="conv_out")(h)
     return h.astype(jnp.float32)
