@@ -385,6 +385,7 @@ def bench_layers(model: UNet, config, batch: int, *, repeats: int = 20) -> list[
   (level, layer) with milliseconds per call on each side."""
   import flax.linen as nn
   import torch
+  from diffusion.models.unet import GroupNorm
   device = "cuda" if torch.cuda.is_available() else "cpu"
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -413,8 +414,8 @@ def bench_layers(model: UNet, config, batch: int, *, repeats: int = 20) -> list[
     side, channels = size // 2**level, model.ch * mult
     x = jnp.ones((batch, side, side, channels), model.dtype)
     xt = torch.ones(batch, channels, side, side, device=device)
-    conv, norm = nn.Conv(channels, (3, 3), padding=1, dtype=model.dtype), nn.GroupNorm(
-        model.num_groups, dtype=model.dtype)
+    conv = nn.Conv(channels, (3, 3), padding=1, dtype=model.dtype)
+    norm = GroupNorm(model.num_groups, dtype=model.dtype)  # the network's own
     cp, gp = conv.init(jax.random.key(0), x), norm.init(jax.random.key(0), x)
     layers = {
         "conv 3x3": (lambda p, x: conv.apply(p, x), cp,
