@@ -100,19 +100,27 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    decay = ema_decay(train, state.step)
-    ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    history, count = state.loss_history, state.loss_count
-    if importance:
-      all_t = jax.lax.all_gather(losses["t"], "data", tiled=True)
-      all_loss = jax.lax.all_gather(losses["loss"], "data", tiled=True)
-      history, count = keep(_record_losses(state, all_t, all_loss), (history, count))
+    def update(_):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      decay = ema_decay(train, state.step)
+      ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+      history, count = state.loss_history, state.loss_count
+      if importance:
+        all_t = jax.lax.all_gather(losses["t"], "data", tiled=True)
+        all_loss = jax.lax.all_gather(losses["loss"], "data", tiled=True)
+        history, count = _record_losses(state, all_t, all_loss)
+      return params, opt_state, ema, history, count
+
+    def skip(_):
+      return (state.params, state.opt_state, state.ema_params, state.loss_history,
+              state.loss_count)
+
+    # A branch, not a select per leaf: a skipped step costs nothing and a normal step does
+    # not read every tree twice (finite is the same on every device: it follows the psum).
+    params, opt_state, ema, history, count = jax.lax.cond(finite, update, skip, None)
     new_state = state.replace(
-        step=state.step + 1, params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state), ema_params=keep(ema, state.ema_params),
+        step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
         skipped=state.skipped + (~finite).astype(jnp.int32),
         loss_history=history, loss_count=count)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr(state.step),
