@@ -325,12 +325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--batch and --steps must be positive")
   if args.command == "bench-sampling" and (args.batch < 1 or args.repeats < 1):
     parser.error("--batch and --repeats must be positive")
+  # Bad input: a one-line message and exit status 2. For the other commands that includes
+  # unreadable files (OSError); a training run's I/O failures (a failed checkpoint save) keep
+  # their traceback.
+  bad_input = ((ValueError, FileNotFoundError, FileExistsError) if args.command == "train"
+               else (ValueError, OSError, ImportError))
   try:
     if args.command == "train":
       _train(args, extra)
     else:
       args.run(args)
-  except (ValueError, OSError, ImportError) as e:  # OSError: files (missing, unreadable, ...)
+  except bad_input as e:
     print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
     return 2
   return 0
