@@ -99,11 +99,16 @@ def train_classifier(*, seed: int = 0, epochs: int = 40, batch_size: int = 100):
   return jax.device_get(params), accuracy
 
 
+# One jitted function for every evaluator and call: it compiles once per batch shape.
+_classify = jax.jit(lambda params, x: DigitClassifier().apply({"params": params}, _to_input(x)))
+
+
 @dataclasses.dataclass
 class DigitsEvaluator:
   """A trained DigitClassifier: `features`, `probs` and the reference statistics of a split."""
   params: dict
   test_accuracy: float
+  _reference: dict = dataclasses.field(default_factory=dict, repr=False)  # split -> features
 
   @classmethod
   def load(cls, directory: str | None = None) -> "DigitsEvaluator":
@@ -131,12 +136,15 @@ class DigitsEvaluator:
 
   def _apply(self, images, name: str, batch_size: int = 512):
     images = check_images(images, name)
-    apply = jax.jit(DigitClassifier().apply)
     logits, features = [], []
     for start in range(0, len(images), batch_size):
-      lo, fe = apply({"params": self.params}, _to_input(images[start:start + batch_size]))
-      logits.append(np.asarray(lo, np.float64))
-      features.append(np.asarray(fe, np.float64))
+      chunk = images[start:start + batch_size]
+      n = len(chunk)
+      if len(images) > batch_size:  # the last batch padded: one compiled shape
+        chunk = np.concatenate([chunk, np.zeros((batch_size - n, *IMAGE_SHAPE), np.uint8)])
+      lo, fe = _classify(self.params, chunk)
+      logits.append(np.asarray(lo, np.float64)[:n])
+      features.append(np.asarray(fe, np.float64)[:n])
     return np.concatenate(logits), np.concatenate(features)
 
   def features(self, images, name: str = "images") -> np.ndarray:
@@ -147,10 +155,16 @@ class DigitsEvaluator:
     """Class probabilities float64 [N, 10] of uint8 digits [N, 8, 8, 1]."""
     return _softmax(self._apply(images, name)[0])
 
+  def reference_features(self, split: str = "train") -> np.ndarray:
+    """Features of a digits split, computed once per evaluator."""
+    if split not in self._reference:
+      from diffusion.data import DigitsSource
+      self._reference[split] = self.features(DigitsSource(split=split).images, "reference")
+    return self._reference[split]
+
   def reference_statistics(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the features of a digits split."""
-    from diffusion.data import DigitsSource
-    return statistics(self.features(DigitsSource(split=split).images))
+    return statistics(self.reference_features(split))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -180,8 +194,7 @@ def digits_metrics(samples, evaluator: DigitsEvaluator | None = None, *,
   samples = check_images(samples, "samples")
   evaluator = evaluator or DigitsEvaluator.load()
   logits, features = evaluator._apply(samples, "samples")
-  from diffusion.data import DigitsSource
-  reference_features = evaluator.features(DigitsSource(split=reference).images)
+  reference_features = evaluator.reference_features(reference)
   kid, kid_std = kernel_inception_distance(features, reference_features, subsets=kid_subsets)
   score, score_std = inception_score(_softmax(logits), splits=score_splits(len(samples)))
   return {"fid": fid_from_features(features, reference_features), "kid": kid, "kid_std": kid_std,
