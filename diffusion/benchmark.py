@@ -91,12 +91,12 @@ def bench_sampling(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim",
   `repeats` more chains, seconds per chain, samples/s and milliseconds per
   network call of the batch.
   """
-  from diffusion.sample_run import image_shape, replicate
+  from diffusion.config import data_shape
+  from diffusion.distributed import make_mesh, replicate
   from diffusion.sampling import make_sampler
-  from diffusion.training.loop import make_mesh
   from diffusion import samplers as samplers_lib
   mesh = make_mesh()
-  shape = image_shape(config)
+  shape = data_shape(config)
   if batch % mesh.size:
     raise ValueError(f"--batch must be a multiple of the {mesh.size} devices; got {batch}")
   key = jax.random.key(seed)
@@ -176,7 +176,7 @@ def bench_training(model: UNet, config, batch: int, *, steps: int = 5) -> dict[s
   """The real training step (`training.step.make_train_step`: loss, gradient all-reduce, Adam,
   EMA) on a global batch of `batch` random images over every device."""
   from diffusion.config import schedule_from_config
-  from diffusion.training.loop import make_mesh
+  from diffusion.distributed import make_mesh
   from diffusion.training.state import base_key, create_state
   from diffusion.training.step import make_train_step, shard_batch
   mesh = make_mesh()

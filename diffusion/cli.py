@@ -173,6 +173,9 @@ def _application_parsers(commands) -> None:
     parser.add_argument("--workdir", required=True, help="a training run")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--class", dest="class_label", type=int,
+                        help="class-conditional models: condition on class C (default: the null "
+                             "class, if the run was trained with label dropout)")
     parser.set_defaults(run=run)
     return parser
 

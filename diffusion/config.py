@@ -2,11 +2,16 @@
 
 import importlib.util
 import inspect
+import json
+import math
 import os
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
 
+from diffusion import _checks
+from diffusion.losses import LOSSES
 from diffusion.schedules import BETA_SCHEDULES, Schedule
 
 
@@ -21,6 +26,128 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   if not hasattr(module, "get_config"):
     raise ValueError(f"config file {path} defines no get_config()")
   return module.get_config()
+
+
+def _int(low: int) -> tuple[Callable[[object], bool], str]:
+  return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low,
+          "a positive int" if low == 1 else f"an int >= {low}")
+
+
+def _real(low: float, high: float, *, open_low: bool = False, open_high: bool = False
+          ) -> tuple[Callable[[object], bool], str]:
+  def ok(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+      return False
+    return (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+  if high == math.inf:
+    return ok, f"a number {'>' if open_low else '>='} {low:g}"
+  interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+  return ok, f"a number in {interval}"
+
+
+# The range of every numeric key a config may hold (a missing key is not checked here).
+RANGES = {
+    "seed": _int(0),
+    "data.image_size": _int(1),
+    "data.channels": _int(1),
+    "model.ch": _int(1),
+    "model.num_res_blocks": _int(1),
+    "model.num_groups": _int(1),
+    "model.num_classes": _int(0),
+    "model.cond_channels": _int(0),
+    "model.dropout": _real(0, 1, open_high=True),
+    "diffusion.num_steps": _int(1),
+    "diffusion.beta_start": _real(0, 1, open_low=True, open_high=True),
+    "diffusion.beta_end": _real(0, 1, open_low=True, open_high=True),
+    "diffusion.s": _real(0, math.inf),
+    "diffusion.max_beta": _real(0, 1, open_low=True, open_high=True),
+    "diffusion.vlb_weight": _real(0, math.inf),
+    "optim.lr": _real(0, math.inf, open_low=True),
+    "optim.warmup_steps": _int(0),
+    "optim.grad_clip": _real(0, math.inf),
+    "optim.b1": _real(0, 1, open_high=True),
+    "optim.b2": _real(0, 1, open_high=True),
+    "optim.eps": _real(0, math.inf, open_low=True),
+    "train.num_steps": _int(1),
+    "train.batch_size": _int(1),
+    "train.steps_per_dispatch": _int(1),
+    "train.log_every": _int(1),
+    "train.checkpoint_every": _int(1),
+    "train.sample_every": _int(1),
+    "train.keep_checkpoints": _int(1),
+    "train.num_samples": _int(0),
+    "train.ema_decay": _real(0, 1),
+    "train.label_dropout": _real(0, 1),
+}
+
+
+def _lookup(config, key: str):
+  node = config
+  for part in key.split("."):
+    if part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks the range of every numeric key and the schedule's parameters, naming the key.
+
+  Runs before anything compiles; the checks that need the network or the
+  data are the training loop's.
+  """
+  for key, (ok, what) in RANGES.items():
+    value = _lookup(config, key)
+    if value is not None and not ok(value):
+      raise ValueError(f"config.{key} must be {what}; got {value!r}")
+  d, train = config.diffusion, config.train
+  _checks.choice(d.schedule, BETA_SCHEDULES, "config.diffusion.schedule")
+  _checks.choice(d.loss, LOSSES, "config.diffusion.loss")
+  _checks.choice(d.prediction, _checks.PREDICTIONS, "config.diffusion.prediction")
+  _checks.choice(d.variance, _checks.VARIANCES, "config.diffusion.variance")
+  _checks.choice(d.get("timestep_sampler", "uniform"), ("uniform", "importance"),
+                 "config.diffusion.timestep_sampler")
+  if d.loss == "hybrid" and d.variance not in _checks.LEARNED_VARIANCES:
+    raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
+                     f"variance must be learned_range or learned, not {d.variance!r}")
+  k = train.get("steps_per_dispatch", 1)
+  if train.num_steps % k:
+    raise ValueError(f"config.train.steps_per_dispatch ({k}) must divide config.train.num_steps "
+                     f"({train.num_steps})")
+  if "beta_start" in d and "beta_end" in d and d.beta_start > d.beta_end:
+    raise ValueError(f"config.diffusion.beta_start ({d.beta_start!r}) must not exceed "
+                     f"config.diffusion.beta_end ({d.beta_end!r})")
+  betas_from_config(config)
+
+
+# What may change when a run resumes: how it executes, not what it computes.
+RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
+                  "train.checkpoint_every", "train.keep_checkpoints", "train.num_samples",
+                  "train.steps_per_dispatch", "model.dtype", "model.remat", "data.data_dir")
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict) else prefix + key))
+  return flat
+
+
+def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """The keys where `config` differs from a run's saved config (`saved`, as its JSON), other
+  than RESUMABLE_KEYS, each as "key: saved -> new"."""
+  old, new = _flatten(saved), _flatten(json.loads(config.to_json()))
+  missing = object()
+  return [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+          for key in sorted(set(old) | set(new))
+          if key not in RESUMABLE_KEYS and old.get(key, missing) != new.get(key, missing)]
+
+
+def data_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The shape of one example of a config's data: (image_size, image_size, channels)."""
+  return (config.data.image_size,) * 2 + (config.data.channels,)
 
 
 def betas_from_config(config: ml_collections.ConfigDict) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""Multi-process jobs: `jax.distributed.initialize` when the environment describes one.
+"""Multi-process jobs and the device mesh: joining a job, the mesh every layer shards over,
+and moving arrays between the host and the mesh.
+
+`initialize` calls `jax.distributed.initialize` when the environment describes a job:
 
 - DDPM_COORDINATOR_ADDRESS, DDPM_NUM_PROCESSES, DDPM_PROCESS_ID: set by
   `launch/local.sh` (several processes on one machine; CPU collectives) or
@@ -11,6 +14,8 @@ Otherwise a single process runs on its local devices.
 import os
 
 import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def initialize() -> None:
@@ -25,3 +30,31 @@ def initialize() -> None:
         process_id=int(env["DDPM_PROCESS_ID"]))
   elif int(env.get("SLURM_NTASKS", "1")) > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
     jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+  """One "data" axis over every device of every process."""
+  return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+def replicate(tree, mesh: Mesh):
+  """`tree` placed whole on every device of `mesh`."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def gather(x: jax.Array) -> np.ndarray:
+  """A sharded global array as one NumPy array on every process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
+def padded(n: int, mesh: Mesh) -> int:
+  """n rounded up to a multiple of the mesh's devices."""
+  return n + (-n) % mesh.size
+
+
+def pad_to_devices(a: np.ndarray, mesh: Mesh) -> np.ndarray:
+  """`a` [n, ...] with its rows repeated cyclically up to a multiple of the mesh's devices."""
+  return a[np.arange(padded(len(a), mesh)) % len(a)]

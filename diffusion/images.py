@@ -1,9 +1,19 @@
-"""Writing images: a batch as one PNG grid."""
+"""Images on the host: pixels to and from the model's [-1, 1] range, a batch as one PNG grid."""
 
 import math
 
 import numpy as np
 from PIL import Image
+
+
+def to_uint8(x) -> np.ndarray:
+  """[-1, 1] floats -> uint8 pixels, rounding to the nearest of the 256 levels."""
+  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+  """uint8 pixels -> float32 in [-1, 1]."""
+  return np.asarray(images, np.float32) / 127.5 - 1.0
 
 
 def grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:

@@ -1,82 +1,27 @@
 """`ddpm sample`: samples of a trained run as .npz (arr_0: uint8 NHWC, labels) or per-class PNG folders."""
 
-import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import tqdm
 from PIL import Image
 
-from diffusion import images, models
-from diffusion.sampling import gather, make_sampler, to_uint8
-from diffusion.training.checkpoint import Checkpoints
-from diffusion.training.loop import make_mesh
+from diffusion import images
+from diffusion.config import data_shape
+from diffusion.distributed import gather, make_mesh, replicate
+from diffusion.images import to_uint8
+from diffusion.sampling import class_labels, make_sampler
+from diffusion.training.checkpoint import load_run
 from diffusion.training.state import base_key
 
 LAYOUTS = ("npz", "folders")
-
-
-def load_run(workdir: str, step: int | None = None):
-  """(config, model, EMA params, step) of a run's checkpoint (default: the newest).
-
-  `workdir` may also be a model folder with a `config.json` (`python -m
-  diffusion.convert ... --config FILE` writes one for a released checkpoint):
-  its parameters, at step 0.
-  """
-  if os.path.isfile(os.path.join(workdir, "model.json")):
-    config_file = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_file):
-      raise FileNotFoundError(
-          f"--workdir {workdir!r} is a model folder without config.json (the data and diffusion "
-          "settings): convert it with `python -m diffusion.convert IN OUT --config FILE`")
-    if step not in (None, 0):
-      raise ValueError(f"--step {step}: a model folder has only step 0")
-    with open(config_file) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-    model, params = models.load(workdir)
-    return config, model, params, 0
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise FileNotFoundError(f"--workdir {workdir!r} holds no checkpoints/: not a training run")
-  checkpoints = Checkpoints(workdir, read_only=True)
-  try:
-    steps = checkpoints.manager.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"--workdir {workdir!r} holds no complete checkpoint")
-    step = max(steps) if step is None else step
-    if step not in steps:
-      raise ValueError(f"--step {step}: the run has checkpoints at steps {sorted(steps)}")
-    config = checkpoints.restore_config(step)
-    params = checkpoints.restore_params(step)
-  finally:
-    checkpoints.manager.close()
-  return config, models.from_config(config.model), params, step
-
-
-def image_shape(config) -> tuple[int, int, int]:
-  return (config.data.image_size,) * 2 + (config.data.channels,)
-
-
-def replicate(params, mesh):
-  return jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def batch_size(requested: int) -> int:
   """`requested` rounded down to a multiple of the device count (at least one per device)."""
   devices = jax.device_count()
   return max(devices, requested - requested % devices)
-
-
-def sample_labels(model, num: int, class_label: int | None) -> np.ndarray:
-  """`class_label` for every sample, or the classes in turn (balanced) for a conditional model."""
-  if class_label is None:
-    return np.arange(num) % max(model.num_classes, 1)
-  if not model.num_classes:
-    raise ValueError("--class needs a class-conditional model; this one is unconditional")
-  if not 0 <= class_label < model.num_classes:
-    raise ValueError(f"--class must lie in [0, {model.num_classes}); got {class_label}")
-  return np.full(num, class_label)
 
 
 def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: int = 256,
@@ -95,7 +40,7 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   if layout not in LAYOUTS:
     raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
   config, model, params, step = load_run(workdir, step)
-  labels = sample_labels(model, num, class_label)
+  labels = class_labels(model, config, num, class_label, default="cycle")
   samples = draw_samples(config, model, params, labels, seed=seed, batch=batch, sampler=sampler,
                          steps=steps, eta=eta, spacing=spacing, guidance=guidance,
                          desc=f"sample {sampler} (step {step})")
@@ -112,7 +57,7 @@ def draw_samples(config, model, params, labels: np.ndarray, *, seed: int = 0, ba
   unconditional model), drawn `batch` at a time over every device with a progress bar."""
   num = len(labels)
   mesh = make_mesh()
-  sample = make_sampler(model, config, image_shape(config), mesh, sampler=sampler, steps=steps,
+  sample = make_sampler(model, config, data_shape(config), mesh, sampler=sampler, steps=steps,
                         eta=eta, spacing=spacing, guidance=guidance)
   params, key, batch = replicate(params, mesh), base_key(seed, "sample"), batch_size(batch)
   chunks = []

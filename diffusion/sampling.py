@@ -31,6 +31,33 @@ def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta
                      "and label dropout); this one is unconditional")
 
 
+def class_labels(model, config, num: int, class_label: int | None, *,
+                 default: str = "null") -> np.ndarray:
+  """The classes `num` samples are conditioned on: int32 [num] (zeros, which the network
+  ignores, for an unconditional model).
+
+  `class_label` C gives class C to all. Without it, `default` "cycle" draws
+  the classes in turn (balanced), and "null" conditions on the null class
+  (unconditional), which exists only if the run was trained with label
+  dropout (config.train.label_dropout > 0): otherwise a class must be named.
+  """
+  if not model.num_classes:
+    if class_label is not None:
+      raise ValueError("--class needs a class-conditional model; this one is unconditional")
+    return np.zeros(num, np.int32)
+  if class_label is not None:
+    if not 0 <= class_label < model.num_classes:
+      raise ValueError(f"--class must lie in [0, {model.num_classes}); got {class_label}")
+    return np.full(num, class_label, np.int32)
+  if default == "cycle":
+    return np.arange(num, dtype=np.int32) % model.num_classes
+  if not config.train.get("label_dropout", 0.0) > 0:
+    raise ValueError(f"the model is class-conditional ({model.num_classes} classes) and was "
+                     "trained without label dropout, so it has no unconditional mode: pass "
+                     f"--class C with C in [0, {model.num_classes})")
+  return np.full(num, model.num_classes, np.int32)  # the null class
+
+
 def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: str = "ddpm",
                  steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                  guidance: float | None = None, start: int | None = None):
@@ -82,6 +109,8 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
 
   def sample(params, key, first_index: int, labels=None, cond=None, x_start=None) -> jax.Array:
     n = next(len(a) for a in (labels, cond, x_start) if a is not None)
+    if labels is None and model.num_classes:
+      raise ValueError("labels are required for a class-conditional model (see class_labels)")
     labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
     as_float = lambda a: None if a is None else np.asarray(a, np.float32)
     return run(params, key, first_index, labels, as_float(cond), as_float(x_start))
@@ -107,31 +136,3 @@ def over_samples(fn, mesh: Mesh, num_per_sample: int):
     index = np.arange(first_index, first_index + n, dtype=np.int32)
     return jitted(params, key, put(index), *map(put, per_sample))
   return call
-
-
-def padded(n: int, mesh: Mesh) -> int:
-  """n rounded up to a multiple of the mesh's devices."""
-  return n + (-n) % mesh.size
-
-
-def pad_to_devices(a: np.ndarray, mesh: Mesh) -> np.ndarray:
-  """`a` [n, ...] with its rows repeated cyclically up to a multiple of the mesh's devices."""
-  return a[np.arange(padded(len(a), mesh)) % len(a)]
-
-
-def to_uint8(x) -> np.ndarray:
-  """[-1, 1] floats -> uint8 pixels, rounding to the nearest of the 256 levels."""
-  return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def to_float(images: np.ndarray) -> np.ndarray:
-  """uint8 pixels -> float32 in [-1, 1]."""
-  return np.asarray(images, np.float32) / 127.5 - 1.0
-
-
-def gather(x: jax.Array) -> np.ndarray:
-  """A sharded global array as one NumPy array on every process."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    x = multihost_utils.process_allgather(x, tiled=True)
-  return np.asarray(jax.device_get(x))

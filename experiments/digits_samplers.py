@@ -21,7 +21,9 @@ import numpy as np
 
 from diffusion.data import DigitsSource
 from diffusion.evaluation import DigitsEvaluator, digits_metrics
-from diffusion.sample_run import draw_samples, load_run, sample_labels
+from diffusion.sample_run import draw_samples
+from diffusion.sampling import class_labels
+from diffusion.training.checkpoint import load_run
 
 DDIM_TABLE = [f"ddim:{s}:{eta}" for eta in (0, 1) for s in (10, 20, 50, 100, 1000)] + ["ddpm:1000"]
 
@@ -45,7 +47,7 @@ def main(argv=None):
   rows = [parse_row(r) for row in args.rows for r in (DDIM_TABLE if row == "ddim-table" else [row])]
   config, model, params, step = load_run(args.workdir)
   evaluator = DigitsEvaluator.load()
-  labels = sample_labels(model, args.num, None)
+  labels = class_labels(model, config, args.num, None, default="cycle")
   results = [{"row": "held-out test split", **digits_metrics(
       DigitsSource(split="test").images, evaluator)}]
   for sampler, steps, eta in rows:

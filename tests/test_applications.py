@@ -11,15 +11,14 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 from _tiny import CONFIGS, tiny_overrides
 from diffusion import cli
 from diffusion.applications import auroc, denoise
 from diffusion.data import DigitsSource, ImageFolderSource, PairedFolderSource, degrade
-from diffusion.sample_run import load_run, replicate
-from diffusion.sampling import to_float
-from diffusion.training.loop import make_mesh
+from diffusion.distributed import make_mesh, replicate
+from diffusion.images import to_float
+from diffusion.training.checkpoint import load_run
 from diffusion.training.state import base_key
 
 DIGITS = os.path.join(CONFIGS, "digits.py")
@@ -137,13 +136,11 @@ def test_anomaly_scores_separate_digits_from_non_digits(digits_run, tmp_path, ca
   assert "AUROC" in capsys.readouterr().out
 
 
-def test_auroc_against_scikit_learn():
-  rng = np.random.default_rng(0)
-  labels = rng.integers(0, 2, 300)
-  scores = np.round(rng.normal(labels * 0.7, 1.0), 1)  # with ties
-  assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+def test_auroc_counts_the_ordered_pairs():
+  # Anomalous 0.35 and 0.8 against normal 0.1, 0.4 and the tie 0.35: 1 + 0 + 0.5 + 3 of 6 pairs.
+  assert auroc([0.1, 0.4, 0.35, 0.35, 0.8], [0, 0, 0, 1, 1]) == pytest.approx(4.5 / 6)
   with pytest.raises(ValueError, match="needs both normal"):
-    auroc(scores, np.zeros(300))
+    auroc([0.1, 0.2], np.zeros(2))
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -161,6 +158,8 @@ def test_auroc_against_scikit_learn():
     (["sample", "--num", "4", "--out", "s.npz", "--guidance", "2"], "--guidance needs a class-conditional"),
     (["sample", "--num", "4", "--out", "s.npz", "--class", "3"], "--class needs a class-conditional"),
     (["enhance", "--image", "IMG", "--out", "o.png"], "not image-conditioned"),
+    (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--class", "3"],
+     "--class needs a class-conditional"),
 ])
 def test_bad_input_is_named(digits_run, tmp_path, capsys, argv, message):
   files = {"BIG": np.zeros((16, 16, 1), np.uint8), "IMG": np.zeros((8, 8, 1), np.uint8),
@@ -208,18 +207,80 @@ def test_degradations_and_paired_folders(tmp_path):
     PairedFolderSource(str(tmp_path), 16, 3)
 
 
-def test_class_conditional_samples_for_data_augmentation(tmp_path):
-  workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+  """A tiny class-conditional digits run trained with label dropout (so with a null class)."""
+  workdir = tmp_path_factory.mktemp("conditional")
   assert cli.main(["train", "--config", DIGITS, "--workdir", str(workdir), *tiny_overrides(),
                    "--config.model.num_classes=10", "--config.train.label_dropout=0.2"]) == 0
+  return workdir
+
+
+def test_class_conditional_samples_for_data_augmentation(conditional_run, tmp_path):
   folders = tmp_path / "augmented"
-  assert cli.main(["sample", "--workdir", str(workdir), "--num", "20", "--out", str(folders),
-                   "--layout", "folders", "--sampler", "dpm++", "--steps", "5"]) == 0
+  assert cli.main(["sample", "--workdir", str(conditional_run), "--num", "20", "--out",
+                   str(folders), "--layout", "folders", "--sampler", "dpm++", "--steps", "5"]) == 0
   assert sorted(os.listdir(folders)) == [str(k) for k in range(10)]
   read_back = ImageFolderSource(str(folders), 8, 1)
   assert len(read_back) == 20 and read_back.num_classes == 10
   out = tmp_path / "threes.npz"
-  assert cli.main(["sample", "--workdir", str(workdir), "--num", "8", "--out", str(out),
+  assert cli.main(["sample", "--workdir", str(conditional_run), "--num", "8", "--out", str(out),
                    "--class", "3", "--guidance", "2.0", "--sampler", "ddim", "--steps", "5"]) == 0
   data = np.load(out)
   assert data["arr_0"].shape == (8, 8, 8, 1) and np.all(data["labels"] == 3)
+
+
+class Spy:
+  """The run's network, recording the class labels every call receives (None: no labels)."""
+
+  def __init__(self, model):
+    self.model, self.seen = model, []
+
+  def __getattr__(self, name):
+    return getattr(self.model, name)
+
+  def apply(self, variables, x, t, **kwargs):
+    if "y" in kwargs:
+      jax.debug.callback(lambda y: self.seen.append(set(np.asarray(y).tolist())), kwargs["y"])
+    else:
+      jax.debug.callback(lambda: self.seen.append(None))
+    return self.model.apply(variables, x, t, **kwargs)
+
+
+def test_applications_condition_on_the_null_class_or_the_given_one(conditional_run, tmp_path):
+  from diffusion.applications import anomaly_scores, inpaint
+  config, model, params, _ = load_run(str(conditional_run))
+  mesh = make_mesh()
+  params, key = replicate(params, mesh), base_key(0, "sample")
+  images = DigitsSource(split="test").images[:4]
+  mask = np.ones((8, 8), bool)
+  mask[:, 4:] = False
+  calls = {
+      "denoise": lambda m, **kw: denoise(m, params, config, images, 0.2, mesh, key, steps=3, **kw),
+      "anomaly": lambda m, **kw: anomaly_scores(m, params, config, images, mesh, key, step=5,
+                                                sampler="ddim", steps=3, **kw),
+      "inpaint": lambda m, **kw: inpaint(m, params, config, images[0], mask, mesh, key, steps=4,
+                                         jump_length=2, resamplings=2, **kw),
+  }
+  for name, call in calls.items():
+    for class_label, expected in ((None, {10}), (3, {3})):  # 10: the null class
+      spy = Spy(model)
+      call(spy, class_label=class_label)
+      assert spy.seen and all(seen == expected for seen in spy.seen), (name, class_label, spy.seen)
+  # Without label dropout there is no null class: a class must be named.
+  strict = config.copy_and_resolve_references()
+  strict.train.label_dropout = 0.0
+  with pytest.raises(ValueError, match="trained without label dropout.*pass --class C"):
+    denoise(model, params, strict, images, 0.2, mesh, key)
+  with pytest.raises(ValueError, match=r"--class must lie in \[0, 10\)"):
+    calls["anomaly"](model, class_label=10)
+  with pytest.raises(ValueError, match=r"--at-step must lie in \[0, 20\)"):
+    anomaly_scores(model, params, config, images, mesh, key, step=20)
+  # The commands take --class too.
+  save(tmp_path / "in.png", images[0])
+  save(tmp_path / "mask.png", (mask * 255).astype(np.uint8)[..., None])
+  assert cli.main(["inpaint", "--workdir", str(conditional_run), "--image", str(tmp_path / "in.png"),
+                   "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png"),
+                   "--steps", "4", "--jump-length", "2", "--resamplings", "2", "--class", "7"]) == 0
+  assert cli.main(["denoise", "--workdir", str(conditional_run), "--image", str(tmp_path / "in.png"),
+                   "--sigma", "0.2", "--out", str(tmp_path / "d.png"), "--steps", "3"]) == 0

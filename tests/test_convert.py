@@ -117,7 +117,7 @@ def test_read_safetensors_matches_the_reference_reader(tmp_path):
     data = f.read()
   with open(path, "wb") as f:
     f.write(data[:-8])
-  with pytest.raises(ValueError, match=r"tensor \w is truncated"):
+  with pytest.raises(ValueError, match=r"t.safetensors is not a readable safetensors file"):
     convert.read_safetensors(path)
 
 

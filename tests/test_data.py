@@ -98,6 +98,11 @@ def test_image_folder(tmp_path):
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and got == label
   grey = ImageFolderSource(str(tmp_path), image_size=8, channels=1)
   assert grey[0][0].shape == (8, 8, 1)
+  # An image beside the class folders would be taken for the first class: refused.
+  write(str(tmp_path / "stray.png"), rng.integers(0, 255, (16, 16, 3), np.uint8))
+  with pytest.raises(ValueError, match=r"holds images directly under it \(e.g. 'stray.png'\) "
+                                       r"beside class folders \(e.g. 'cats/'\)"):
+    ImageFolderSource(str(tmp_path), image_size=16, channels=3)
 
 
 def test_image_folder_errors(tmp_path):

@@ -16,9 +16,9 @@ from diffusion.evaluation.nll import dataset_bits_per_dim
 from diffusion.forward import q_sample
 from diffusion.likelihood import prior_bpd, vlb_term
 from diffusion.config import schedule_from_config
-from diffusion.sample_run import load_run, replicate
-from diffusion.sampling import to_float
-from diffusion.training.loop import make_mesh
+from diffusion.distributed import make_mesh, replicate
+from diffusion.images import to_float
+from diffusion.training.checkpoint import load_run
 
 DIGITS = os.path.join(CONFIGS, "digits.py")
 

@@ -5,7 +5,7 @@ through."""
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 F = torch.nn.functional
 
 from diffusion.evaluation.inception import (  # noqa: E402

@@ -7,23 +7,29 @@ channels), the per-image score its mean square, in units of the [0, 1] range.
 """
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from diffusion.config import schedule_from_config
-from diffusion.sampling import gather, make_sampler, pad_to_devices, to_float
+from diffusion.distributed import gather, pad_to_devices
+from diffusion.images import to_float
+from diffusion.sampling import class_labels, make_sampler
 
 
 def anomaly_scores(model, params, config, images: np.ndarray, mesh, key, *, step: int | None = None,
                    sampler: str = "ddpm", steps: int | None = None, batch: int = 256,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   seed: int = 0, class_label: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(scores [N], maps [N, H, W], reconstructions uint8-range float [N, H, W, C] in [-1, 1]).
 
-  images: uint8 [N, H, W, C]; step: k, default T/4.
+  images: uint8 [N, H, W, C]; step: k, default T/4. A class-conditional model
+  reconstructs under `class_label`, else under its null class (unconditional).
   """
   schedule = schedule_from_config(config)
   num_steps = schedule.num_steps
   step = num_steps // 4 if step is None else step
   if not 0 <= step < num_steps:
-    raise ValueError(f"--step must lie in [0, {num_steps}) (the model's T); got {step}")
+    raise ValueError(f"--at-step must lie in [0, {num_steps}) (the model's T); got {step}")
+  labels = class_labels(model, config, len(images), class_label)
   devices = mesh.size
   batch = max(devices, batch - batch % devices)
   ac = float(schedule.alphas_cumprod[step])
@@ -36,7 +42,9 @@ def anomaly_scores(model, params, config, images: np.ndarray, mesh, key, *, step
     n = len(x0[first:first + batch])
     chunk = pad_to_devices(x0[first:first + batch], mesh)
     x_k = np.sqrt(ac) * chunk + np.sqrt(1 - ac) * rng.standard_normal(chunk.shape)
-    recon.append(gather(sample(params, key, first, x_start=x_k.astype(np.float32)))[:n])
+    chunk_labels = pad_to_devices(labels[first:first + batch], mesh)
+    recon.append(gather(sample(params, key, first, chunk_labels,
+                               x_start=x_k.astype(np.float32)))[:n])
   recon = np.concatenate(recon)
   maps = np.abs(x0 - recon).mean(axis=-1) / 2  # [0, 1] units
   scores = np.mean(((x0 - recon) / 2) ** 2, axis=(1, 2, 3))
@@ -46,19 +54,7 @@ def anomaly_scores(model, params, config, images: np.ndarray, mesh, key, *, step
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
   """Area under the ROC curve of `scores` for labels 1 (anomalous) against 0: the
   probability that an anomalous image scores above a normal one (ties count half)."""
-  scores, labels = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+  labels = np.asarray(labels).astype(bool)
   if labels.all() or not labels.any():
     raise ValueError("AUROC needs both normal (0) and anomalous (1) labels")
-  ranks = np.empty(len(scores))
-  order = np.argsort(scores, kind="mergesort")
-  sorted_scores = scores[order]
-  i = 0
-  while i < len(scores):  # average ranks over ties
-    j = i
-    while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-      j += 1
-    ranks[order[i:j + 1]] = (i + j) / 2 + 1
-    i = j + 1
-  positives = labels.sum()
-  negatives = len(labels) - positives
-  return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+  return float(roc_auc_score(labels, np.asarray(scores, np.float64)))

@@ -11,9 +11,10 @@ from diffusion.applications.denoise import denoise
 from diffusion.applications.enhance import enhance
 from diffusion.applications.inpaint import inpaint
 from diffusion.applications.imageio import read_image, read_images, write_image
-from diffusion.sample_run import image_shape, load_run, replicate
-from diffusion.sampling import to_uint8
-from diffusion.training.loop import make_mesh
+from diffusion.config import data_shape
+from diffusion.distributed import make_mesh, replicate
+from diffusion.images import to_uint8
+from diffusion.training.checkpoint import load_run
 from diffusion.training.state import base_key
 
 
@@ -48,18 +49,20 @@ def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
 
 def inpaint_command(args) -> None:
   config, model, params, mesh, key = _run(args)
-  image = read_image(args.image, image_shape(config))
+  image = read_image(args.image, data_shape(config))
   mask = read_mask(args.mask, image.shape[:2])
   samples = inpaint(model, params, config, image, mask, mesh, key, num_samples=args.num_samples,
-                    steps=args.steps, jump_length=args.jump_length, resamplings=args.resamplings)
+                    steps=args.steps, jump_length=args.jump_length, resamplings=args.resamplings,
+                    class_label=args.class_label)
   _write_samples(args.out, samples)
 
 
 def denoise_command(args) -> None:
   config, model, params, mesh, key = _run(args)
-  noisy = read_image(args.image, image_shape(config))
+  noisy = read_image(args.image, data_shape(config))
   samples = denoise(model, params, config, np.repeat(noisy[None], args.num_samples, 0),
-                    args.sigma, mesh, key, sampler=args.sampler, steps=args.steps, seed=args.seed)
+                    args.sigma, mesh, key, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                    class_label=args.class_label)
   mean = samples.mean(axis=0)
   write_image(args.out, to_uint8(mean))
   if args.num_samples > 1:
@@ -77,15 +80,16 @@ def enhance_command(args) -> None:
                      "(config.model.cond_channels = 0); train it with config.data.condition set")
   image = read_image(args.image, (config.data.image_size,) * 2 + (model.cond_channels,))
   samples = enhance(model, params, config, np.repeat(image[None], args.num_samples, 0), mesh,
-                    key, sampler=args.sampler, steps=args.steps)
+                    key, sampler=args.sampler, steps=args.steps, class_label=args.class_label)
   _write_samples(args.out, to_uint8(samples))
 
 
 def anomaly_command(args) -> float | None:
   config, model, params, mesh, key = _run(args)
-  names, images, labels = read_images(args.images, image_shape(config))
+  names, images, labels = read_images(args.images, data_shape(config))
   scores, maps, _ = anomaly_scores(model, params, config, images, mesh, key, step=args.at_step,
-                                   sampler=args.sampler, steps=args.steps, seed=args.seed)
+                                   sampler=args.sampler, steps=args.steps, seed=args.seed,
+                                   class_label=args.class_label)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w", newline="") as f:
     writer = csv.writer(f)

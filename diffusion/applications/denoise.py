@@ -12,7 +12,9 @@ chains give the posterior mean and a per-pixel standard deviation.
 import numpy as np
 
 from diffusion.config import schedule_from_config
-from diffusion.sampling import gather, make_sampler, pad_to_devices, to_float
+from diffusion.distributed import gather, pad_to_devices
+from diffusion.images import to_float
+from diffusion.sampling import class_labels, make_sampler
 
 
 def noise_step(alphas_cumprod: np.ndarray, sigma: float) -> tuple[int, float]:
@@ -32,23 +34,27 @@ def noise_step(alphas_cumprod: np.ndarray, sigma: float) -> tuple[int, float]:
 
 
 def denoise(model, params, config, noisy: np.ndarray, sigma: float, mesh, key, *,
-            sampler: str = "ddpm", steps: int | None = None, seed: int = 0) -> np.ndarray:
+            sampler: str = "ddpm", steps: int | None = None, seed: int = 0,
+            class_label: int | None = None) -> np.ndarray:
   """One posterior sample of the clean image for each noisy one.
 
   noisy: uint8 [N, H, W, C] (or one image [H, W, C]); returns float32 of the
   same shape in [-1, 1]. Pass an image several times for several samples
-  (their mean and standard deviation: an uncertainty map).
+  (their mean and standard deviation: an uncertainty map). A class-conditional
+  model is conditioned on `class_label`, else on its null class
+  (`sampling.class_labels`).
   """
   single = noisy.ndim == 3
   noisy = noisy[None] if single else noisy
   schedule = schedule_from_config(config)
   ac = np.asarray(schedule.alphas_cumprod, np.float64)
   k, extra = noise_step(ac, sigma)
+  labels = pad_to_devices(class_labels(model, config, len(noisy), class_label), mesh)
   n = len(noisy)
   rng = np.random.default_rng(seed)
   y = pad_to_devices(to_float(noisy), mesh)
   x_k = np.sqrt(ac[k]) * (y + extra * rng.standard_normal(y.shape))
   sample = make_sampler(model, config, noisy.shape[1:], mesh, sampler=sampler,
                         steps=None if steps is None else min(steps, k + 1), start=k)
-  out = gather(sample(params, key, 0, x_start=x_k.astype(np.float32)))[:n]
+  out = gather(sample(params, key, 0, labels, x_start=x_k.astype(np.float32)))[:n]
   return out[0] if single else out

@@ -8,13 +8,17 @@ sampling runs the reverse chain with the image as condition.
 
 import numpy as np
 
-from diffusion.sampling import gather, make_sampler, pad_to_devices, to_float
+from diffusion.config import data_shape
+from diffusion.distributed import gather, pad_to_devices
+from diffusion.images import to_float
+from diffusion.sampling import class_labels, make_sampler
 
 
 def enhance(model, params, config, images: np.ndarray, mesh, key, *, sampler: str = "ddpm",
-            steps: int | None = None) -> np.ndarray:
+            steps: int | None = None, class_label: int | None = None) -> np.ndarray:
   """An enhanced version of each image: uint8 [N, H, W, C] (or [H, W, C]) -> float32 of the
-  same shape in [-1, 1]. Pass an image several times for several samples."""
+  same shape in [-1, 1]. Pass an image several times for several samples. A
+  class-conditional model is conditioned on `class_label`, else on its null class."""
   if not model.cond_channels:
     raise ValueError("this run's model is not image-conditioned (config.model.cond_channels = 0): "
                      "train it with config.data.condition set")
@@ -23,9 +27,9 @@ def enhance(model, params, config, images: np.ndarray, mesh, key, *, sampler: st
   if images.shape[-1] != model.cond_channels:
     raise ValueError(f"--image has {images.shape[-1]} channels; the model is conditioned on "
                      f"{model.cond_channels}")
-  shape = (config.data.image_size,) * 2 + (config.data.channels,)
-  sample = make_sampler(model, config, shape, mesh, sampler=sampler, steps=steps)
   n = len(images)
+  labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
+  sample = make_sampler(model, config, data_shape(config), mesh, sampler=sampler, steps=steps)
   cond = pad_to_devices(to_float(images), mesh)
-  out = gather(sample(params, key, 0, cond=cond))[:n]
+  out = gather(sample(params, key, 0, labels, cond=cond))[:n]
   return out[0] if single else out

@@ -17,7 +17,9 @@ from diffusion import samplers
 from diffusion.config import betas_from_config
 from diffusion.forward import q_sample
 from diffusion.reverse import p_sample
-from diffusion.sampling import gather, padded, over_samples, to_float, to_uint8
+from diffusion.distributed import gather, padded
+from diffusion.images import to_float, to_uint8
+from diffusion.sampling import class_labels, over_samples
 from diffusion.schedules import Schedule, respace_betas
 
 
@@ -80,11 +82,12 @@ def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.n
 
 def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, key, *,
             num_samples: int = 1, steps: int = 250, jump_length: int = 10,
-            resamplings: int = 10) -> np.ndarray:
+            resamplings: int = 10, class_label: int | None = None) -> np.ndarray:
   """Fills the pixels where `mask` is False; returns uint8 [num_samples, H, W, C].
 
   image: uint8 [H, W, C]; mask: bool [H, W], True = known (kept). The chain
-  runs on `steps` timesteps respaced from the model's T (RePaint used 250).
+  runs on `steps` timesteps respaced from the model's T (RePaint used 250). A
+  class-conditional model is conditioned on `class_label`, else on its null class.
   """
   d = config.diffusion
   betas = betas_from_config(config)
@@ -93,19 +96,22 @@ def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, ke
   kept = np.sort(samplers.spaced_steps(Schedule.from_betas(betas), steps))
   chain = Schedule.from_betas(respace_betas(betas, kept))
   visits = repaint_schedule(len(kept), jump_length, resamplings)
+  n = padded(num_samples, mesh)
+  labels = class_labels(model, config, n, class_label)
+  conditional = model.num_classes > 0
 
-  def device_fn(params, key, index, x0, known):
+  def device_fn(params, key, index, x0, known, y):
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
     x = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], x0.shape[1:]))(keys)
-    denoise = lambda x, t: model.apply({"params": params}, x, t)
+    denoise = lambda x, t: model.apply({"params": params}, x, t,
+                                       **({"y": y} if conditional else {}))
     return repaint_chain(denoise, chain, kept, visits, x0, known, x, keys,
                          prediction=d.prediction, variance=d.variance,
                          clip_x0=d.get("clip_x0", True))
 
-  run = over_samples(device_fn, mesh, 2)
-  n = padded(num_samples, mesh)
+  run = over_samples(device_fn, mesh, 3)
   x0 = np.broadcast_to(to_float(image), (n, *image.shape))
   known = np.broadcast_to(mask[None, ..., None], (n, *mask.shape, 1))
   generated = to_uint8(gather(run(params, key, 0, np.ascontiguousarray(x0),
-                                  np.ascontiguousarray(known))))[:num_samples]
+                                  np.ascontiguousarray(known), labels)))[:num_samples]
   return np.where(known[:num_samples], image[None], generated)

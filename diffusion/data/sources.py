@@ -90,6 +90,9 @@ class DigitsSource:
 class ImageFolderSource:
   """PNG/JPEG files under `path` (sorted, recursively); a first-level subfolder names the class.
 
+Either every image lies in a class folder (labels: the folders in sorted
+order) or none does (unlabelled data, label 0); a mix is refused.
+
   Every file is opened and verified at construction, so a broken image stops
   the run before training starts.
   """
@@ -108,12 +111,18 @@ class ImageFolderSource:
           image.verify()
       except Exception as e:  # PIL raises many types for broken files
         raise ValueError(f"broken image file {file}: {e}") from None
-    classes = sorted({os.path.relpath(f, path).split(os.sep)[0] for f in files
-                      if os.sep in os.path.relpath(f, path)})
+    relative = [os.path.relpath(f, path) for f in files]
+    loose = [r for r in relative if os.sep not in r]
+    classes = sorted({r.split(os.sep)[0] for r in relative if os.sep in r})
+    if loose and classes:
+      raise ValueError(
+          f"config.data.path {path!r} holds images directly under it (e.g. {loose[0]!r}) beside "
+          f"class folders (e.g. {classes[0] + os.sep!r}): move them into a class folder, or "
+          "keep only loose images for unlabelled data")
     self.class_names = classes
     self.num_classes = len(classes)
     index = {name: i for i, name in enumerate(classes)}
-    self.labels = [index.get(os.path.relpath(f, path).split(os.sep)[0], 0) for f in files]
+    self.labels = [index[r.split(os.sep)[0]] if classes else 0 for r in relative]
     self.files, self.image_size, self.channels = files, image_size, channels
 
   def __len__(self) -> int:

@@ -115,8 +115,8 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   import jax
   from diffusion.data import make_source
   from diffusion.evaluation.nll import dataset_bits_per_dim
-  from diffusion.sample_run import load_run, replicate
-  from diffusion.training.loop import make_mesh
+  from diffusion.distributed import make_mesh, replicate
+  from diffusion.training.checkpoint import load_run
   from diffusion.training.state import base_key
   config, model, params, step = load_run(workdir, step)
   if model.cond_channels:

@@ -13,7 +13,9 @@ from jax.sharding import Mesh
 
 from diffusion.config import schedule_from_config
 from diffusion.likelihood import bits_per_dim
-from diffusion.sampling import gather, over_samples, to_float
+from diffusion.distributed import gather
+from diffusion.images import to_float
+from diffusion.sampling import over_samples
 
 
 def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):

@@ -14,6 +14,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from diffusion import models
+
 
 class Checkpoints:
   """The checkpoints of one workdir."""
@@ -81,3 +83,39 @@ class Checkpoints:
     self.manager.wait_until_finished()
     self.manager.check_for_errors()
     self.manager.close()
+
+
+def load_run(workdir: str, step: int | None = None):
+  """(config, model, EMA params, step) of a run's checkpoint (default: the newest).
+
+  `workdir` may also be a model folder with a `config.json` (`python -m
+  diffusion.convert ... --config FILE` writes one for a released checkpoint):
+  its parameters, at step 0.
+  """
+  if os.path.isfile(os.path.join(workdir, "model.json")):
+    config_file = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_file):
+      raise FileNotFoundError(
+          f"--workdir {workdir!r} is a model folder without config.json (the data and diffusion "
+          "settings): convert it with `python -m diffusion.convert IN OUT --config FILE`")
+    if step not in (None, 0):
+      raise ValueError(f"--step {step}: a model folder has only step 0")
+    with open(config_file) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    model, params = models.load(workdir)
+    return config, model, params, 0
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise FileNotFoundError(f"--workdir {workdir!r} holds no checkpoints/: not a training run")
+  checkpoints = Checkpoints(workdir, read_only=True)
+  try:
+    steps = checkpoints.manager.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"--workdir {workdir!r} holds no complete checkpoint")
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise ValueError(f"--step {step}: the run has checkpoints at steps {sorted(steps)}")
+    config = checkpoints.restore_config(step)
+    params = checkpoints.restore_params(step)
+  finally:
+    checkpoints.manager.close()
+  return config, models.from_config(config.model), params, step

@@ -17,12 +17,13 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from diffusion import _checks, images, models
+from diffusion import images, models
+from diffusion._checks import LEARNED_VARIANCES
 from diffusion.data import Loader, make_source
-from diffusion.losses import LOSSES
-from diffusion.sampling import gather, make_sampler, to_float, to_uint8
-from diffusion.config import betas_from_config, schedule_from_config
-from diffusion.schedules import BETA_SCHEDULES
+from diffusion.distributed import gather, make_mesh
+from diffusion.images import to_float, to_uint8
+from diffusion.sampling import make_sampler
+from diffusion.config import data_shape, schedule_from_config, validate as validate_config
 from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.metrics import MetricWriter, Progress
 from diffusion.training.state import abstract_state, base_key, create_state
@@ -31,32 +32,16 @@ from diffusion.training.step import make_train_step, shard_batch
 log = logging.getLogger(__name__)
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """One "data" axis over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ("data",))
-
-
 def validate(config, model, source) -> None:
-  """Errors a run would meet late, raised before anything compiles."""
-  train, data, d = config.train, config.data, config.diffusion
-  _checks.choice(d.schedule, BETA_SCHEDULES, "config.diffusion.schedule")
-  _checks.choice(d.loss, LOSSES, "config.diffusion.loss")
-  _checks.choice(d.prediction, _checks.PREDICTIONS, "config.diffusion.prediction")
-  _checks.choice(d.variance, _checks.VARIANCES, "config.diffusion.variance")
-  _checks.choice(d.get("timestep_sampler", "uniform"), ("uniform", "importance"),
-                 "config.diffusion.timestep_sampler")
-  betas_from_config(config)  # the schedule's own checks of T and its parameters
-  if d.loss == "hybrid" and d.variance not in _checks.LEARNED_VARIANCES:
-    raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
-                     f"variance must be learned_range or learned, not {d.variance!r}")
+  """Errors a run would meet late, raised before anything compiles: the config's own
+  (`config.validate`), then how it fits the network, the data and the devices."""
+  validate_config(config)
+  _check_fit(config, model, source)
+
+
+def _check_fit(config, model, source) -> None:
+  train, data = config.train, config.data
   devices = jax.device_count()
-  for key in ("num_steps", "batch_size", "checkpoint_every", "sample_every", "log_every"):
-    if not isinstance(train[key], int) or train[key] < 1:
-      raise ValueError(f"config.train.{key} must be a positive int; got {train[key]!r}")
-  k = train.get("steps_per_dispatch", 1)
-  if not isinstance(k, int) or k < 1 or train.num_steps % k:
-    raise ValueError(f"config.train.steps_per_dispatch must be a positive int dividing "
-                     f"config.train.num_steps {train.num_steps}; got {k!r}")
   if train.batch_size % devices:
     raise ValueError(f"config.train.batch_size {train.batch_size} must be divisible by the "
                      f"{devices} devices of the mesh")
@@ -67,7 +52,7 @@ def validate(config, model, source) -> None:
   if model.num_classes and model.num_classes != source.num_classes:
     raise ValueError(f"config.model.num_classes is {model.num_classes} but the data has "
                      f"{source.num_classes} classes")
-  if model.learned_variance != (config.diffusion.variance in ("learned", "learned_range")):
+  if model.learned_variance != (config.diffusion.variance in LEARNED_VARIANCES):
     raise ValueError(f"config.model.learned_variance={model.learned_variance} does not fit "
                      f"config.diffusion.variance={config.diffusion.variance!r}")
   conditioned = bool(data.get("condition", ""))
@@ -146,14 +131,15 @@ def _summary(pending: list) -> dict[str, float]:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Trains to config.train.num_steps (or until SIGTERM); returns the step reached."""
+  validate_config(config)
   source = make_source(config.data)
   model = models.from_config(config.model)
-  validate(config, model, source)
+  _check_fit(config, model, source)
   schedule = schedule_from_config(config)
   mesh = make_mesh()
   cfg, k = config.train, config.train.get("steps_per_dispatch", 1)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  shape = (config.data.image_size,) * 2 + (config.data.channels,)
+  shape = data_shape(config)
   sample = {"x": jnp.zeros((1, *shape))}
   if model.num_classes:
     sample["y"] = jnp.zeros((1,), jnp.int32)

@@ -20,7 +20,7 @@ class TrainState:
   The random stream needs no state of its own: the keys of step s are
   fold_in(key(seed), s), so (config.seed, step) is the RNG state.
   """
-  step: jax.Array        # int32 []: steps taken
+  step: jax.Array        # int32 []: steps taken, skipped ones included
   params: Any
   opt_state: Any
   ema_params: Any
@@ -49,7 +49,8 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def ema_decay(config, step: jax.Array) -> jax.Array:
-  """config.ema_decay, warmed up as min(decay, (1 + step) / (10 + step)) when ema_warmup."""
+  """config.ema_decay, warmed up as min(decay, (1 + step) / (10 + step)) when ema_warmup;
+  `step` counts the updates applied before this one."""
   decay = jnp.float32(config.ema_decay)
   if config.get("ema_warmup", False):
     decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))

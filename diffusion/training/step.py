@@ -37,12 +37,25 @@ def timestep_probs(state: TrainState) -> jax.Array:
 
 
 def _record_losses(state: TrainState, t: jax.Array, losses: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Pushes each (t_i, loss_i) into the ring buffer of its timestep, in batch order."""
-  def push(i, carry):
-    history, count = carry
-    slot = count[t[i]] % HISTORY
-    return history.at[t[i], slot].set(losses[i]), count.at[t[i]].add(1)
-  return jax.lax.fori_loop(0, t.shape[0], push, (state.loss_history, state.loss_count))
+  """Pushes each (t_i, loss_i) into the ring buffer of its timestep, in batch order.
+
+  t: int [B], losses: float32 [B]. One scatter with the result of pushing the
+  pairs one by one: the i-th occurrence of a timestep in the batch goes to
+  slot (count + i) mod HISTORY, and of a timestep drawn more than HISTORY
+  times only the last HISTORY occurrences are written (the earlier ones would
+  be overwritten), so no two writes share a slot, whose order XLA leaves undefined.
+  """
+  num_steps = state.loss_count.shape[0]
+  order = jnp.argsort(t, stable=True)
+  sorted_t = t[order]
+  first = jnp.searchsorted(sorted_t, sorted_t, side="left")
+  rank = jnp.zeros_like(t).at[order].set(jnp.arange(t.shape[0]) - first)  # occurrence number
+  drawn = jnp.bincount(t, length=num_steps)
+  kept = rank >= drawn[t] - HISTORY
+  slot = (state.loss_count[t] + rank) % HISTORY
+  row = jnp.where(kept, t, num_steps)  # out of bounds: dropped
+  history = state.loss_history.at[row, slot].set(losses, mode="drop")
+  return history, state.loss_count + drawn.astype(state.loss_count.dtype)
 
 
 def make_train_step(model, schedule: Schedule, config, mesh: Mesh
@@ -100,10 +113,14 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
+    # The schedules follow the updates applied, as Optax's own count does: a skipped step
+    # advances neither the learning rate's warm-up nor the EMA's.
+    applied = state.step - state.skipped
+
     def update(_):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      decay = ema_decay(train, state.step)
+      decay = ema_decay(train, applied)
       ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
       history, count = state.loss_history, state.loss_count
       if importance:
@@ -123,7 +140,7 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
         step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
         skipped=state.skipped + (~finite).astype(jnp.int32),
         loss_history=history, loss_count=count)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr(state.step),
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr(applied),
                "skipped": (~finite).astype(jnp.int32)}
     for name in ("mse", "vb"):
       if name in losses:
