@@ -48,8 +48,8 @@ def _report(args: argparse.Namespace, result: dict, table: str) -> None:
   result["config"] = args.config
   print(table)
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
+    from diffusion import paths
+    paths.write_bytes(paths.resolve(args.json, "--json"), json.dumps(result, indent=2).encode())
 
 
 def _bench_unet(args: argparse.Namespace) -> None:
@@ -112,7 +112,6 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
   from diffusion.training import train
   distributed.initialize()
   config = _config_with_overrides(args.config, overrides)
-  os.makedirs(args.workdir, exist_ok=True)
   step = train(config, args.workdir)
   if jax.process_index() == 0:
     print(f"{args.workdir}: step {step} of {config.train.num_steps}")
@@ -330,9 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("--batch and --repeats must be positive")
   # Bad input: a one-line message and exit status 2. For the other commands that includes
   # unreadable files (OSError); a training run's I/O failures (a failed checkpoint save) keep
-  # their traceback.
-  bad_input = ((ValueError, FileNotFoundError, FileExistsError) if args.command == "train"
-               else (ValueError, OSError, ImportError))
+  # their traceback, but for a full disk, which the user must mend.
+  from diffusion.paths import StorageFull
+  bad_input = ((ValueError, FileNotFoundError, FileExistsError, StorageFull)
+               if args.command == "train" else (ValueError, OSError, ImportError))
   try:
     if args.command == "train":
       _train(args, extra)

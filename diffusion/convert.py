@@ -11,6 +11,7 @@ model folder (`diffusion.models.save`) that the samplers load.
 """
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -21,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from etils import epath
 
-from diffusion import models
+from diffusion import models, paths
 from diffusion.models import UNet
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
@@ -30,13 +32,12 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_d
            "I64": np.int64, "I32": np.int32}  # little-endian, as the format stores them
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a .safetensors file into NumPy arrays, parsed by the `safetensors` package (whose
   NumPy loader knows no bfloat16: that comes as ml_dtypes.bfloat16 here)."""
   import safetensors
   try:
-    with open(path, "rb") as f:
-      views = safetensors.deserialize(f.read())
+    views = safetensors.deserialize(paths.resolve(path).read_bytes())
   except Exception as e:  # SafetensorError for a damaged file
     raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
   tensors = {}
@@ -48,14 +49,14 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   return tensors
 
 
-def _read_bin(path: str) -> dict[str, np.ndarray]:
+def _read_bin(path: epath.Path) -> dict[str, np.ndarray]:
   try:
     import torch
   except ImportError:
     raise ImportError(
         f"{path} is a PyTorch pickle, which needs PyTorch to read: install torch, or "
         "convert the folder to .safetensors") from None
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
   return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 
@@ -238,19 +239,18 @@ def from_diffusers(model_dir: str) -> tuple[UNet, dict[str, Any]]:
     FileNotFoundError: the folder, its config.json or its weights are missing.
     ValueError: the config or the weights describe a network this UNet cannot be.
   """
-  if not os.path.isdir(model_dir):
+  folder = paths.resolve(model_dir, "model_dir")
+  if not folder.is_dir():
     raise FileNotFoundError(f"model_dir {model_dir!r} is not a folder")
-  config_path = os.path.join(model_dir, "config.json")
-  if not os.path.isfile(config_path):
+  if not (folder / "config.json").exists():
     raise FileNotFoundError(f"{model_dir} has no config.json: not a diffusers model folder "
                             "(for a pipeline, point at its unet/ subfolder)")
-  with open(config_path) as f:
-    config = json.load(f)
-  weights = [os.path.join(model_dir, w) for w in WEIGHTS if os.path.isfile(os.path.join(model_dir, w))]
+  config = json.loads((folder / "config.json").read_text())
+  weights = [folder / w for w in WEIGHTS if (folder / w).exists()]
   if not weights:
     raise FileNotFoundError(f"{model_dir} has none of the weight files {', '.join(WEIGHTS)}")
   model = unet_from_diffusers_config(config)
-  state = read_safetensors(weights[0]) if weights[0].endswith(".safetensors") else _read_bin(weights[0])
+  state = read_safetensors(weights[0]) if weights[0].suffix == ".safetensors" else _read_bin(weights[0])
   params = params_from_diffusers(model, state)
   size = config.get("sample_size", 32)
   size = size if isinstance(size, (list, tuple)) else (size, size)
@@ -279,8 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.model = model_kwargs(model)
     models.save(args.out_dir, model, params)
     if config is not None:
-      with open(os.path.join(args.out_dir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
+      paths.write_bytes(paths.resolve(args.out_dir, "out_dir") / "config.json",
+                        config.to_json(indent=2).encode())
   except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
     parser.exit(2, f"error: {e}\n")
   count = sum(p.size for p in jax.tree.leaves(params))

@@ -1,9 +1,16 @@
-"""Images on the host: pixels to and from the model's [-1, 1] range, a batch as one PNG grid."""
+"""Images on the host: pixels to and from the model's [-1, 1] range, image files (local or in
+an object store) and a batch as one PNG grid."""
 
+import io
 import math
 
 import numpy as np
+from etils import epath
 from PIL import Image
+
+from diffusion import paths
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 def to_uint8(x) -> np.ndarray:
@@ -28,10 +35,35 @@ def grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.nda
   return out
 
 
-def save_grid(path: str, images: np.ndarray, *, scale: int | None = None) -> None:
+def save_grid(path: epath.Path, images: np.ndarray, *, scale: int | None = None) -> None:
   """Writes `images` (uint8 [N, H, W, C]) as a PNG grid; small images are enlarged (nearest)."""
   array = grid(images)
   scale = scale or max(1, 256 // (images.shape[1] * math.ceil(math.sqrt(len(images)))))
   if scale > 1:
     array = array.repeat(scale, axis=0).repeat(scale, axis=1)
-  Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+  save_png(path, array)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+  """uint8 [H, W, C] (C = 1: grey) as the bytes of a PNG file."""
+  buffer = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def save_png(path: epath.Path, image: np.ndarray) -> None:
+  """Writes uint8 [H, W, C] as a PNG file (local or in an object store)."""
+  paths.write_bytes(path, png_bytes(image))
+
+
+def list_images(folder: epath.Path) -> list[epath.Path]:
+  """The PNG/JPEG files under `folder`, recursively, sorted."""
+  return [f for f in paths.files_under(folder) if f.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def open_image(path: epath.Path) -> Image.Image:
+  """A PIL image of a file (local or in an object store), its pixels read."""
+  with path.open("rb") as f:
+    image = Image.open(io.BytesIO(f.read()))
+    image.load()
+  return image

@@ -1,13 +1,10 @@
 """`ddpm sample`: samples of a trained run as .npz (arr_0: uint8 NHWC, labels) or per-class PNG folders."""
 
-import os
-
 import jax
 import numpy as np
 import tqdm
-from PIL import Image
 
-from diffusion import images
+from diffusion import images, paths
 from diffusion.config import data_shape
 from diffusion.distributed import gather, make_mesh, replicate
 from diffusion.images import to_uint8
@@ -39,6 +36,7 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
     raise ValueError(f"--num and --batch must be positive; got {num} and {batch}")
   if layout not in LAYOUTS:
     raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+  paths.resolve(out, "--out")  # a scheme no backend serves fails before sampling
   config, model, params, step = load_run(workdir, step)
   labels = class_labels(model, config, num, class_label, default="cycle")
   samples = draw_samples(config, model, params, labels, seed=seed, batch=batch, sampler=sampler,
@@ -68,16 +66,15 @@ def draw_samples(config, model, params, labels: np.ndarray, *, seed: int = 0, ba
     chunks.append(to_uint8(gather(sample(params, key, first, padded)))[:n])
   return np.concatenate(chunks)
 
+
 def write_samples(out: str, samples: np.ndarray, labels: np.ndarray, num_classes: int,
                   layout: str) -> None:
+  path = paths.resolve(out, "--out")
   if layout == "npz":
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    np.savez(out, arr_0=samples, labels=labels)
-    images.save_grid(os.path.splitext(out)[0] + ".png", samples[:64])
+    paths.save_npz(path, arr_0=samples, labels=labels)
+    images.save_grid(path.with_suffix(".png"), samples[:64])
     return
   width = len(str(max(num_classes - 1, 0)))
   for i, (image, label) in enumerate(zip(samples, labels)):
-    folder = os.path.join(out, f"{label:0{width}d}") if num_classes else out
-    os.makedirs(folder, exist_ok=True)
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-        os.path.join(folder, f"{i:06d}.png"))
+    folder = path / f"{label:0{width}d}" if num_classes else path
+    images.save_png(folder / f"{i:06d}.png", image)

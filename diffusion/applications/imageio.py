@@ -3,32 +3,27 @@
 import os
 
 import numpy as np
-from PIL import Image
 
-from diffusion.data.sources import IMAGE_EXTENSIONS
+from diffusion import paths
+from diffusion.images import list_images, open_image
 
 
-def read_image(path: str, shape: tuple[int, int, int], argument: str = "--image") -> np.ndarray:
+def read_image(path: str | os.PathLike, shape: tuple[int, int, int],
+               argument: str = "--image") -> np.ndarray:
   """uint8 [H, W, C] from a PNG/JPEG, which must have the model's size and channels."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{argument} {path!r} does not exist")
+  file = paths.resolve(path, argument)
+  if not file.exists():
+    raise FileNotFoundError(f"{argument} {os.fspath(path)!r} does not exist")
   try:
-    with Image.open(path) as image:
-      array = np.asarray(image)
+    array = np.asarray(open_image(file))
   except Exception as e:  # PIL raises many types for a broken file
-    raise ValueError(f"{argument} {path!r} is not a readable image: {e}") from None
+    raise ValueError(f"{argument} {os.fspath(path)!r} is not a readable image: {e}") from None
   if array.ndim == 2:
     array = array[..., None]
   if array.shape != tuple(shape):
-    raise ValueError(f"{argument} {path!r} has shape {array.shape} (H, W, C); the model takes "
-                     f"{tuple(shape)}")
+    raise ValueError(f"{argument} {os.fspath(path)!r} has shape {array.shape} (H, W, C); the "
+                     f"model takes {tuple(shape)}")
   return array.astype(np.uint8)
-
-
-def write_image(path: str, image: np.ndarray) -> None:
-  """Writes uint8 [H, W, C] as PNG (grey for one channel)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
 
 
 def read_images(path: str, shape: tuple[int, int, int]) -> tuple[list[str], np.ndarray, np.ndarray | None]:
@@ -37,10 +32,9 @@ def read_images(path: str, shape: tuple[int, int, int]) -> tuple[list[str], np.n
   A folder may hold `normal/` and `anomalous/` subfolders (labels 0 and 1);
   an .npz holds `images` (or `arr_0`) and optionally `labels`.
   """
+  source = paths.resolve(path, "--images")
   if path.endswith(".npz"):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"--images {path!r} does not exist")
-    data = np.load(path)
+    data = paths.load_npz(source, "--images")
     key = "images" if "images" in data else "arr_0"
     if key not in data:
       raise ValueError(f"--images {path!r} holds no 'images' or 'arr_0' array")
@@ -52,15 +46,14 @@ def read_images(path: str, shape: tuple[int, int, int]) -> tuple[list[str], np.n
                        f"uint8 [N, {', '.join(map(str, shape))}]")
     labels = data["labels"].astype(int) if "labels" in data else None
     return [f"{i}" for i in range(len(images))], images, labels
-  if not os.path.isdir(path):
+  if not source.is_dir():
     raise FileNotFoundError(f"--images {path!r} is neither a folder nor an .npz file")
-  names = sorted(os.path.relpath(os.path.join(root, f), path)
-                 for root, _, files in os.walk(path) for f in files
-                 if f.lower().endswith(IMAGE_EXTENSIONS))
-  if not names:
+  files = list_images(source)
+  if not files:
     raise ValueError(f"--images {path!r} holds no images")
-  images = np.stack([read_image(os.path.join(path, n), shape, "--images file") for n in names])
-  groups = [n.split(os.sep)[0] if os.sep in n else "" for n in names]
+  names = [os.fspath(f)[len(os.fspath(source)):].lstrip("/") for f in files]
+  images = np.stack([read_image(f, shape, "--images file") for f in files])
+  groups = [n.split("/")[0] if "/" in n else "" for n in names]
   labels = None
   if set(groups) == {"normal", "anomalous"}:
     labels = np.array([g == "anomalous" for g in groups], int)

@@ -10,7 +10,9 @@ import os
 import numpy as np
 from PIL import Image, ImageFilter
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+from diffusion import paths
+from diffusion.images import IMAGE_EXTENSIONS, list_images, open_image
+
 
 
 def resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -88,50 +90,50 @@ class DigitsSource:
 
 
 class ImageFolderSource:
-  """PNG/JPEG files under `path` (sorted, recursively); a first-level subfolder names the class.
+  """PNG/JPEG files under `path` (a local folder or an object-store URI; sorted, recursively);
+  a first-level subfolder names the class.
 
-Either every image lies in a class folder (labels: the folders in sorted
-order) or none does (unlabelled data, label 0); a mix is refused.
-
-  Every file is opened and verified at construction, so a broken image stops
-  the run before training starts.
+  Either every image lies in a class folder (labels: the folders in sorted
+  order) or none does (unlabelled data, label 0); a mix is refused. Every
+  file is opened and verified at construction, so a broken image stops the
+  run before training starts.
   """
 
   def __init__(self, path: str, image_size: int, channels: int):
-    if not os.path.isdir(path):
+    root = paths.resolve(path, "config.data.path")
+    if not root.is_dir():
       raise FileNotFoundError(f"config.data.path {path!r} is not a folder")
-    files = sorted(
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-        if name.lower().endswith(IMAGE_EXTENSIONS))
+    files = list_images(root)
     if not files:
       raise ValueError(f"config.data.path {path!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
     for file in files:
       try:
-        with Image.open(file) as image:
+        with file.open("rb") as f, Image.open(f) as image:
           image.verify()
       except Exception as e:  # PIL raises many types for broken files
-        raise ValueError(f"broken image file {file}: {e}") from None
-    relative = [os.path.relpath(f, path) for f in files]
-    loose = [r for r in relative if os.sep not in r]
-    classes = sorted({r.split(os.sep)[0] for r in relative if os.sep in r})
+        raise ValueError(f"broken image file {os.fspath(file)}: {e}") from None
+    relative = [os.fspath(f)[len(os.fspath(root)):].lstrip("/") for f in files]
+    loose = [r for r in relative if "/" not in r]
+    classes = sorted({r.split("/")[0] for r in relative if "/" in r})
     if loose and classes:
       raise ValueError(
           f"config.data.path {path!r} holds images directly under it (e.g. {loose[0]!r}) beside "
-          f"class folders (e.g. {classes[0] + os.sep!r}): move them into a class folder, or "
+          f"class folders (e.g. {classes[0] + '/'!r}): move them into a class folder, or "
           "keep only loose images for unlabelled data")
     self.class_names = classes
     self.num_classes = len(classes)
     index = {name: i for i, name in enumerate(classes)}
-    self.labels = [index[r.split(os.sep)[0]] if classes else 0 for r in relative]
-    self.files, self.image_size, self.channels = files, image_size, channels
+    self.labels = [index[r.split("/")[0]] if classes else 0 for r in relative]
+    self.files, self.relative = files, relative
+    self.image_size, self.channels = image_size, channels
 
   def __len__(self) -> int:
     return len(self.files)
 
   def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    with Image.open(self.files[index]) as image:
-      array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "P") else
-                                       "L" if image.mode in ("L", "I", "I;16", "1") else "RGB"))
+    image = open_image(self.files[index])
+    array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "P") else
+                                     "L" if image.mode in ("L", "I", "I;16", "1") else "RGB"))
     array = _channels(array, self.channels)
     return resize_and_crop(array, self.image_size), self.labels[index]
 
@@ -182,10 +184,10 @@ class PairedFolderSource:
   """
 
   def __init__(self, path: str, image_size: int, channels: int):
-    inputs = ImageFolderSource(os.path.join(path, "input"), image_size, channels)
-    targets = ImageFolderSource(os.path.join(path, "target"), image_size, channels)
-    names = lambda s, root: [os.path.relpath(f, root) for f in s.files]
-    mine, theirs = names(inputs, os.path.join(path, "input")), names(targets, os.path.join(path, "target"))
+    root = paths.resolve(path, "config.data.path")
+    inputs = ImageFolderSource(os.fspath(root / "input"), image_size, channels)
+    targets = ImageFolderSource(os.fspath(root / "target"), image_size, channels)
+    mine, theirs = inputs.relative, targets.relative
     if mine != theirs:
       missing = sorted(set(mine) ^ set(theirs))[:3]
       raise ValueError(f"config.data.path {path!r}: input/ and target/ must hold the same file "

@@ -1,39 +1,37 @@
 """`ddpm evaluate`: FID/KID/IS of sample files, the digits measures, and bits/dim of a data split."""
 
+import io
 import json
 import os
 
 import numpy as np
-from PIL import Image
 
-from diffusion.data.sources import IMAGE_EXTENSIONS
-from diffusion.evaluation.frechet import open_npz
+from diffusion import paths
+from diffusion.images import IMAGE_EXTENSIONS, list_images, open_image
 
 
 def load_image_set(path: str, argument: str) -> np.ndarray:
   """uint8 [N, H, W, C] from an .npz (`arr_0`, as `ddpm sample` and the FID tools write, or
   `images`) or a folder of PNG/JPEG files (searched recursively; all of one size)."""
+  source = paths.resolve(path, argument)
   if path.endswith(".npz"):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{argument} {path!r} does not exist")
-    with open_npz(path, argument) as data:
-      key = next((k for k in ("arr_0", "images") if k in data.files), None)
-      if key is None:
-        raise ValueError(f"{argument} {path!r} holds no 'arr_0' or 'images' array; it holds "
-                         f"{data.files}")
-      images = data[key]
-  elif os.path.isdir(path):
-    files = sorted(os.path.join(root, f) for root, _, names in os.walk(path) for f in names
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    data = paths.load_npz(source, argument)
+    key = next((k for k in ("arr_0", "images") if k in data), None)
+    if key is None:
+      raise ValueError(f"{argument} {path!r} holds no 'arr_0' or 'images' array; it holds "
+                       f"{list(data)}")
+    images = data[key]
+  elif source.is_dir():
+    files = list_images(source)
     if not files:
       raise ValueError(f"{argument} {path!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
     arrays = []
     for file in files:
       try:
-        with Image.open(file) as image:
-          array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I", "I;16") else "RGB"))
+        image = open_image(file)
+        array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I", "I;16") else "RGB"))
       except Exception as e:  # PIL raises many types for a broken file
-        raise ValueError(f"{argument}: {file!r} is not a readable image: {e}") from None
+        raise ValueError(f"{argument}: {os.fspath(file)!r} is not a readable image: {e}") from None
       arrays.append(array[..., None] if array.ndim == 2 else array)
     shapes = sorted({a.shape for a in arrays})
     if len(shapes) > 1:
@@ -98,15 +96,16 @@ def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, 
 
 def _saved_statistics(path: str):
   """(mu, sigma, image shape or None) if `path` is a statistics .npz, else None."""
-  if not path.endswith(".npz") or not os.path.isfile(path):
+  source = paths.resolve(path, "--reference")
+  if not path.endswith(".npz") or not source.exists():
     return None
-  with open_npz(path, "--reference") as data:
-    if "mu" not in data.files:
-      return None
-    if "sigma" not in data.files:
-      raise ValueError(f"--reference {path!r} holds 'mu' but no 'sigma'")
-    shape = tuple(int(s) for s in data["image_shape"]) if "image_shape" in data.files else None
-    return data["mu"].astype(np.float64), data["sigma"].astype(np.float64), shape
+  data = paths.load_npz(source, "--reference")
+  if "mu" not in data:
+    return None
+  if "sigma" not in data:
+    raise ValueError(f"--reference {path!r} holds 'mu' but no 'sigma'")
+  shape = tuple(int(s) for s in data["image_shape"]) if "image_shape" in data else None
+  return data["mu"].astype(np.float64), data["sigma"].astype(np.float64), shape
 
 
 def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: int,
@@ -144,13 +143,18 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
                                 chunk_size=chunk_size)
   result.update(step=step, split=split)
   if jax.process_index() == 0:
-    np.save(os.path.join(workdir, f"bpd_terms_{split}_step{step}.npy"), result["terms"])
+    buffer = io.BytesIO()
+    np.save(buffer, result["terms"])
+    paths.write_bytes(paths.resolve(workdir, "--workdir") / f"bpd_terms_{split}_step{step}.npy",
+                      buffer.getvalue())
   return result
 
 
 def evaluate(args) -> dict:
   """Runs what `ddpm evaluate`'s arguments ask for; prints a table, returns (and writes) the figures."""
   result = {}
+  if args.out:
+    paths.resolve(args.out, "--out")  # a scheme no backend serves fails before the work
   if args.digits and (args.inception or args.reference or args.save_reference):
     raise ValueError("--digits compares with a digits split (--digits-reference); it takes no "
                      "--inception, --reference or --save-reference")
@@ -192,7 +196,5 @@ def evaluate(args) -> dict:
   if not result:
     raise ValueError("nothing to evaluate: give --samples FILE and/or --workdir DIR --bpd")
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=2)
+    paths.write_bytes(paths.resolve(args.out, "--out"), json.dumps(result, indent=2).encode())
   return result

@@ -5,9 +5,9 @@ The features come from any network (Inception-v3 for the FID literature, the
 digits classifier for the CPU measures); these functions only see arrays.
 """
 
-import os
-
 import numpy as np
+
+from diffusion import paths
 
 
 def _features(x, name: str) -> np.ndarray:
@@ -70,29 +70,16 @@ def statistics(features) -> tuple[np.ndarray, np.ndarray]:
 def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray, **extra) -> None:
   """Writes `mu` and `sigma` (and any `extra` arrays) to an .npz, with the keys pytorch-fid's
   reference files use."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), **extra)
-
-
-def open_npz(path: str, argument: str):
-  """np.load of an .npz archive, or a ValueError naming `argument` for anything else."""
-  try:
-    data = np.load(path)
-  except Exception as e:  # zipfile, pickle and OS errors of a broken file
-    raise ValueError(f"{argument} {path!r} cannot be read as .npz: {e}") from None
-  if not isinstance(data, np.lib.npyio.NpzFile):
-    raise ValueError(f"{argument} {path!r} is a single .npy array, not an .npz archive")
-  return data
+  paths.save_npz(paths.resolve(path, "--save-reference"), mu=np.asarray(mu, np.float64),
+                 sigma=np.asarray(sigma, np.float64), **extra)
 
 
 def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) from an .npz with keys "mu" and "sigma"."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"reference statistics {path!r} do not exist")
-  with open_npz(path, "reference statistics") as data:
-    if "mu" not in data or "sigma" not in data:
-      raise ValueError(f"{path!r} must hold arrays 'mu' and 'sigma'; it holds {list(data)}")
-    return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+  data = paths.load_npz(paths.resolve(path, "reference statistics"), "reference statistics")
+  if "mu" not in data or "sigma" not in data:
+    raise ValueError(f"{path!r} must hold arrays 'mu' and 'sigma'; it holds {list(data)}")
+  return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
 
 
 def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:

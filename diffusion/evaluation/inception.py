@@ -20,7 +20,7 @@ the two differ slightly (pytorch-fid documents differences well under 1 FID
 point on CIFAR-10).
 """
 
-import os
+import io
 import sys
 from collections.abc import Sequence
 
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from diffusion.evaluation.frechet import open_npz
+from diffusion import paths
 
 HIGHEST = jax.lax.Precision.HIGHEST
 INPUT_SIZE = 299
@@ -200,14 +200,14 @@ def _expected_shapes() -> dict:
 
 def load_inception(path: str) -> dict:
   """The FID Inception's variables from pytorch-fid's .pth (needs torch) or a converted .npz."""
-  if not os.path.isfile(path):
+  file = paths.resolve(path, "--inception")
+  if not file.exists():
     raise FileNotFoundError(
         f"Inception weights {path!r} do not exist: supply the FID network's weights "
         "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or an .npz converted from it with "
         "`python -m diffusion.evaluation.inception IN.pth OUT.npz`); nothing is downloaded")
   if path.endswith(".npz"):
-    with open_npz(path, "Inception weights") as data:
-      state = {k: data[k] for k in data.files}
+    state = paths.load_npz(file, "Inception weights")
   else:
     try:
       import torch
@@ -215,7 +215,8 @@ def load_inception(path: str) -> dict:
       raise ImportError(f"reading {path!r} needs PyTorch (pip install torch); or convert it "
                         "once to .npz where PyTorch is installed") from None
     try:
-      state = torch.load(path, map_location="cpu", weights_only=True)
+      with file.open("rb") as f:
+        state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and OS errors of a broken or foreign file
       raise ValueError(f"Inception weights {path!r} cannot be read by torch.load: {e}") from None
     if not isinstance(state, dict):
@@ -307,7 +308,7 @@ def main(argv=None) -> int:
     else:
       state[".".join(path) + "." + {"scale": "weight", "bias": "bias", "mean": "running_mean",
                                     "var": "running_var"}[leaf]] = value
-  np.savez(argv[1], **state)
+  paths.save_npz(paths.resolve(argv[1], "OUT"), **state)
   print(f"wrote {argv[1]} ({len(state)} arrays)")
   return 0
 

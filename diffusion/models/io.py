@@ -11,31 +11,30 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from diffusion import paths
 from diffusion.models.config import from_config, model_kwargs
 
 
-def save(path: str, model, params: Any) -> None:
-  """Writes `model` and `params` to the folder `path` (created; must not hold a model)."""
-  path = os.path.abspath(path)
-  if os.path.exists(os.path.join(path, "model.json")):
-    raise FileExistsError(f"{path} already holds a model (model.json); choose another folder")
-  os.makedirs(path, exist_ok=True)
+def save(path: str | os.PathLike, model, params: Any) -> None:
+  """Writes `model` and `params` to the folder `path` (a local path or an object-store URI;
+  created; must not hold a model)."""
+  folder = paths.resolve(path, "model folder")
+  if (folder / "model.json").exists():
+    raise FileExistsError(f"{os.fspath(folder)} already holds a model (model.json); choose "
+                          "another folder")
+  folder.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(path, "params"), params)
+    checkpointer.save(folder / "params", params)
   # model.json last: its presence marks a complete folder.
-  with open(os.path.join(path, "model.json.tmp"), "w") as f:
-    json.dump(model_kwargs(model), f, indent=2)
-  os.replace(os.path.join(path, "model.json.tmp"), os.path.join(path, "model.json"))
+  paths.write_bytes(folder / "model.json", json.dumps(model_kwargs(model), indent=2).encode())
 
 
-def load(path: str):
+def load(path: str | os.PathLike):
   """Reads a folder written by `save`: returns (model, params)."""
-  path = os.path.abspath(path)
-  config_file = os.path.join(path, "model.json")
-  if not os.path.isfile(config_file):
-    raise FileNotFoundError(f"{path} is not a model folder: it has no model.json")
-  with open(config_file) as f:
-    model = from_config(json.load(f))
+  folder = paths.resolve(path, "model folder")
+  if not (folder / "model.json").exists():
+    raise FileNotFoundError(f"{os.fspath(folder)} is not a model folder: it has no model.json")
+  model = from_config(json.loads((folder / "model.json").read_text()))
   with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.join(path, "params"))
+    params = checkpointer.restore(folder / "params")
   return model, jax.tree.map(jax.numpy.asarray, params)

@@ -1,28 +1,50 @@
 """Orbax checkpoints of a run: the state, the data position and the config, in `workdir/checkpoints/`.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and
-renames it when complete), so an interrupted save is never taken for a good
-one. An error in a background save is raised by the next call of `save`,
-`check` or `close`.
+renames it when complete, or marks it complete on an object store), so an
+interrupted save is never taken for a good one. An error in a background save
+is raised by the next call of `save`, `check` or `close`.
+
+A checkpoint that was complete but can no longer be read (a damaged file) is
+passed over with a warning that names it, by a resumed run and by `ddpm
+sample` alike: both use the newest readable one. A resumed run moves the
+damaged ones to `workdir/damaged_checkpoints/` (nothing is deleted), so that
+it can save those steps again.
 """
 
 import json
+import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from diffusion import models
+from diffusion import models, paths
+from diffusion.config import resume_differences
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class IncompatibleResume(ValueError):
+  """The workdir holds a run whose config differs from the new one in what it computes."""
+
+
+def _reason(error: BaseException) -> str:
+  return f"{type(error).__name__}: {paths.first_line(error)}"
 
 
 class Checkpoints:
-  """The checkpoints of one workdir."""
+  """The checkpoints of one workdir (a local path or an object-store URI)."""
 
-  def __init__(self, workdir: str, *, every: int = 1, keep: int | None = None,
+  def __init__(self, workdir: str | os.PathLike, *, every: int = 1, keep: int | None = None,
                read_only: bool = False):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.workdir = paths.resolve(workdir, "--workdir")
+    self.directory = self.workdir / "checkpoints"
+    self.damaged: list[int] = []
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=0 if read_only else every, max_to_keep=keep, create=not read_only,
         read_only=read_only, enable_async_checkpointing=True)
@@ -35,6 +57,34 @@ class Checkpoints:
   def latest_step(self) -> int | None:
     """The newest complete checkpoint, ignoring any left half-written."""
     return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def newest(self, read: Callable[[int], T]) -> tuple[int, T] | None:
+    """(step, read(step)) of the newest checkpoint that `read` can read, or None if there is
+    none. A newer one that fails is damaged: a warning names it and `self.damaged` lists it.
+    An IncompatibleResume from `read` is not damage: it is raised."""
+    for step in reversed(self.all_steps()):
+      try:
+        return step, read(step)
+      except IncompatibleResume:
+        raise
+      except Exception as e:  # TensorStore, JSON and Orbax errors of a damaged checkpoint
+        self.damaged.append(step)
+        log.warning("checkpoint %s is damaged and is passed over (%s)",
+                    os.fspath(self.directory / str(step)), _reason(e))
+    return None
+
+  def set_aside_damaged(self) -> None:
+    """Moves the damaged checkpoints to workdir/damaged_checkpoints/, out of the run's way."""
+    for step in self.damaged:
+      target = self.workdir / "damaged_checkpoints" / str(step)
+      paths.move_tree(self.directory / str(step), target)
+      log.warning("moved the damaged checkpoint of step %d to %s", step, os.fspath(target))
+    if self.damaged:
+      self.manager.reload()
+    self.damaged = []
 
   def save(self, step: int, state, data_position: int, config, *, force: bool = False) -> bool:
     """Starts a save (in the background) if `step` is due, or always with `force`."""
@@ -56,6 +106,17 @@ class Checkpoints:
     step = self.latest_step() if step is None else step
     restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return ml_collections.ConfigDict(restored.config)
+
+  def check_resumable(self, step: int, config) -> None:
+    """Raises IncompatibleResume if `config` differs from checkpoint `step`'s in what the run
+    computes (the network, the diffusion, the data, the optimizer)."""
+    saved = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    differences = resume_differences(dict(saved.config), config)
+    if differences:
+      shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
+      raise IncompatibleResume(
+          f"--workdir {os.fspath(self.workdir)!r} holds a run with another config ({shown}): "
+          "resume it with its own config, or train in another --workdir")
 
   def restore_params(self, step: int | None = None, *, ema: bool = True) -> Any:
     """Just the (EMA) parameters of a checkpoint, on this process's first device, for sampling."""
@@ -80,42 +141,52 @@ class Checkpoints:
 
   def close(self) -> None:
     """Waits for pending saves, raising their errors, and releases the manager."""
-    self.manager.wait_until_finished()
-    self.manager.check_for_errors()
-    self.manager.close()
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    finally:
+      self.manager.close()
 
 
 def load_run(workdir: str, step: int | None = None):
-  """(config, model, EMA params, step) of a run's checkpoint (default: the newest).
+  """(config, model, EMA params, step) of a run's checkpoint (default: the newest readable).
 
   `workdir` may also be a model folder with a `config.json` (`python -m
   diffusion.convert ... --config FILE` writes one for a released checkpoint):
   its parameters, at step 0.
   """
-  if os.path.isfile(os.path.join(workdir, "model.json")):
-    config_file = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_file):
+  path = paths.resolve(workdir, "--workdir")
+  if (path / "model.json").exists():
+    if not (path / "config.json").exists():
       raise FileNotFoundError(
           f"--workdir {workdir!r} is a model folder without config.json (the data and diffusion "
           "settings): convert it with `python -m diffusion.convert IN OUT --config FILE`")
     if step not in (None, 0):
       raise ValueError(f"--step {step}: a model folder has only step 0")
-    with open(config_file) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-    model, params = models.load(workdir)
+    config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
+    model, params = models.load(path)
     return config, model, params, 0
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+  if not (path / "checkpoints").exists():
     raise FileNotFoundError(f"--workdir {workdir!r} holds no checkpoints/: not a training run")
-  checkpoints = Checkpoints(workdir, read_only=True)
+  checkpoints = Checkpoints(path, read_only=True)
+  read = lambda s: (checkpoints.restore_config(s), checkpoints.restore_params(s))
   try:
-    steps = checkpoints.manager.all_steps()
+    steps = checkpoints.all_steps()
     if not steps:
       raise FileNotFoundError(f"--workdir {workdir!r} holds no complete checkpoint")
-    step = max(steps) if step is None else step
-    if step not in steps:
-      raise ValueError(f"--step {step}: the run has checkpoints at steps {sorted(steps)}")
-    config = checkpoints.restore_config(step)
-    params = checkpoints.restore_params(step)
+    if step is None:
+      found = checkpoints.newest(read)
+      if found is None:
+        raise ValueError(f"--workdir {workdir!r}: every checkpoint is damaged (steps {steps})")
+      step, (config, params) = found
+    elif step not in steps:
+      raise ValueError(f"--step {step}: the run has checkpoints at steps {steps}")
+    else:
+      try:
+        config, params = read(step)
+      except Exception as e:  # noqa: BLE001 (a damaged checkpoint, named)
+        raise ValueError(f"--step {step}: checkpoint {os.fspath(checkpoints.directory / str(step))}"
+                         f" is damaged ({_reason(e)})") from None
   finally:
     checkpoints.manager.close()
   return config, models.from_config(config.model), params, step

@@ -1,23 +1,26 @@
 """`train(config, workdir)`: the training run of `ddpm train`, resumable from its workdir.
 
-Resume order: the newest complete checkpoint in `workdir/checkpoints/`, else
-a fresh start from config.seed. A SIGTERM (preemption) saves a checkpoint at
-the current step and returns; running the same command again continues
-exactly, data position included.
+The workdir is a local path or an object-store URI (gs://bucket/run); one
+run at a time holds it (`lock.py`). Resume order: the newest readable
+checkpoint in `workdir/checkpoints/` (damaged newer ones are set aside with a
+warning), once its config is found to compute the same run as the new one;
+else a fresh start from config.seed. A SIGTERM (preemption) saves a
+checkpoint at the current step, agreed on by every process, and returns;
+running the same command again continues exactly, data position included.
 """
 
 import logging
 import os
 import signal
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
-from diffusion import images, models
+from diffusion import images, models, paths
 from diffusion._checks import LEARNED_VARIANCES
 from diffusion.data import Loader, make_source
 from diffusion.distributed import gather, make_mesh
@@ -25,6 +28,7 @@ from diffusion.images import to_float, to_uint8
 from diffusion.sampling import make_sampler
 from diffusion.config import data_shape, schedule_from_config, validate as validate_config
 from diffusion.training.checkpoint import Checkpoints
+from diffusion.training.lock import WorkdirLock
 from diffusion.training.metrics import MetricWriter, Progress
 from diffusion.training.state import abstract_state, base_key, create_state
 from diffusion.training.step import make_train_step, shard_batch
@@ -63,24 +67,34 @@ def _check_fit(config, model, source) -> None:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag that every process agrees on at a step."""
+  """Whether a preemption notice (SIGTERM) has come, agreed on by every process.
+
+  One process: a Python handler turns SIGTERM into a flag. Several processes:
+  JAX's preemption notifier, started by `jax.distributed.initialize`, owns
+  SIGTERM (a Python handler would replace it), and every process asks
+  `reached_preemption_sync_point` at every dispatch with the dispatch's
+  number, counted from 1 in each run: all of them see True at the same one.
+  """
 
   def __init__(self):
-    self.flag = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.coordinated = jax.process_count() > 1
+    self.flag, self.dispatch = False, 0
+    if not self.coordinated:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     self.flag = True
 
-  def reached(self, sync: bool) -> bool:
-    if jax.process_count() == 1:
+  def reached(self) -> bool:
+    """Call once per dispatch, on every process."""
+    if not self.coordinated:
       return self.flag
-    if not sync:
-      return False
-    return bool(multihost_utils.process_allgather(np.int32(self.flag)).max())
+    self.dispatch += 1
+    return multihost_utils.reached_preemption_sync_point(self.dispatch)
 
   def close(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self.coordinated:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _sample_grid(sampler, params, config, source, path, key):
@@ -101,12 +115,21 @@ def _sample_grid(sampler, params, config, source, path, key):
 
 
 def _start(checkpoints, model, config, mesh, sample):
-  """(state, data position): the newest checkpoint's, else a fresh state at position 0."""
-  latest = checkpoints.latest_step()
-  if latest is None:
+  """(state, data position): the newest readable checkpoint's, after checking that the config
+  fits it; else a fresh state at position 0."""
+  abstract = abstract_state(model, config, mesh, sample)
+
+  def read(step):
+    checkpoints.check_resumable(step, config)
+    return checkpoints.restore(step, abstract)
+
+  found = checkpoints.newest(read)
+  checkpoints.set_aside_damaged()
+  if found is None:
     return create_state(model, config, mesh, sample), 0
-  log.info("resuming from step %d of %s", latest, checkpoints.directory)
-  return checkpoints.restore(latest, abstract_state(model, config, mesh, sample))
+  step, (state, position) = found
+  log.info("resuming from step %d of %s", step, os.fspath(checkpoints.directory))
+  return state, position
 
 
 def _dispatches(loader, position, mesh, k):
@@ -129,16 +152,53 @@ def _summary(pending: list) -> dict[str, float]:
   return summary
 
 
+def _hold(lock: WorkdirLock) -> None:
+  """Process 0 takes the workdir's lock; every process stops if it could not."""
+  error = None
+  if jax.process_index() == 0:
+    try:
+      lock.acquire()
+    except ValueError as e:
+      error = e
+  if jax.process_count() > 1:
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if failed and error is None:
+      error = ValueError(f"--workdir {os.fspath(lock.workdir)!r} is in use by another run "
+                         "(process 0 says which)")
+  if error is not None:
+    raise error
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Trains to config.train.num_steps (or until SIGTERM); returns the step reached."""
+  """Trains to config.train.num_steps (or until SIGTERM); returns the step reached.
+
+  Raises ValueError for bad input (the config, the data, a workdir in use or
+  holding another run) before anything is written or compiled, and
+  paths.StorageFull if the storage fills up.
+  """
+  path = paths.resolve(workdir, "--workdir")
   validate_config(config)
   source = make_source(config.data)
   model = models.from_config(config.model)
   _check_fit(config, model, source)
+  lock = WorkdirLock(path)
+  _hold(lock)
+  try:
+    return _train(config, path, source, model)
+  except Exception as e:
+    if paths.is_disk_full(e):
+      raise paths.StorageFull(f"the storage of --workdir {os.fspath(path)!r} is full "
+                              f"({paths.first_line(e)}): the earlier checkpoints are intact; "
+                              "free space and run the same command to resume") from e
+    raise
+  finally:
+    lock.release()
+
+
+def _train(config, workdir: epath.Path, source, model) -> int:
   schedule = schedule_from_config(config)
   mesh = make_mesh()
   cfg, k = config.train, config.train.get("steps_per_dispatch", 1)
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   shape = data_shape(config)
   sample = {"x": jnp.zeros((1, *shape))}
   if model.num_classes:
@@ -154,7 +214,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   sampler = make_sampler(model, config, shape, mesh)
   sample_key, train_key = base_key(config.seed, "sample"), base_key(config.seed, "train")
   grid = lambda: _sample_grid(sampler, state.ema_params, config, source,
-                              os.path.join(workdir, "samples", f"step_{step:08d}.png"), sample_key)
+                              workdir / "samples" / f"step_{step:08d}.png", sample_key)
   loader = Loader(source, cfg.batch_size, config.seed,
                   random_flip=config.data.get("random_flip", False),
                   process_index=jax.process_index(), process_count=jax.process_count())
@@ -168,16 +228,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
     while step < cfg.num_steps:
       state, metrics = step_fn(state, next(batches), train_key)
       step, position = step + k, position + k * cfg.batch_size
+      if pending:  # at most two dispatches in flight: the host never runs far ahead
+        jax.block_until_ready(pending[-1]["loss"])
       pending.append(metrics)
-      at_log = step % cfg.log_every < k or step >= cfg.num_steps
-      if at_log:
+      if step % cfg.log_every < k or step >= cfg.num_steps:
         summary, pending = _summary(pending), []
         summary["images_per_s"] = progress.update(step, summary)
         writer.write(step, summary)
         if summary["skipped"]:
           log.warning("step %d: skipped %d steps with a non-finite loss or gradient",
                       step, int(summary["skipped"]))
-      if preemption.reached(sync=at_log):
+      if preemption.reached():
         if saved != step:
           checkpoints.save(step, state, position, config, force=True)
         log.warning("preempted: saved step %d; run the same command to resume", step)
@@ -194,7 +255,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   finally:
     preemption.close()
     progress.close()
-    writer.close()
     loader.close()
-    checkpoints.close()
+    try:
+      checkpoints.close()
+    finally:
+      writer.close()
   return step

@@ -1,28 +1,69 @@
-"""Where a run reports: JSON lines, TensorBoard event files and a progress bar (process 0 only)."""
+"""Where a run reports: JSON lines, TensorBoard event files and a progress bar (process 0 only).
+
+Both files go through `diffusion.paths`, so a workdir in an object store
+(gs://...) gets them too: TensorBoard events through a writer that
+tensorboardX is given for those schemes (its own GCS writer is broken).
+"""
 
 import json
 import os
 import time
 
 import tqdm
+from etils import epath
+from tensorboardX import record_writer
+
+from diffusion import paths
+
+EVENTS_PART_BYTES = 4 << 20  # an object-store event file is continued in a new one past this
+
+
+class _EventFile:
+  """A TensorBoard event file on an object store, for tensorboardX's RecordWriter."""
+
+  def __init__(self, path: str):
+    self._file = paths.Appender(epath.Path(path), flush_seconds=60.0,
+                                rotate_bytes=EVENTS_PART_BYTES)
+
+  def write(self, data: bytes) -> None:
+    self._file.write(data)
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    self._file.close()
+
+
+class _EventFiles:
+  """tensorboardX's writer factory for the object-store schemes."""
+
+  def directory_check(self, path: str) -> None:
+    epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+  def open(self, path: str) -> _EventFile:
+    return _EventFile(path)
+
+
+for _scheme in paths.BACKENDS:
+  record_writer.register_writer_factory(_scheme, _EventFiles())
 
 
 class MetricWriter:
   """Appends {"step": s, ...} to `workdir/metrics.jsonl` and to TensorBoard events in `workdir/tb/`."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: epath.Path, enabled: bool = True):
     self.enabled = enabled
     if not enabled:
       return
     from tensorboardX import SummaryWriter
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+    self._jsonl = paths.Appender(workdir / "metrics.jsonl")
+    self._tb = SummaryWriter(os.fspath(workdir / "tb"))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self._jsonl.flush()
+    self._jsonl.write((json.dumps({"step": step, **metrics}) + "\n").encode())
     for name, value in metrics.items():
       self._tb.add_scalar(name, value, step)
 

@@ -1,0 +1,221 @@
+"""A run's workdir under stress: a second run on it, a resume with another config, a damaged
+checkpoint, a full disk, and a preemption notice between log steps of a two-process run."""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from etils import epath
+
+from _tiny import CONFIGS, tiny_overrides
+from diffusion import cli
+from diffusion.training import Checkpoints, lock as lock_module
+from diffusion.training.lock import WorkdirLock
+
+DIGITS = os.path.join(CONFIGS, "digits.py")
+
+
+def train(workdir, *overrides, **train_overrides):
+  return cli.main(["train", "--config", DIGITS, "--workdir", str(workdir),
+                   *tiny_overrides(**train_overrides), *overrides])
+
+
+def steps_of(workdir):
+  checkpoints = Checkpoints(str(workdir), read_only=True)
+  try:
+    return checkpoints.all_steps()
+  finally:
+    checkpoints.manager.close()
+
+
+def error_line(err: str, command: str = "train") -> str:
+  """The one line a bad input prints."""
+  lines = [line for line in err.splitlines() if line.startswith(f"ddpm {command}: error: ")]
+  assert len(lines) == 1, err
+  return lines[0]
+
+
+def wait_for(condition, process, timeout=300):
+  start = time.monotonic()
+  while not condition():
+    assert process.poll() is None, process.communicate()
+    assert time.monotonic() - start < timeout
+    time.sleep(0.05)
+
+
+def test_a_busy_workdir_is_refused_and_a_dead_run_frees_it(tmp_path, capsys):
+  first = subprocess.Popen(
+      [sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir", str(tmp_path),
+       *tiny_overrides(num_steps=4000, checkpoint_every=20, log_every=4)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    metrics = tmp_path / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and metrics.read_text().strip(), first)
+    assert train(tmp_path, num_steps=40, checkpoint_every=20) == 2
+    assert f"--workdir {str(tmp_path)!r} is in use by a run on host {socket.gethostname()!r}, " \
+           f"pid {first.pid}" in error_line(capsys.readouterr().err)
+    assert first.poll() is None  # the first run goes on
+  finally:
+    first.kill()  # kill -9: no chance to release the lock
+    first.wait()
+  assert (tmp_path / "lock.json").exists()
+  assert train(tmp_path, num_steps=40, checkpoint_every=20) == 0  # its process is gone
+  assert not (tmp_path / "lock.json").exists()  # released at the end
+  assert steps_of(tmp_path)[-1] == 40
+
+
+def test_a_lock_from_another_host_holds_until_its_heartbeat_is_stale(tmp_path, monkeypatch):
+  workdir = epath.Path(tmp_path)
+  stranger = lambda age: (workdir / "lock.json").write_text(json.dumps(
+      {"host": "elsewhere", "pid": 1, "run": "theirs", "heartbeat": time.time() - age}))
+  stranger(10)
+  with pytest.raises(ValueError, match=r"in use by a run on host 'elsewhere', pid 1 \(its last "
+                                       r"sign of life 1\d s ago\)"):
+    WorkdirLock(workdir).acquire()
+  stranger(lock_module.STALE_SECONDS + 1)
+  monkeypatch.setattr(lock_module, "HEARTBEAT_SECONDS", 0.05)
+  lock = WorkdirLock(workdir)
+  lock.acquire()
+  written = json.loads((workdir / "lock.json").read_text())
+  assert written["run"] == lock.me["run"] and written["pid"] == os.getpid()
+  time.sleep(0.3)
+  assert json.loads((workdir / "lock.json").read_text())["heartbeat"] > written["heartbeat"]
+  with pytest.raises(ValueError, match=f"pid {os.getpid()}"):  # this very process holds it
+    WorkdirLock(workdir).acquire()
+  lock.release()
+  assert not (workdir / "lock.json").exists()
+  (workdir / "lock.json").write_text("{half a lock")  # a run died while writing it
+  lock = WorkdirLock(workdir)
+  lock.acquire()
+  lock.release()
+
+
+@pytest.fixture(scope="module")
+def six_steps(tmp_path_factory):
+  """A tiny run with checkpoints at steps 1 (Orbax saves the first), 3 and 6, copied by each
+  test that changes it."""
+  workdir = tmp_path_factory.mktemp("six")
+  assert train(workdir) == 0
+  assert steps_of(workdir) == [1, 3, 6]
+  return workdir
+
+
+def copy_of(run, tmp_path):
+  import shutil
+  shutil.copytree(run, tmp_path / "run")
+  return tmp_path / "run"
+
+
+def test_resuming_with_another_config_names_what_differs(six_steps, tmp_path, capsys):
+  workdir = copy_of(six_steps, tmp_path)
+  listing = sorted(os.listdir(workdir / "checkpoints"))
+  assert train(workdir, "--config.model.ch=32", "--config.diffusion.num_steps=50") == 2
+  assert "holds a run with another config (diffusion.num_steps: 20 -> 50; model.ch: 16 -> 32)" \
+      in error_line(capsys.readouterr().err)
+  assert sorted(os.listdir(workdir / "checkpoints")) == listing
+  # How a run executes may change: more steps, other intervals, another dispatch size.
+  assert train(workdir, num_steps=8, log_every=4, checkpoint_every=4, steps_per_dispatch=2) == 0
+  assert steps_of(workdir)[-1] == 8
+
+
+def damage(workdir, step):
+  """Deletes the array data of checkpoint `step`, leaving its metadata: complete but unreadable."""
+  removed = 0
+  for root, _, files in os.walk(workdir / "checkpoints" / str(step) / "state"):
+    if os.sep + "d" in root:
+      for name in files:
+        os.remove(os.path.join(root, name))
+        removed += 1
+  assert removed
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_by_sample_and_resume(six_steps, tmp_path,
+                                                                         caplog, capsys):
+  workdir = copy_of(six_steps, tmp_path)
+  damage(workdir, 6)
+  damaged = str(workdir / "checkpoints" / "6")
+  sample = lambda *extra: cli.main(["sample", "--workdir", str(workdir), "--num", "8", "--out",
+                                    str(tmp_path / "s.npz"), "--sampler", "ddim", "--steps", "3",
+                                    *extra])
+  with caplog.at_level(logging.WARNING):
+    assert sample() == 0
+  assert f"checkpoint {damaged} is damaged and is passed over" in caplog.text
+  newest = np.load(tmp_path / "s.npz")["arr_0"]
+  assert sample("--step", "3") == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "s.npz")["arr_0"], newest)
+  assert sample("--step", "6") == 2
+  assert f"--step 6: checkpoint {damaged} is damaged" in error_line(capsys.readouterr().err,
+                                                                     "sample")
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert train(workdir) == 0  # resumes from step 3, trains steps 4-6 again
+  assert f"checkpoint {damaged} is damaged and is passed over" in caplog.text
+  assert os.listdir(workdir / "damaged_checkpoints") == ["6"]  # set aside, not deleted
+  assert steps_of(workdir) == [1, 3, 6]
+  assert sample() == 0
+
+
+def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(six_steps, tmp_path,
+                                                                    monkeypatch, capsys):
+  """The error TensorStore raised when a real disk filled up during a save (tmpfs), injected
+  into the save of step 9: the run stops with one line, and the earlier steps stay usable."""
+  import orbax.checkpoint as ocp
+  workdir = copy_of(six_steps, tmp_path)
+  original = ocp.PyTreeCheckpointHandler.async_save
+
+  class Full:
+    def result(self, timeout=None):
+      raise ValueError(
+          'RESOURCE_EXHAUSTED: Error writing "params/0.0" in OCDBT database at local file '
+          f'"{workdir}/checkpoints/9.orbax-checkpoint-tmp/state/": Failed to write 364594 bytes '
+          "to file 4: No space left on device [os_error_code='28']")
+
+  async def async_save(self, *args, **kwargs):
+    return list(await original(self, *args, **kwargs) or []) + [Full()]
+
+  monkeypatch.setattr(ocp.PyTreeCheckpointHandler, "async_save", async_save)
+  assert train(workdir, num_steps=9) == 2
+  line = error_line(capsys.readouterr().err)
+  assert line.startswith(f"ddpm train: error: the storage of --workdir {str(workdir)!r} is "
+                         "full (RESOURCE_EXHAUSTED: Error writing") and "free space" in line
+  monkeypatch.undo()
+  assert steps_of(workdir) == [1, 3, 6]
+  assert cli.main(["sample", "--workdir", str(workdir), "--num", "8", "--out",
+                   str(tmp_path / "s.npz"), "--sampler", "ddim", "--steps", "3"]) == 0
+  assert train(workdir, num_steps=9) == 0
+  assert steps_of(workdir)[-1] == 9
+
+
+def test_a_preemption_notice_between_log_steps_stops_both_processes_at_one_step(tmp_path):
+  """SIGTERM to process 1 only, with no log step in sight: JAX's preemption sync point makes
+  both processes save the same step and exit cleanly, long before the next log step."""
+  port = 20000 + os.getpid() % 20000
+  env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
+      "device_count=8", "device_count=4"), JAX_PLATFORMS="cpu",
+      DDPM_COORDINATOR_ADDRESS=f"localhost:{port}", DDPM_NUM_PROCESSES="2")
+  command = [sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir",
+             str(tmp_path), *tiny_overrides(num_steps=100000, log_every=100000,
+                                            checkpoint_every=10, sample_every=100000)]
+  processes = [subprocess.Popen(command, env=dict(env, DDPM_PROCESS_ID=str(i)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(2)]
+  try:
+    wait_for(lambda: (tmp_path / "checkpoints" / "10").exists(), processes[0], timeout=400)
+    processes[1].send_signal(signal.SIGTERM)
+    results = [p.communicate(timeout=180) for p in processes]
+  finally:
+    for p in processes:
+      p.kill()
+  for p, (_, err) in zip(processes, results):
+    assert p.returncode == 0, err[-3000:]
+  saved = [int(err.split("preempted: saved step ")[1].split(";")[0]) for _, err in results]
+  assert saved[0] == saved[1] > 10, saved
+  assert steps_of(tmp_path)[-1] == saved[0]
+  assert (tmp_path / "metrics.jsonl").read_text() == ""  # no log step came
