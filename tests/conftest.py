@@ -15,6 +15,12 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ddpm
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 # The digits classifier of the digits measures is trained into a cache of the test session's own.
 os.environ.setdefault("DDPM_CACHE_DIR", tempfile.mkdtemp(prefix="ddpm-test-cache-"))
+# gs:// goes to a local emulator (test_object_store.py): gcsfs must not look for credentials or
+# for a hierarchical-namespace bucket (a second API the emulator lacks), and must not cache
+# listings (TensorStore writes behind its back). fsspec reads these when it is imported.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+os.environ.setdefault("FSSPEC_GCS_TOKEN", "anon")
+os.environ.setdefault("FSSPEC_GCS_USE_LISTINGS_CACHE", "false")
 
 import jax  # noqa: E402  (after XLA_FLAGS, which jax reads on import)
 import pytest  # noqa: E402
