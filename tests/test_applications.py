@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _tiny import CONFIGS, tiny_overrides
+from _tiny import CONFIGS, tiny_config
 from diffusion import cli
-from diffusion.applications import auroc, denoise
+from diffusion.applications import auroc, denoise, enhance
 from diffusion.data import DigitsSource, ImageFolderSource, PairedFolderSource, degrade
 from diffusion.distributed import make_mesh, replicate
 from diffusion.images import to_float
@@ -24,23 +24,37 @@ from diffusion.training.state import base_key
 DIGITS = os.path.join(CONFIGS, "digits.py")
 
 
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-  """The digits config, shortened: T = 200 (betas scaled by 1000/T, as improved DDPM does),
-  600 steps. Good enough to denoise and to tell digits from non-digits."""
-  workdir = tmp_path_factory.mktemp("digits")
-  # Trained in a process of its own on one CPU device with XLA's usual optimisation: the
-  # tests' settings (8 devices, unoptimised code) would make these 600 steps twice as slow.
+def train_in_a_process(workdir, *overrides, timeout=900):
+  """`ddpm train` on the digits config shortened to T = 200 (betas scaled by 1000/T, as
+  improved DDPM does), batch 32, in a process of its own on one CPU device with XLA's usual
+  optimisation: the tests' settings (8 devices, unoptimised code) would make it twice as slow."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   run = subprocess.run([
       sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir", str(workdir),
-      "--config.train.num_steps=600", "--config.diffusion.num_steps=200",
+      "--config.train.batch_size=32", "--config.diffusion.num_steps=200",
       "--config.diffusion.beta_start=5e-4", "--config.diffusion.beta_end=0.1",
-      "--config.optim.warmup_steps=100", "--config.train.checkpoint_every=600",
-      "--config.train.sample_every=600", "--config.train.num_samples=8",
-      "--config.train.log_every=100"], env=env, capture_output=True, text=True, timeout=900)
+      "--config.optim.warmup_steps=100", "--config.train.log_every=100",
+      "--config.train.num_samples=8", *overrides], env=env, capture_output=True, text=True,
+      timeout=timeout)
   assert run.returncode == 0, run.stderr[-2000:]
   return workdir
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  """A class-conditional digits model with label dropout 0.2 (so also unconditional through
+  its null class), 1,200 steps: good enough to denoise, inpaint, tell digits from non-digits,
+  and draw a requested digit under guidance."""
+  return train_in_a_process(
+      tmp_path_factory.mktemp("digits"), "--config.train.num_steps=1200",
+      "--config.train.checkpoint_every=1200", "--config.train.sample_every=1200",
+      "--config.model.num_classes=10", "--config.train.label_dropout=0.2")
+
+
+@pytest.fixture(scope="module")
+def classifier():
+  from diffusion.evaluation.digits import DigitsEvaluator
+  return DigitsEvaluator.load()
 
 
 def save(path, image):
@@ -48,21 +62,47 @@ def save(path, image):
   return str(path)
 
 
-def test_inpainting_keeps_the_known_pixels(digits_run, tmp_path):
-  image = DigitsSource(split="test").images[200]
-  mask = np.full((8, 8), 255, np.uint8)
-  mask[2:6, 1:7] = 0
-  out = tmp_path / "out.png"
-  assert cli.main(["inpaint", "--workdir", str(digits_run), "--image", save(tmp_path / "in.png", image),
-                   "--mask", save(tmp_path / "mask.png", mask[..., None]), "--out", str(out),
-                   "--steps", "50", "--jump-length", "5", "--resamplings", "3",
-                   "--num-samples", "3"]) == 0
-  results = [np.asarray(Image.open(p))[..., None] for p in
-             (out, tmp_path / "out_1.png", tmp_path / "out_2.png")]
-  known = mask == 255
-  for result in results:
-    np.testing.assert_array_equal(result[known], image[known])
-  assert not np.array_equal(results[0][~known], results[1][~known])
+def test_repaint_completes_half_digits_recognisably(digits_run, classifier):
+  """120 held-out digits with their right half masked. The digits classifier recognises
+  RePaint's completions far more often than the half-blank digits, and resampling (jump
+  length 5, 5 resamplings on a 50-step chain) does at least as well as plain replacement (1
+  resampling). Measured on this fixture: half-blank 23%, plain replacement 61%, resampling
+  62% (with another seed 50% and 58%); the margins below are about 3 standard errors of a
+  difference of two such proportions."""
+  from diffusion.applications import inpaint
+  config, model, params, _ = load_run(str(digits_run))
+  mesh = make_mesh()
+  params = replicate(params, mesh)
+  source = DigitsSource(split="test")
+  images, labels = source.images[:120], source.labels[:120]
+  mask = np.ones((8, 8), bool)
+  mask[:, 4:] = False
+  recognised = lambda x: float(np.mean(classifier.probs(x).argmax(axis=1) == labels))
+  half_blank = recognised(np.where(mask[None, ..., None], images, 0))
+  completed = {}
+  for resamplings in (1, 5):
+    out = inpaint(model, params, config, images, mask, mesh, base_key(0, "sample"), steps=50,
+                  jump_length=5, resamplings=resamplings)
+    np.testing.assert_array_equal(out[:, :, :4], images[:, :, :4])
+    completed[resamplings] = recognised(out)
+  print(f"recognised: half-blank {half_blank:.3f}, RePaint {completed}")
+  assert completed[5] > half_blank + 0.2, (half_blank, completed)
+  assert completed[5] > completed[1] - 0.15, completed
+
+
+def test_guidance_draws_the_requested_digit(digits_run, classifier):
+  """200 samples, 20 of each digit: with guidance w = 5 the classifier finds the requested
+  digit in at least 90% (measured: 95.5%), far more often than without (49.5%)."""
+  from diffusion.sample_run import draw_samples
+  config, model, params, _ = load_run(str(digits_run))
+  labels = np.arange(200) % 10
+  hits = {}
+  for guidance in (None, 5.0):
+    samples = draw_samples(config, model, params, labels, sampler="ddim", steps=20,
+                           guidance=guidance)
+    hits[guidance] = float(np.mean(classifier.probs(samples).argmax(axis=1) == labels))
+  print("requested digit recognised, without and with guidance:", hits)
+  assert hits[5.0] >= 0.9 and hits[5.0] > hits[None] + 0.3, hits
 
 
 def psnr(x, clean):
@@ -155,11 +195,12 @@ def test_auroc_counts_the_ordered_pairs():
     (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--sampler", "euler"],
      "--sampler must be one of ddpm, ddim, dpm\\+\\+"),
     (["sample", "--num", "4", "--out", "s.npz", "--steps", "201"], r"--steps must be an int in \[1, 200\]"),
-    (["sample", "--num", "4", "--out", "s.npz", "--guidance", "2"], "--guidance needs a class-conditional"),
-    (["sample", "--num", "4", "--out", "s.npz", "--class", "3"], "--class needs a class-conditional"),
+    (["sample", "--num", "4", "--out", "s.npz", "--class", "10"], r"--class must lie in \[0, 10\)"),
+    (["sample", "--num", "4", "--out", "s.npz", "--eta", "2", "--sampler", "ddim"],
+     r"--eta must lie in \[0, 1\]"),
     (["enhance", "--image", "IMG", "--out", "o.png"], "not image-conditioned"),
-    (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--class", "3"],
-     "--class needs a class-conditional"),
+    (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--class", "-1"],
+     r"--class must lie in \[0, 10\)"),
 ])
 def test_bad_input_is_named(digits_run, tmp_path, capsys, argv, message):
   files = {"BIG": np.zeros((16, 16, 1), np.uint8), "IMG": np.zeros((8, 8, 1), np.uint8),
@@ -172,16 +213,39 @@ def test_bad_input_is_named(digits_run, tmp_path, capsys, argv, message):
   assert re.search(message, capsys.readouterr().err)
 
 
-def test_enhancement_trains_on_degraded_digits_and_enhances(tmp_path):
-  workdir = tmp_path / "run"
-  assert cli.main(["train", "--config", DIGITS, "--workdir", str(workdir), *tiny_overrides(),
-                   "--config.data.condition=degrade", "--config.data.degradations=blur,low_light",
-                   "--config.model.cond_channels=1"]) == 0
-  assert os.listdir(workdir / "samples")
-  image = degrade(DigitsSource().images[5], ("blur", "low_light"), np.random.default_rng(0))
+def test_class_options_need_a_class_conditional_model():
+  from diffusion import models
+  from diffusion.sampling import check_options, class_labels
+  config = tiny_config()
+  model = models.from_config(config.model)
+  with pytest.raises(ValueError, match="--guidance needs a class-conditional model"):
+    check_options(model, 20, sampler="ddim", steps=None, eta=0.0, spacing=None, guidance=2.0)
+  with pytest.raises(ValueError, match="--class needs a class-conditional model"):
+    class_labels(model, config, 4, 3)
+  np.testing.assert_array_equal(class_labels(model, config, 3, None), [0, 0, 0])
+
+
+def test_enhancement_trains_on_degraded_digits_and_restores_them(tmp_path):
+  """A model trained on blurred, darkened digits (400 steps) restores 32 held-out ones: the
+  PSNR gain over the degraded input is about 11 dB (measured); at least 5 dB is required,
+  and an improvement on at least 90% of the images."""
+  workdir = train_in_a_process(
+      tmp_path / "run", "--config.train.num_steps=400", "--config.train.checkpoint_every=400",
+      "--config.train.sample_every=400", "--config.data.condition=degrade",
+      "--config.data.degradations=blur,low_light", "--config.model.cond_channels=1")
+  clean = DigitsSource(split="test").images[:32]
+  degraded = np.stack([degrade(image, ("blur", "low_light"), np.random.default_rng([7, i]))
+                       for i, image in enumerate(clean)])
+  config, model, params, _ = load_run(str(workdir))
+  mesh = make_mesh()
+  enhanced = enhance(model, replicate(params, mesh), config, degraded, mesh, base_key(0, "sample"),
+                     sampler="ddim", steps=10)
+  gain = psnr(enhanced, clean) - psnr(to_float(degraded), clean)
+  print(f"enhancement PSNR gain: {gain.mean():.2f} dB")
+  assert gain.mean() > 5 and np.mean(gain > 0) >= 0.9, gain
   out = tmp_path / "enhanced.png"
   assert cli.main(["enhance", "--workdir", str(workdir), "--image",
-                   save(tmp_path / "degraded.png", image), "--out", str(out),
+                   save(tmp_path / "degraded.png", degraded[0]), "--out", str(out),
                    "--sampler", "ddim", "--steps", "5"]) == 0
   assert np.asarray(Image.open(out)).shape == (8, 8)
 
@@ -207,24 +271,15 @@ def test_degradations_and_paired_folders(tmp_path):
     PairedFolderSource(str(tmp_path), 16, 3)
 
 
-@pytest.fixture(scope="module")
-def conditional_run(tmp_path_factory):
-  """A tiny class-conditional digits run trained with label dropout (so with a null class)."""
-  workdir = tmp_path_factory.mktemp("conditional")
-  assert cli.main(["train", "--config", DIGITS, "--workdir", str(workdir), *tiny_overrides(),
-                   "--config.model.num_classes=10", "--config.train.label_dropout=0.2"]) == 0
-  return workdir
-
-
-def test_class_conditional_samples_for_data_augmentation(conditional_run, tmp_path):
+def test_class_conditional_samples_for_data_augmentation(digits_run, tmp_path):
   folders = tmp_path / "augmented"
-  assert cli.main(["sample", "--workdir", str(conditional_run), "--num", "20", "--out",
+  assert cli.main(["sample", "--workdir", str(digits_run), "--num", "20", "--out",
                    str(folders), "--layout", "folders", "--sampler", "dpm++", "--steps", "5"]) == 0
   assert sorted(os.listdir(folders)) == [str(k) for k in range(10)]
   read_back = ImageFolderSource(str(folders), 8, 1)
   assert len(read_back) == 20 and read_back.num_classes == 10
   out = tmp_path / "threes.npz"
-  assert cli.main(["sample", "--workdir", str(conditional_run), "--num", "8", "--out", str(out),
+  assert cli.main(["sample", "--workdir", str(digits_run), "--num", "8", "--out", str(out),
                    "--class", "3", "--guidance", "2.0", "--sampler", "ddim", "--steps", "5"]) == 0
   data = np.load(out)
   assert data["arr_0"].shape == (8, 8, 8, 1) and np.all(data["labels"] == 3)
@@ -247,16 +302,17 @@ class Spy:
     return self.model.apply(variables, x, t, **kwargs)
 
 
-def test_applications_condition_on_the_null_class_or_the_given_one(conditional_run, tmp_path):
+def test_applications_condition_on_the_null_class_or_the_given_one(digits_run, tmp_path):
   from diffusion.applications import anomaly_scores, inpaint
-  config, model, params, _ = load_run(str(conditional_run))
+  config, model, params, _ = load_run(str(digits_run))
   mesh = make_mesh()
   params, key = replicate(params, mesh), base_key(0, "sample")
   images = DigitsSource(split="test").images[:4]
   mask = np.ones((8, 8), bool)
   mask[:, 4:] = False
   calls = {
-      "denoise": lambda m, **kw: denoise(m, params, config, images, 0.2, mesh, key, steps=3, **kw),
+      "denoise": lambda m, **kw: denoise(m, params, config, images, 0.2, mesh, key, steps=3,
+                                         **kw),
       "anomaly": lambda m, **kw: anomaly_scores(m, params, config, images, mesh, key, step=5,
                                                 sampler="ddim", steps=3, **kw),
       "inpaint": lambda m, **kw: inpaint(m, params, config, images[0], mask, mesh, key, steps=4,
@@ -274,13 +330,13 @@ def test_applications_condition_on_the_null_class_or_the_given_one(conditional_r
     denoise(model, params, strict, images, 0.2, mesh, key)
   with pytest.raises(ValueError, match=r"--class must lie in \[0, 10\)"):
     calls["anomaly"](model, class_label=10)
-  with pytest.raises(ValueError, match=r"--at-step must lie in \[0, 20\)"):
-    anomaly_scores(model, params, config, images, mesh, key, step=20)
+  with pytest.raises(ValueError, match=r"--at-step must lie in \[0, 200\)"):
+    anomaly_scores(model, params, config, images, mesh, key, step=200)
   # The commands take --class too.
   save(tmp_path / "in.png", images[0])
   save(tmp_path / "mask.png", (mask * 255).astype(np.uint8)[..., None])
-  assert cli.main(["inpaint", "--workdir", str(conditional_run), "--image", str(tmp_path / "in.png"),
+  assert cli.main(["inpaint", "--workdir", str(digits_run), "--image", str(tmp_path / "in.png"),
                    "--mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "out.png"),
                    "--steps", "4", "--jump-length", "2", "--resamplings", "2", "--class", "7"]) == 0
-  assert cli.main(["denoise", "--workdir", str(conditional_run), "--image", str(tmp_path / "in.png"),
+  assert cli.main(["denoise", "--workdir", str(digits_run), "--image", str(tmp_path / "in.png"),
                    "--sigma", "0.2", "--out", str(tmp_path / "d.png"), "--steps", "3"]) == 0

@@ -53,12 +53,11 @@ def wait_for(condition, process, timeout=300):
 def test_a_busy_workdir_is_refused_and_a_dead_run_frees_it(tmp_path, capsys):
   first = subprocess.Popen(
       [sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir", str(tmp_path),
-       *tiny_overrides(num_steps=4000, checkpoint_every=20, log_every=4)],
+       *tiny_overrides(num_steps=4000, checkpoint_every=2)],
       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
-    metrics = tmp_path / "metrics.jsonl"
-    wait_for(lambda: metrics.exists() and metrics.read_text().strip(), first)
-    assert train(tmp_path, num_steps=40, checkpoint_every=20) == 2
+    wait_for(lambda: (tmp_path / "lock.json").exists(), first)  # taken before compiling
+    assert train(tmp_path, num_steps=4, checkpoint_every=2) == 2
     assert f"--workdir {str(tmp_path)!r} is in use by a run on host {socket.gethostname()!r}, " \
            f"pid {first.pid}" in error_line(capsys.readouterr().err)
     assert first.poll() is None  # the first run goes on
@@ -66,9 +65,9 @@ def test_a_busy_workdir_is_refused_and_a_dead_run_frees_it(tmp_path, capsys):
     first.kill()  # kill -9: no chance to release the lock
     first.wait()
   assert (tmp_path / "lock.json").exists()
-  assert train(tmp_path, num_steps=40, checkpoint_every=20) == 0  # its process is gone
+  assert train(tmp_path, num_steps=4, checkpoint_every=2) == 0  # its process is gone
   assert not (tmp_path / "lock.json").exists()  # released at the end
-  assert steps_of(tmp_path)[-1] == 40
+  assert steps_of(tmp_path)[-1] == 4
 
 
 def test_a_lock_from_another_host_holds_until_its_heartbeat_is_stale(tmp_path, monkeypatch):
@@ -207,7 +206,8 @@ def test_a_preemption_notice_between_log_steps_stops_both_processes_at_one_step(
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for i in range(2)]
   try:
-    wait_for(lambda: (tmp_path / "checkpoints" / "10").exists(), processes[0], timeout=400)
+    # Orbax saves the first step: training is under way.
+    wait_for(lambda: (tmp_path / "checkpoints" / "1").exists(), processes[0], timeout=400)
     processes[1].send_signal(signal.SIGTERM)
     results = [p.communicate(timeout=180) for p in processes]
   finally:
@@ -216,6 +216,6 @@ def test_a_preemption_notice_between_log_steps_stops_both_processes_at_one_step(
   for p, (_, err) in zip(processes, results):
     assert p.returncode == 0, err[-3000:]
   saved = [int(err.split("preempted: saved step ")[1].split(";")[0]) for _, err in results]
-  assert saved[0] == saved[1] > 10, saved
+  assert saved[0] == saved[1] > 1, saved
   assert steps_of(tmp_path)[-1] == saved[0]
   assert (tmp_path / "metrics.jsonl").read_text() == ""  # no log step came

@@ -17,7 +17,7 @@ from diffusion import samplers
 from diffusion.config import betas_from_config
 from diffusion.forward import q_sample
 from diffusion.reverse import p_sample
-from diffusion.distributed import gather, padded
+from diffusion.distributed import gather, pad_to_devices
 from diffusion.images import to_float, to_uint8
 from diffusion.sampling import class_labels, over_samples
 from diffusion.schedules import Schedule, respace_betas
@@ -83,9 +83,11 @@ def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.n
 def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, key, *,
             num_samples: int = 1, steps: int = 250, jump_length: int = 10,
             resamplings: int = 10, class_label: int | None = None) -> np.ndarray:
-  """Fills the pixels where `mask` is False; returns uint8 [num_samples, H, W, C].
+  """Fills the pixels where `mask` is False.
 
-  image: uint8 [H, W, C]; mask: bool [H, W], True = known (kept). The chain
+  image: uint8 [H, W, C], completed `num_samples` times, or a batch [N, H, W,
+  C], each completed once; mask: bool [H, W] (for every image) or [N, H, W],
+  True = known (kept). Returns uint8 [num_samples or N, H, W, C]. The chain
   runs on `steps` timesteps respaced from the model's T (RePaint used 250). A
   class-conditional model is conditioned on `class_label`, else on its null class.
   """
@@ -93,11 +95,13 @@ def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, ke
   betas = betas_from_config(config)
   if not 1 <= steps <= len(betas):
     raise ValueError(f"--steps must lie in [1, {len(betas)}] (the model's T); got {steps}")
+  images = np.repeat(image[None], num_samples, 0) if image.ndim == 3 else image
+  known = np.broadcast_to(mask if mask.ndim == 3 else mask[None], images.shape[:3])[..., None]
   kept = np.sort(samplers.spaced_steps(Schedule.from_betas(betas), steps))
   chain = Schedule.from_betas(respace_betas(betas, kept))
   visits = repaint_schedule(len(kept), jump_length, resamplings)
-  n = padded(num_samples, mesh)
-  labels = class_labels(model, config, n, class_label)
+  n = len(images)
+  labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
   conditional = model.num_classes > 0
 
   def device_fn(params, key, index, x0, known, y):
@@ -110,8 +114,6 @@ def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, ke
                          clip_x0=d.get("clip_x0", True))
 
   run = over_samples(device_fn, mesh, 3)
-  x0 = np.broadcast_to(to_float(image), (n, *image.shape))
-  known = np.broadcast_to(mask[None, ..., None], (n, *mask.shape, 1))
-  generated = to_uint8(gather(run(params, key, 0, np.ascontiguousarray(x0),
-                                  np.ascontiguousarray(known), labels)))[:num_samples]
-  return np.where(known[:num_samples], image[None], generated)
+  generated = to_uint8(gather(run(params, key, 0, pad_to_devices(to_float(images), mesh),
+                                  pad_to_devices(known, mesh), labels)))[:n]
+  return np.where(known, images, generated)
