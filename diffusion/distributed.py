@@ -12,14 +12,21 @@ Otherwise a single process runs on its local devices.
 """
 
 import os
+import signal
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def initialize() -> None:
-  """Joins the job this process belongs to, if any. Call before touching any device."""
+def initialize(*, preemption_notices: bool = False) -> None:
+  """Joins the job this process belongs to, if any. Call before touching any device.
+
+  Joining starts JAX's preemption notifier, which turns SIGTERM into a notice
+  that `multihost_utils.reached_preemption_sync_point` reports (training asks
+  it at every dispatch). Without `preemption_notices` SIGTERM gets its default
+  action back: a command that never asks would otherwise ignore it.
+  """
   env = os.environ
   if "DDPM_COORDINATOR_ADDRESS" in env:
     if jax.config.jax_platforms in (None, "", "cpu") or env.get("JAX_PLATFORMS") == "cpu":
@@ -30,6 +37,10 @@ def initialize() -> None:
         process_id=int(env["DDPM_PROCESS_ID"]))
   elif int(env.get("SLURM_NTASKS", "1")) > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
     jax.distributed.initialize()
+  else:
+    return
+  if not preemption_notices:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_mesh() -> Mesh:

@@ -226,12 +226,12 @@ def test_class_options_need_a_class_conditional_model():
 
 
 def test_enhancement_trains_on_degraded_digits_and_restores_them(tmp_path):
-  """A model trained on blurred, darkened digits (400 steps) restores 32 held-out ones: the
-  PSNR gain over the degraded input is about 11 dB (measured); at least 5 dB is required,
-  and an improvement on at least 90% of the images."""
+  """A model trained on blurred, darkened digits (200 steps) restores 32 held-out ones: the
+  PSNR gain over the degraded input is about 8 dB (measured; 11 dB after 400 steps); at
+  least 5 dB is required, and an improvement on at least 90% of the images."""
   workdir = train_in_a_process(
-      tmp_path / "run", "--config.train.num_steps=400", "--config.train.checkpoint_every=400",
-      "--config.train.sample_every=400", "--config.data.condition=degrade",
+      tmp_path / "run", "--config.train.num_steps=200", "--config.train.checkpoint_every=200",
+      "--config.train.sample_every=200", "--config.data.condition=degrade",
       "--config.data.degradations=blur,low_light", "--config.model.cond_channels=1")
   clean = DigitsSource(split="test").images[:32]
   degraded = np.stack([degrade(image, ("blur", "low_light"), np.random.default_rng([7, i]))

@@ -4,8 +4,6 @@ sample with gs:// paths, and nothing lands on the local disk. Paths with no back
 import json
 import logging
 import os
-import subprocess
-import sys
 from http import HTTPStatus
 
 import numpy as np
@@ -57,7 +55,7 @@ def gcs():
          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test"}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
-  yield dict(os.environ)
+  yield
   server.stop()
   for k, v in saved.items():
     if v is None:
@@ -66,28 +64,27 @@ def gcs():
       os.environ[k] = v
 
 
-def ddpm(env, cwd, *argv):
-  run = subprocess.run([sys.executable, "-m", "diffusion", *argv], env=env, cwd=cwd,
-                       capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert "Traceback" not in run.stderr, run.stderr[-3000:]
-  return run
+def ddpm(capsys, *argv):
+  assert cli.main(list(argv)) == 0
+  err = capsys.readouterr().err
+  assert "Traceback" not in err, err[-3000:]
 
 
-def test_train_resume_and_sample_in_a_bucket(gcs, tmp_path):
+def test_train_resume_and_sample_in_a_bucket(gcs, tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)  # where a gs: folder would appear
   train = ["train", "--config", os.path.join(CONFIGS, "digits.py"), "--workdir", "gs://bucket/run"]
-  ddpm(gcs, tmp_path, *train, *tiny_overrides(num_steps=4, checkpoint_every=2))
+  ddpm(capsys, *train, *tiny_overrides(num_steps=4, checkpoint_every=2))
   run = epath.Path("gs://bucket/run")
   assert (run / "checkpoints" / "4" / "commit_success.txt").exists()
   assert (run / "samples" / "step_00000004.png").exists()
   assert any("tfevents" in p.name for p in (run / "tb").iterdir())
   assert not (run / "lock.json").exists()  # released
 
-  ddpm(gcs, tmp_path, *train, *tiny_overrides(num_steps=6, checkpoint_every=2))
+  ddpm(capsys, *train, *tiny_overrides(num_steps=6, checkpoint_every=2))
   lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
   assert [line["step"] for line in lines] == [2, 4, 6]  # the resumed run appended to the file
 
-  ddpm(gcs, tmp_path, "sample", "--workdir", "gs://bucket/run", "--num", "8", "--out",
+  ddpm(capsys, "sample", "--workdir", "gs://bucket/run", "--num", "8", "--out",
        "gs://bucket/out/samples.npz", "--sampler", "ddim", "--steps", "3")
   samples = paths.load_npz(epath.Path("gs://bucket/out/samples.npz"))["arr_0"]
   assert samples.shape == (8, 8, 8, 1) and samples.dtype == np.uint8

@@ -64,10 +64,11 @@ def test_a_busy_workdir_is_refused_and_a_dead_run_frees_it(tmp_path, capsys):
   finally:
     first.kill()  # kill -9: no chance to release the lock
     first.wait()
-  assert (tmp_path / "lock.json").exists()
-  assert train(tmp_path, num_steps=4, checkpoint_every=2) == 0  # its process is gone
-  assert not (tmp_path / "lock.json").exists()  # released at the end
-  assert steps_of(tmp_path)[-1] == 4
+  assert json.loads((tmp_path / "lock.json").read_text())["pid"] == first.pid
+  lock = WorkdirLock(epath.Path(tmp_path))
+  lock.acquire()  # its process is gone: the lock is free
+  lock.release()
+  assert not (tmp_path / "lock.json").exists()
 
 
 def test_a_lock_from_another_host_holds_until_its_heartbeat_is_stale(tmp_path, monkeypatch):
@@ -119,9 +120,9 @@ def test_resuming_with_another_config_names_what_differs(six_steps, tmp_path, ca
   assert "holds a run with another config (diffusion.num_steps: 20 -> 50; model.ch: 16 -> 32)" \
       in error_line(capsys.readouterr().err)
   assert sorted(os.listdir(workdir / "checkpoints")) == listing
-  # How a run executes may change: more steps, other intervals, another dispatch size.
-  assert train(workdir, num_steps=8, log_every=4, checkpoint_every=4, steps_per_dispatch=2) == 0
-  assert steps_of(workdir)[-1] == 8
+  # How a run executes may change: more steps, other intervals, fewer checkpoints kept.
+  assert train(workdir, num_steps=8, log_every=4, checkpoint_every=4, keep_checkpoints=2) == 0
+  assert steps_of(workdir)[-2:] == [6, 8]
 
 
 def damage(workdir, step):
@@ -190,6 +191,24 @@ def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(six_steps, tm
                    str(tmp_path / "s.npz"), "--sampler", "ddim", "--steps", "3"]) == 0
   assert train(workdir, num_steps=9) == 0
   assert steps_of(workdir)[-1] == 9
+
+
+def test_full_storage_is_recognised_in_its_disguises():
+  import errno
+  from diffusion.paths import is_disk_full
+  assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+  tensorstore = ValueError("RESOURCE_EXHAUSTED: Error writing \"a/0\": Failed to write 8 bytes "
+                           "to file 4: No space left on device [os_error_code='28']")
+  try:
+    try:
+      raise tensorstore
+    except ValueError as e:
+      raise RuntimeError("the background save failed") from e
+  except RuntimeError as e:
+    assert is_disk_full(e)
+  assert is_disk_full(ExceptionGroup("saves", [KeyError("x"), OSError(errno.EDQUOT, "quota")]))
+  assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))
+  assert not is_disk_full(ValueError("RESOURCE_EXHAUSTED: out of memory"))
 
 
 def test_a_preemption_notice_between_log_steps_stops_both_processes_at_one_step(tmp_path):

@@ -113,7 +113,7 @@ def test_bad_overrides(tmp_path):
     train(tmp_path, "--seed=3")
 
 
-LONG = tiny_overrides(num_steps=40, checkpoint_every=20, log_every=4)
+LONG = tiny_overrides(num_steps=24, checkpoint_every=12, log_every=4)
 PARTS = ("params", "ema_params", "opt_state")
 
 
@@ -125,7 +125,7 @@ def run_ddpm(workdir):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-  """40 steps in one go, in this process (8 devices)."""
+  """24 steps in one go, in this process (8 devices)."""
   workdir = tmp_path_factory.mktemp("reference")
   assert cli.main(["train", "--config", DIGITS, "--workdir", str(workdir), *LONG]) == 0
   return (*final_state(workdir, PARTS), losses(workdir))
@@ -146,18 +146,18 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, reference_run
   assert process.returncode == 0, err
   assert "preempted: saved step" in err
   stopped_at, _ = final_state(tmp_path)
-  assert 0 < stopped_at < 40
+  assert 0 < stopped_at < 24
 
   resumed = run_ddpm(tmp_path)
   out, err = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, err
   step, state = final_state(tmp_path, PARTS)
   ref_step, ref_state, _ = reference_run
-  assert step == ref_step == 40
+  assert step == ref_step == 24
   for part in PARTS:
     jax.tree.map(np.testing.assert_array_equal, state[part], ref_state[part])
   steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
-  assert steps[-1] == 40 and steps[0] <= stopped_at
+  assert steps[-1] == 24 and steps[0] <= stopped_at
 
 
 def test_two_processes_equal_one(tmp_path, reference_run):
@@ -168,7 +168,7 @@ def test_two_processes_equal_one(tmp_path, reference_run):
        "--config", DIGITS, "--workdir", str(tmp_path), *LONG],
       capture_output=True, text=True, env=env, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
-  assert run.stdout.count("step 40 of 40") == 1  # only process 0 reports
+  assert run.stdout.count("step 24 of 24") == 1  # only process 0 reports
   step, state = final_state(tmp_path, PARTS)
   ref_step, ref_state, ref_losses = reference_run
   assert step == ref_step

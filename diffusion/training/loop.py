@@ -228,8 +228,6 @@ def _train(config, workdir: epath.Path, source, model) -> int:
     while step < cfg.num_steps:
       state, metrics = step_fn(state, next(batches), train_key)
       step, position = step + k, position + k * cfg.batch_size
-      if pending:  # at most two dispatches in flight: the host never runs far ahead
-        jax.block_until_ready(pending[-1]["loss"])
       pending.append(metrics)
       if step % cfg.log_every < k or step >= cfg.num_steps:
         summary, pending = _summary(pending), []
