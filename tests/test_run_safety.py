@@ -23,8 +23,9 @@ DIGITS = os.path.join(CONFIGS, "digits.py")
 
 
 def train(workdir, *overrides, **train_overrides):
+  """A tiny `ddpm train` in this process, without a sample grid (its sampler costs a compile)."""
   return cli.main(["train", "--config", DIGITS, "--workdir", str(workdir),
-                   *tiny_overrides(**train_overrides), *overrides])
+                   *tiny_overrides(**{"num_samples": 0, **train_overrides}), *overrides])
 
 
 def steps_of(workdir):
@@ -50,25 +51,33 @@ def wait_for(condition, process, timeout=300):
     time.sleep(0.05)
 
 
+HOLDER = """
+import sys, time
+from etils import epath
+from diffusion.training.lock import WorkdirLock
+WorkdirLock(epath.Path(sys.argv[1])).acquire()
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
 def test_a_busy_workdir_is_refused_and_a_dead_run_frees_it(tmp_path, capsys):
-  first = subprocess.Popen(
-      [sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir", str(tmp_path),
-       *tiny_overrides(num_steps=4000, checkpoint_every=2)],
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  """Another process holds the workdir as `ddpm train` does before it compiles: a second run
+  is refused, naming it; once it is killed (kill -9: no chance to release), the lock is free."""
+  holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
   try:
-    wait_for(lambda: (tmp_path / "lock.json").exists(), first)  # taken before compiling
-    assert train(tmp_path, num_steps=4, checkpoint_every=2) == 2
+    assert holder.stdout.readline().strip() == "holding"
+    assert train(tmp_path, num_steps=4) == 2
     assert f"--workdir {str(tmp_path)!r} is in use by a run on host {socket.gethostname()!r}, " \
-           f"pid {first.pid}" in error_line(capsys.readouterr().err)
-    assert first.poll() is None  # the first run goes on
+           f"pid {holder.pid}" in error_line(capsys.readouterr().err)
+    assert not (tmp_path / "checkpoints").exists()  # the refused run wrote nothing
   finally:
-    first.kill()  # kill -9: no chance to release the lock
-    first.wait()
-  assert json.loads((tmp_path / "lock.json").read_text())["pid"] == first.pid
-  lock = WorkdirLock(epath.Path(tmp_path))
-  lock.acquire()  # its process is gone: the lock is free
-  lock.release()
-  assert not (tmp_path / "lock.json").exists()
+    holder.kill()
+    holder.wait()
+  assert json.loads((tmp_path / "lock.json").read_text())["pid"] == holder.pid
+  assert train(tmp_path, num_steps=2) == 0  # its process is gone: the lock is free
+  assert not (tmp_path / "lock.json").exists()  # released at the end
 
 
 def test_a_lock_from_another_host_holds_until_its_heartbeat_is_stale(tmp_path, monkeypatch):

@@ -113,7 +113,7 @@ def test_bad_overrides(tmp_path):
     train(tmp_path, "--seed=3")
 
 
-LONG = tiny_overrides(num_steps=24, checkpoint_every=12, log_every=4)
+LONG = tiny_overrides(num_steps=24, checkpoint_every=12, log_every=4, num_samples=0)
 PARTS = ("params", "ema_params", "opt_state")
 
 
