@@ -225,7 +225,7 @@ def test_a_preemption_notice_between_log_steps_stops_both_processes_at_one_step(
   both processes save the same step and exit cleanly, long before the next log step."""
   port = 20000 + os.getpid() % 20000
   env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
-      "device_count=8", "device_count=4"), JAX_PLATFORMS="cpu",
+      "device_count=8", "device_count=2"), JAX_PLATFORMS="cpu",
       DDPM_COORDINATOR_ADDRESS=f"localhost:{port}", DDPM_NUM_PROCESSES="2")
   command = [sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir",
              str(tmp_path), *tiny_overrides(num_steps=100000, log_every=100000,

@@ -162,7 +162,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, reference_run
 
 def test_two_processes_equal_one(tmp_path, reference_run):
   env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
-      "device_count=8", "device_count=4"))
+      "device_count=8", "device_count=2"))
   run = subprocess.run(
       [os.path.join(REPO, "launch", "local.sh"), "2", sys.executable, "-m", "diffusion", "train",
        "--config", DIGITS, "--workdir", str(tmp_path), *LONG],

@@ -63,17 +63,20 @@ class Checkpoints:
 
   def newest(self, read: Callable[[int], T]) -> tuple[int, T] | None:
     """(step, read(step)) of the newest checkpoint that `read` can read, or None if there is
-    none. A newer one that fails is damaged: a warning names it and `self.damaged` lists it.
-    An IncompatibleResume from `read` is not damage: it is raised."""
+    none. A newer one that fails twice (once could be a passing network error) is damaged: a
+    warning names it and `self.damaged` lists it. An IncompatibleResume from `read` is not
+    damage: it is raised."""
     for step in reversed(self.all_steps()):
-      try:
-        return step, read(step)
-      except IncompatibleResume:
-        raise
-      except Exception as e:  # TensorStore, JSON and Orbax errors of a damaged checkpoint
-        self.damaged.append(step)
-        log.warning("checkpoint %s is damaged and is passed over (%s)",
-                    os.fspath(self.directory / str(step)), _reason(e))
+      for attempt in range(2):
+        try:
+          return step, read(step)
+        except IncompatibleResume:
+          raise
+        except Exception as e:  # TensorStore, JSON and Orbax errors of a damaged checkpoint
+          error = e
+      self.damaged.append(step)
+      log.warning("checkpoint %s is damaged and is passed over (%s)",
+                  os.fspath(self.directory / str(step)), _reason(error))
     return None
 
   def set_aside_damaged(self) -> None:
