@@ -110,7 +110,7 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
   import jax
   from diffusion import distributed
   from diffusion.training import train
-  distributed.initialize(preemption_notices=True)
+  distributed.initialize()
   config = _config_with_overrides(args.config, overrides)
   step = train(config, args.workdir)
   if jax.process_index() == 0:

@@ -12,35 +12,35 @@ Otherwise a single process runs on its local devices.
 """
 
 import os
-import signal
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def initialize(*, preemption_notices: bool = False) -> None:
+def initialize() -> None:
   """Joins the job this process belongs to, if any. Call before touching any device.
 
-  Joining starts JAX's preemption notifier, which turns SIGTERM into a notice
-  that `multihost_utils.reached_preemption_sync_point` reports (training asks
-  it at every dispatch). Without `preemption_notices` SIGTERM gets its default
-  action back: a command that never asks would otherwise ignore it.
+  JAX's preemption service stays off. Its notifier would own SIGTERM, and its
+  sync point is a single counter that Orbax's CheckpointManager also sets, with
+  its own step numbers, from the thread that finalises a background save: a
+  notice that arrives then is agreed at a point the training loop has already
+  passed, and the job never stops. Training turns SIGTERM into a flag and agrees
+  on it with a collective instead (`training/loop.py`); other commands keep
+  SIGTERM's default action.
   """
   env = os.environ
   if "DDPM_COORDINATOR_ADDRESS" in env:
     if jax.config.jax_platforms in (None, "", "cpu") or env.get("JAX_PLATFORMS") == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(
         coordinator_address=env["DDPM_COORDINATOR_ADDRESS"],
         num_processes=int(env["DDPM_NUM_PROCESSES"]),
         process_id=int(env["DDPM_PROCESS_ID"]))
   elif int(env.get("SLURM_NTASKS", "1")) > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+    jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize()
-  else:
-    return
-  if not preemption_notices:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_mesh() -> Mesh:

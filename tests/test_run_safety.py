@@ -4,6 +4,7 @@ checkpoint, a full disk, and a preemption notice between log steps of a two-proc
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -221,29 +222,38 @@ def test_full_storage_is_recognised_in_its_disguises():
 
 
 def test_a_preemption_notice_between_log_steps_stops_both_processes_at_one_step(tmp_path):
-  """SIGTERM to process 1 only, with no log step in sight: JAX's preemption sync point makes
-  both processes save the same step and exit cleanly, long before the next log step."""
+  """SIGTERM to process 1 only, with no log step in sight, sent as Orbax finalises the first
+  save (when Orbax reports its own step to JAX's preemption sync point, which once made a
+  notice land on a point both processes had passed): both processes save the same step and
+  exit cleanly, long before the next log step."""
   port = 20000 + os.getpid() % 20000
   env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
       "device_count=8", "device_count=2"), JAX_PLATFORMS="cpu",
       DDPM_COORDINATOR_ADDRESS=f"localhost:{port}", DDPM_NUM_PROCESSES="2")
   command = [sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir",
-             str(tmp_path), *tiny_overrides(num_steps=100000, log_every=100000,
-                                            checkpoint_every=10, sample_every=100000)]
+             str(tmp_path / "run"), *tiny_overrides(num_steps=100000, log_every=100000,
+                                                    checkpoint_every=10, sample_every=100000)]
+  logs = [open(tmp_path / f"process_{i}.log", "w+") for i in range(2)]
   processes = [subprocess.Popen(command, env=dict(env, DDPM_PROCESS_ID=str(i)),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for i in range(2)]
+                                stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+  tails = lambda: "\n".join(f"process {i}: ...{(tmp_path / f'process_{i}.log').read_text()[-1500:]}"
+                            for i in range(2))
   try:
     # Orbax saves the first step: training is under way.
-    wait_for(lambda: (tmp_path / "checkpoints" / "1").exists(), processes[0], timeout=400)
+    wait_for(lambda: (tmp_path / "run" / "checkpoints" / "1").exists(), processes[0],
+             timeout=400)
     processes[1].send_signal(signal.SIGTERM)
-    results = [p.communicate(timeout=180) for p in processes]
+    for p in processes:
+      try:
+        p.wait(timeout=180)
+      except subprocess.TimeoutExpired:
+        raise AssertionError(f"no clean stop:\n{tails()}") from None
   finally:
     for p in processes:
       p.kill()
-  for p, (_, err) in zip(processes, results):
-    assert p.returncode == 0, err[-3000:]
-  saved = [int(err.split("preempted: saved step ")[1].split(";")[0]) for _, err in results]
+  assert [p.returncode for p in processes] == [0, 0], tails()
+  saved = [int(re.search(r"preempted: saved step (\d+);", (tmp_path / f"process_{i}.log")
+                         .read_text()).group(1)) for i in range(2)]
   assert saved[0] == saved[1] > 1, saved
-  assert steps_of(tmp_path)[-1] == saved[0]
-  assert (tmp_path / "metrics.jsonl").read_text() == ""  # no log step came
+  assert steps_of(tmp_path / "run")[-1] == saved[0]
+  assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""  # no log step came

@@ -67,7 +67,7 @@ class Checkpoints:
     warning names it and `self.damaged` lists it. An IncompatibleResume from `read` is not
     damage: it is raised."""
     for step in reversed(self.all_steps()):
-      for attempt in range(2):
+      for _ in range(2):
         try:
           return step, read(step)
         except IncompatibleResume:

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import images, models, paths
 from diffusion._checks import LEARNED_VARIANCES
@@ -67,20 +68,24 @@ def _check_fit(config, model, source) -> None:
 
 
 class _Preemption:
-  """Whether a preemption notice (SIGTERM) has come, agreed on by every process.
+  """Whether a preemption notice (SIGTERM) has reached any process, agreed on by all of them.
 
-  One process: a Python handler turns SIGTERM into a flag. Several processes:
-  JAX's preemption notifier, started by `jax.distributed.initialize`, owns
-  SIGTERM (a Python handler would replace it), and every process asks
-  `reached_preemption_sync_point` at every dispatch with the dispatch's
-  number, counted from 1 in each run: all of them see True at the same one.
+  A Python handler turns SIGTERM into a flag on the process that gets it. With
+  several processes, every dispatch also launches a reduction of all the flags
+  over the mesh, and the host reads the previous dispatch's result: every
+  process sees True at the same dispatch, the one after the reduction that
+  carried the notice, without waiting for the step in flight.
   """
 
-  def __init__(self):
+  def __init__(self, mesh):
+    self.flag = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
     self.coordinated = jax.process_count() > 1
-    self.flag, self.dispatch = False, 0
-    if not self.coordinated:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if self.coordinated:
+      self._sharding = NamedSharding(mesh, P(mesh.axis_names))
+      self._local = len(mesh.local_devices)
+      self._any = jax.jit(jnp.any, out_shardings=NamedSharding(mesh, P()))
+      self._last = None
 
   def _handle(self, signum, frame):
     self.flag = True
@@ -89,12 +94,13 @@ class _Preemption:
     """Call once per dispatch, on every process."""
     if not self.coordinated:
       return self.flag
-    self.dispatch += 1
-    return multihost_utils.reached_preemption_sync_point(self.dispatch)
+    flags = jax.make_array_from_process_local_data(self._sharding,
+                                                   np.full(self._local, self.flag))
+    last, self._last = self._last, self._any(flags)
+    return last is not None and bool(last)
 
   def close(self):
-    if not self.coordinated:
-      signal.signal(signal.SIGTERM, self._previous)
+    signal.signal(signal.SIGTERM, self._previous)
 
 
 def _sample_grid(sampler, params, config, source, path, key):
@@ -222,7 +228,7 @@ def _train(config, workdir: epath.Path, source, model) -> int:
   main = jax.process_index() == 0
   writer = MetricWriter(workdir, enabled=main)
   progress = Progress(step, cfg.num_steps, cfg.batch_size, enabled=main)
-  preemption = _Preemption()
+  preemption = _Preemption(mesh)
   pending = []
   try:
     while step < cfg.num_steps:
