@@ -7,7 +7,6 @@ channels), the per-image score its mean square, in units of the [0, 1] range.
 """
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from diffusion.config import schedule_from_config
 from diffusion.distributed import gather, pad_to_devices
@@ -57,4 +56,5 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
   labels = np.asarray(labels).astype(bool)
   if labels.all() or not labels.any():
     raise ValueError("AUROC needs both normal (0) and anomalous (1) labels")
+  from sklearn.metrics import roc_auc_score  # a second to import: only when asked
   return float(roc_auc_score(labels, np.asarray(scores, np.float64)))

@@ -11,7 +11,6 @@ import time
 
 import tqdm
 from etils import epath
-from tensorboardX import record_writer
 
 from diffusion import paths
 
@@ -45,8 +44,13 @@ class _EventFiles:
     return _EventFile(path)
 
 
-for _scheme in paths.BACKENDS:
-  record_writer.register_writer_factory(_scheme, _EventFiles())
+def _tensorboard_writer(directory: epath.Path):
+  """tensorboardX's SummaryWriter, imported only when a run writes (it imports PyTorch when
+  present: seconds at start-up), with the object-store schemes sent through `_EventFiles`."""
+  from tensorboardX import SummaryWriter, record_writer
+  for scheme in paths.BACKENDS:
+    record_writer.register_writer_factory(scheme, _EventFiles())
+  return SummaryWriter(os.fspath(directory))
 
 
 class MetricWriter:
@@ -56,9 +60,8 @@ class MetricWriter:
     self.enabled = enabled
     if not enabled:
       return
-    from tensorboardX import SummaryWriter
     self._jsonl = paths.Appender(workdir / "metrics.jsonl")
-    self._tb = SummaryWriter(os.fspath(workdir / "tb"))
+    self._tb = _tensorboard_writer(workdir / "tb")
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
