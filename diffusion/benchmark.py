@@ -211,10 +211,10 @@ def bench_training(model: UNet, config, batch: int, *, steps: int = 5) -> dict[s
     state, metrics = compiled(state, sharded, key)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / steps
-  # The cost analysis of the shard_mapped program counts one device's share; taken before
-  # compilation, it also counts the matmuls and convolutions that a GPU compile turns into
-  # library calls.
-  flops = _flops(lowered) * mesh.size
+  # The cost analysis of the lowered program counts the whole global batch (the partitioner
+  # has not split it yet) and, taken before compilation, also the matmuls and convolutions
+  # that a GPU compile turns into library calls.
+  flops = _flops(lowered)
   return {"step_s": step_s, "images_per_s": batch / step_s, "compile_s": compile_s,
           "gflops_per_image": flops / batch / 1e9, "tflops_per_s": flops / step_s / 1e12,
           **_peak_memory(compiled)}

@@ -43,9 +43,16 @@ def initialize() -> None:
     jax.distributed.initialize()
 
 
-def make_mesh() -> Mesh:
-  """One "data" axis over every device of every process."""
-  return jax.make_mesh((jax.device_count(),), ("data",))
+def make_mesh(devices=None) -> Mesh:
+  """One "data" axis over `devices` (default: every device of every process).
+
+  The axis is of JAX's Auto type: shardings are given at the jit boundary and
+  XLA's partitioner propagates them inside, so pure functions written for the
+  global batch run unchanged over any number of devices.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicate(tree, mesh: Mesh):

@@ -23,6 +23,7 @@ def training_losses(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array],
                     schedule: Schedule, x0: jax.Array, key: jax.Array, *,
                     loss: str = "simple", prediction: str = "eps",
                     variance: str = "fixed_small", t: jax.Array | None = None,
+                    noise: jax.Array | None = None,
                     vlb_weight: float = 0.001) -> dict[str, jax.Array]:
   """Per-example training losses for a batch.
 
@@ -39,10 +40,11 @@ def training_losses(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array],
       [B, ..., 2C] for learned variances.
     schedule: the forward process.
     x0: [B, ..., C] data in [-1, 1] (on the 8-bit grid for the vlb terms).
-    key: draws t (unless given) and ε.
+    key: draws t and ε where they are not given.
     loss: "simple", "vlb" or "hybrid".
     prediction, variance: as in `p_mean_variance`.
     t: optional int [B] timesteps (e.g. from an importance sampler).
+    noise: optional ε [B, ..., C], e.g. drawn per example from keys of their own.
     vlb_weight: λ of the hybrid loss.
   Returns:
     dict of [B] arrays: "loss" (what to minimise), "mse" and, for "vlb" and
@@ -61,7 +63,11 @@ def training_losses(denoise_fn: Callable[[jax.Array, jax.Array], jax.Array],
   if t is None:
     t = jax.random.randint(key_t, (batch,), 0, num_steps)
   t = _checks.timesteps(t, batch, like="x0")
-  noise = jax.random.normal(key_noise, x0.shape).astype(x0.dtype)
+  if noise is None:
+    noise = jax.random.normal(key_noise, x0.shape)
+  elif noise.shape != x0.shape:
+    raise ValueError(f"noise has shape {noise.shape}; x0 has {x0.shape}")
+  noise = noise.astype(x0.dtype)
   x_t = q_sample(schedule, x0, t, noise)
 
   output = denoise_fn(x_t, t)

@@ -53,6 +53,25 @@ def test_given_timesteps_and_keys(schedule):
   assert not np.allclose(a["loss"], c["loss"])
 
 
+def test_given_noise_is_the_noise_of_x_t(schedule):
+  """With ε given, x_t = sqrt(ᾱ) x0 + sqrt(1 - ᾱ) ε is built from it (a network that returns
+  the ε it infers from x_t has zero loss) and the key no longer matters."""
+  x0 = jax.random.uniform(jax.random.key(0), (3, 4, 2), minval=-1, maxval=1)
+  noise = jax.random.normal(jax.random.key(5), x0.shape)
+  t = jnp.array([5, 500, 999])
+  def infer(x, t_):
+    a = schedule.alphas_cumprod[t_][:, None, None]
+    return (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+  exact = diffusion.training_losses(infer, schedule, x0, jax.random.key(3), t=t, noise=noise)
+  assert float(jnp.max(exact["mse"])) < 1e-8
+  half = lambda x, t_: 0.5 * x
+  a = diffusion.training_losses(half, schedule, x0, jax.random.key(3), t=t, noise=noise)
+  b = diffusion.training_losses(half, schedule, x0, jax.random.key(4), t=t, noise=noise)
+  np.testing.assert_array_equal(a["loss"], b["loss"])
+  with pytest.raises(ValueError, match=r"noise has shape \(3, 4\); x0 has \(3, 4, 2\)"):
+    diffusion.training_losses(half, schedule, x0, jax.random.key(3), noise=noise[..., 0])
+
+
 def test_vlb_loss_is_T_times_the_term(schedule):
   x0 = jnp.asarray(np.random.default_rng(0).choice(np.linspace(-1, 1, 256), (4, 6, 6, 3)),
                    jnp.float32)

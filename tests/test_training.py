@@ -12,13 +12,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from _tiny import tiny_config
 from diffusion import models
 from diffusion.data import DigitsSource, Loader
+from diffusion.distributed import make_mesh
 from diffusion.training import (
     Checkpoints, abstract_state, base_key, create_state, make_train_step, schedule_from_config,
     shard_batch, timestep_probs)
 
 
 def mesh_of(n):
-  return jax.make_mesh((n,), ("data",), devices=jax.devices()[:n])
+  return make_mesh(jax.devices()[:n])
 
 
 _INITIAL = {}

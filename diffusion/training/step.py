@@ -1,11 +1,15 @@
 """The data-parallel train step (Algorithm 1): `(state, batch, key) -> (state, metrics)`.
 
-pmap's per-device programming model written with `jax.shard_map` over a
-`Mesh` with a "data" axis: the state is replicated, the batch is split over
-the axis, the gradient is summed with `lax.psum`. Every random draw of
-example i of the global batch at step s uses the key fold_in(fold_in(key, s),
-i), so the result does not depend on how many devices or processes share the
-batch (up to the order of floating-point sums).
+Written for the global batch and compiled with `jax.jit` over the mesh: the
+state is replicated, the batch is split over the "data" axis, and XLA's SPMD
+partitioner inserts the gradient's all-reduce. The network is called once per
+batch. Every random draw of example i of the global batch at step s (its t,
+its ε, whether its label is dropped) uses the key fold_in(fold_in(key, s), i),
+and dropout draws one mask for the global batch with JAX's partitionable
+threefry, so the result does not depend on how many devices or processes
+share the batch (up to the order of floating-point sums). Networks that keep
+batch statistics, or draw randomness of their own in another way, are outside
+that guarantee.
 """
 
 from collections.abc import Callable
@@ -13,8 +17,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion.losses import training_losses
 from diffusion.schedules import Schedule
@@ -75,41 +80,40 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
   conditional = model.num_classes > 0
   label_dropout = train.get("label_dropout", 0.0)
 
-  def example_losses(params, image, label, cond, key, probs):
-    """Losses of one example (a batch of 1), all of its randomness from `key`."""
-    key_t, key_loss, key_drop, key_label = jax.random.split(key, 4)
-    x0 = image[None].astype(jnp.float32) / 127.5 - 1.0
+  def example_draws(key, label, probs, shape):
+    """One example's t, ε and label, all of its randomness from `key`."""
+    key_t, key_loss, _, key_label = jax.random.split(key, 4)
     t = jax.random.choice(key_t, schedule.num_steps, (1,), p=probs) if importance else \
         jax.random.randint(key_t, (1,), 0, schedule.num_steps)
-    kwargs = {}
-    if cond is not None:
-      kwargs["cond"] = cond[None].astype(jnp.float32) / 127.5 - 1.0
+    noise = jax.random.normal(jax.random.split(key_loss)[1], (1, *shape))[0]
     if conditional:  # classifier-free guidance: drop the label to the null class
-      dropped = jax.random.bernoulli(key_label, label_dropout)
-      kwargs["y"] = jnp.where(dropped, model.num_classes, label)[None]
-    denoise = lambda x_t, t_: model.apply({"params": params}, x_t, t_, train=True,
-                                          rngs={"dropout": key_drop}, **kwargs)
-    losses = training_losses(denoise, schedule, x0, key_loss, loss=d.loss,
-                             prediction=d.prediction, variance=d.variance, t=t,
-                             vlb_weight=d.get("vlb_weight", 0.001))
-    return {k: v[0] for k, v in losses.items()}
+      label = jnp.where(jax.random.bernoulli(key_label, label_dropout), model.num_classes, label)
+    return t[0], noise, label
 
-  def device_step(state: TrainState, batch, key):
-    local = batch["image"].shape[0]
-    global_batch = local * jax.lax.axis_size("data")
+  def one_step(state: TrainState, batch, key):
+    images = batch["image"]
+    size = images.shape[0]
     step_key = jax.random.fold_in(key, state.step)
-    index = jax.lax.axis_index("data") * local + jnp.arange(local)
-    keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
+    keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(size))
     probs = timestep_probs(state)
+    t, noise, labels = jax.vmap(example_draws, in_axes=(0, 0, None, None))(
+        keys, batch["label"], probs, images.shape[1:])
+    x0 = images.astype(jnp.float32) / 127.5 - 1.0
+    kwargs = {"y": labels} if conditional else {}
+    if "cond" in batch:
+      kwargs["cond"] = batch["cond"].astype(jnp.float32) / 127.5 - 1.0
+    dropout_key = jax.random.fold_in(step_key, np.uint32(2**32 - 1))  # no example's index
 
     def loss_fn(params):
-      losses = jax.vmap(example_losses, in_axes=(None, 0, 0, 0, 0, None))(
-          params, batch["image"], batch["label"], batch.get("cond"), keys, probs)
+      denoise = lambda x_t, t_: model.apply({"params": params}, x_t, t_, train=True,
+                                            rngs={"dropout": dropout_key}, **kwargs)
+      losses = training_losses(denoise, schedule, x0, step_key, loss=d.loss,
+                               prediction=d.prediction, variance=d.variance, t=t, noise=noise,
+                               vlb_weight=d.get("vlb_weight", 0.001))
       weights = 1.0 / (schedule.num_steps * probs[losses["t"]]) if importance else 1.0
-      return jnp.sum(weights * losses["loss"]) / global_batch, losses
+      return jnp.sum(weights * losses["loss"]) / size, losses
 
     (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    loss, grads = jax.lax.psum((loss, grads), "data")
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -124,9 +128,7 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
       ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
       history, count = state.loss_history, state.loss_count
       if importance:
-        all_t = jax.lax.all_gather(losses["t"], "data", tiled=True)
-        all_loss = jax.lax.all_gather(losses["loss"], "data", tiled=True)
-        history, count = _record_losses(state, all_t, all_loss)
+        history, count = _record_losses(state, losses["t"], losses["loss"])
       return params, opt_state, ema, history, count
 
     def skip(_):
@@ -134,7 +136,7 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
               state.loss_count)
 
     # A branch, not a select per leaf: a skipped step costs nothing and a normal step does
-    # not read every tree twice (finite is the same on every device: it follows the psum).
+    # not read every tree twice.
     params, opt_state, ema, history, count = jax.lax.cond(finite, update, skip, None)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
@@ -144,20 +146,21 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
                "skipped": (~finite).astype(jnp.int32)}
     for name in ("mse", "vb"):
       if name in losses:
-        metrics[name] = jax.lax.psum(jnp.sum(losses[name]), "data") / global_batch
+        metrics[name] = jnp.mean(losses[name])
     return new_state, metrics
 
   def multi_step(state, batch, key):
     if train.get("steps_per_dispatch", 1) == 1:
-      return device_step(state, batch, key)
-    state, metrics = jax.lax.scan(lambda s, b: device_step(s, b, key), state, batch)
+      return one_step(state, batch, key)
+    state, metrics = jax.lax.scan(lambda s, b: one_step(s, b, key), state, batch)
     skipped = jnp.sum(metrics.pop("skipped"))
     return state, {**jax.tree.map(jnp.mean, metrics), "skipped": skipped}
 
-  data_spec = P("data") if train.get("steps_per_dispatch", 1) == 1 else P(None, "data")
-  sharded = jax.shard_map(multi_step, mesh=mesh, in_specs=(P(), data_spec, P()),
-                          out_specs=(P(), P()), check_vma=False)
-  return jax.jit(sharded, donate_argnums=0)
+  replicated = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P("data") if train.get("steps_per_dispatch", 1) == 1
+                       else P(None, "data"))
+  return jax.jit(multi_step, in_shardings=(replicated, data, replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
 
 
 def shard_batch(batch: dict[str, Any], mesh: Mesh, stacked: bool = False) -> dict[str, jax.Array]:
