@@ -82,6 +82,7 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
 
   def example_draws(key, label, probs, shape):
     """One example's t, ε and label, all of its randomness from `key`."""
+    # Four keys, the third once dropout's (now drawn per global batch): the draws stay as they were.
     key_t, key_loss, _, key_label = jax.random.split(key, 4)
     t = jax.random.choice(key_t, schedule.num_steps, (1,), p=probs) if importance else \
         jax.random.randint(key_t, (1,), 0, schedule.num_steps)
