@@ -97,8 +97,8 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
     step_key = jax.random.fold_in(key, state.step)
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(size))
     probs = timestep_probs(state)
-    t, noise, labels = jax.vmap(example_draws, in_axes=(0, 0, None, None))(
-        keys, batch["label"], probs, images.shape[1:])
+    t, noise, labels = jax.vmap(lambda k, y: example_draws(k, y, probs, images.shape[1:]))(
+        keys, batch["label"])
     x0 = images.astype(jnp.float32) / 127.5 - 1.0
     kwargs = {"y": labels} if conditional else {}
     if "cond" in batch:
