@@ -13,7 +13,7 @@ import numpy as np
 import jax.numpy as jnp
 
 from diffusion.losses import loss_simple
-from diffusion.models import UNet
+from diffusion.models import Denoiser, UNet
 from diffusion.schedules import make_schedule
 
 
@@ -36,9 +36,10 @@ def _flops(compiled) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def bench_unet(model: UNet, batch: int, shape: tuple[int, ...], *, steps: int = 5,
-               seed: int = 0) -> dict[str, Any]:
-  """Forward pass and L_simple training gradient of `model` on [batch, *shape] inputs.
+def bench_network(model: Denoiser, batch: int, shape: tuple[int, ...], *, steps: int = 5,
+                  seed: int = 0) -> dict[str, Any]:
+  """Forward pass and L_simple training gradient of the Denoiser `model` on [batch, *shape]
+  inputs (any network of the registry; unconditional inputs).
 
   Returns a dict with, for "forward" and "train_step": seconds per step,
   images/s, compile seconds, XLA's FLOPs per image, and achieved TFLOP/s.
@@ -46,21 +47,24 @@ def bench_unet(model: UNet, batch: int, shape: tuple[int, ...], *, steps: int = 
   key = jax.random.key(seed)
   x = jax.random.uniform(key, (batch, *shape), minval=-1, maxval=1)
   t = jnp.arange(batch) % 1000
-  params = jax.jit(model.init)(key, x, t)["params"]
+  y = jnp.zeros((batch,), jnp.int32) if model.num_classes else None
+  cond = jnp.zeros((batch, *shape[:-1], model.cond_channels)) if model.cond_channels else None
+  variables = jax.jit(model.init)(key, x, t, y, cond)
+  params = variables.pop("params")
   schedule = make_schedule("linear", 1000)
 
   def forward(params, x):
-    return model.apply({"params": params}, x, t)
+    return model({"params": params, **variables}, x, t, y, cond)
 
   def train_step(params, x):
     def loss(params):
-      denoise = lambda x_t, t_: model.apply({"params": params}, x_t, t_, train=True,
-                                            rngs={"dropout": key})
+      denoise = lambda x_t, t_: model.train_apply({"params": params, **variables}, x_t, t_, y,
+                                                  cond, key)[0]
       return loss_simple(denoise, schedule, x, key)
     return jax.value_and_grad(loss)(params)
 
   result = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-            "dtype": jnp.dtype(model.dtype).name, "batch": batch, "shape": list(shape),
+            "dtype": model.dtype, "batch": batch, "shape": list(shape),
             "params": sum(p.size for p in jax.tree.leaves(params))}
   for name, fn in (("forward", forward), ("train_step", train_step)):
     compiled, compile_s, step_s = _timed(fn, (params, x), steps)
@@ -81,7 +85,7 @@ def format_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def bench_sampling(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++"),
+def bench_sampling(model: Denoiser, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++"),
                    steps: int | None = None, repeats: int = 1, seed: int = 0) -> dict[str, Any]:
   """Samples/s of each sampler at its default number of steps (or `steps`), on every device.
 
@@ -101,14 +105,13 @@ def bench_sampling(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim",
     raise ValueError(f"--batch must be a multiple of the {mesh.size} devices; got {batch}")
   key = jax.random.key(seed)
   x, t = jnp.zeros((1, *shape)), jnp.zeros((1,), jnp.int32)
-  kwargs = {"y": jnp.zeros((1,), jnp.int32)} if model.num_classes else {}
-  if model.cond_channels:
-    kwargs["cond"] = jnp.zeros((1, *shape[:-1], model.cond_channels))
-  params = replicate(jax.jit(model.init)(key, x, t, **kwargs)["params"], mesh)
+  y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+  c = jnp.zeros((1, *shape[:-1], model.cond_channels)) if model.cond_channels else None
+  params = replicate(jax.jit(model.init)(key, x, t, y, c), mesh)
   cond = np.zeros((batch, *shape[:-1], model.cond_channels), np.float32) if model.cond_channels \
       else None
   result = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-            "devices": mesh.size, "dtype": jnp.dtype(model.dtype).name, "batch": batch,
+            "devices": mesh.size, "dtype": model.dtype, "batch": batch,
             "shape": list(shape), "num_steps": config.diffusion.num_steps, "samplers": {}}
   labels = np.zeros(batch, np.int32)
   for name in samplers:
@@ -172,27 +175,29 @@ def _peak_memory(compiled) -> dict[str, float]:
   return out
 
 
-def bench_training(model: UNet, config, batch: int, *, steps: int = 5) -> dict[str, Any]:
+def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5) -> dict[str, Any]:
   """The real training step (`training.step.make_train_step`: loss, gradient all-reduce, Adam,
-  EMA) on a global batch of `batch` random images over every device."""
-  from diffusion.config import schedule_from_config
+  EMA) on a global batch of `batch` random examples of the config's data over every device."""
+  from diffusion.config import data_spec, schedule_from_config
   from diffusion.distributed import make_mesh
   from diffusion.training.state import base_key, create_state
   from diffusion.training.step import make_train_step, shard_batch
   mesh = make_mesh()
   if batch % mesh.size:
     raise ValueError(f"--batch must be a multiple of the {mesh.size} devices; got {batch}")
-  size, channels = config.data.image_size, config.data.channels
+  spec = data_spec(config)
+  shape, cond_shape = spec.shape, spec.shape[:-1] + (model.cond_channels,)
   rng = np.random.default_rng(0)
-  data = {"image": rng.integers(0, 256, (batch, size, size, channels), dtype=np.uint8),
-          "label": np.zeros(batch, np.int32)}
+  draw = lambda s: (rng.integers(0, 256, (batch, *s), dtype=np.uint8) if spec.dtype == "uint8"
+                    else rng.standard_normal((batch, *s)).astype(np.float32))
+  data = {"x": draw(shape), "label": np.zeros(batch, np.int32)}
   if model.cond_channels:
-    data["cond"] = rng.integers(0, 256, (batch, size, size, model.cond_channels), dtype=np.uint8)
-  sample = {"x": jnp.zeros((1, size, size, channels))}
+    data["cond"] = draw(cond_shape)
+  sample = {"x": jnp.zeros((1, *shape))}
   if model.num_classes:
     sample["y"] = jnp.zeros((1,), jnp.int32)
   if model.cond_channels:
-    sample["cond"] = jnp.zeros((1, size, size, model.cond_channels))
+    sample["cond"] = jnp.zeros((1, *cond_shape))
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.train.steps_per_dispatch = 1
@@ -309,16 +314,18 @@ def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
   return result
 
 
-def bench(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++"),
+def bench(model: Denoiser, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++"),
           sample_steps: int | None = None, sample_batch: int | None = None, train_steps: int = 5,
           torch_reference: bool = True, peak: float | None = None,
           layers: bool = False) -> dict[str, Any]:
   """`ddpm bench`: training and sampling speed, compile time, memory and model FLOP utilisation
-  of a config's network, with the PyTorch reference side by side when `torch_reference`."""
+  of a config's network (a Denoiser), with the PyTorch reference side by side when
+  `torch_reference` (the U-Net only: diffusers' UNet2DModel is its twin)."""
+  from diffusion.config import data_shape
   device = jax.devices()[0]
   result = {"platform": device.platform, "device": device.device_kind,
-            "devices": jax.device_count(), "dtype": jnp.dtype(model.dtype).name, "batch": batch,
-            "shape": [config.data.image_size] * 2 + [config.data.channels]}
+            "devices": jax.device_count(), "dtype": model.dtype, "batch": batch,
+            "shape": list(data_shape(config))}
   result["train"] = bench_training(model, config, batch, steps=train_steps)
   peak = peak or peak_tflops(device.device_kind, result["dtype"])
   result["peak_tflops_per_device"] = peak
@@ -330,10 +337,11 @@ def bench(model: UNet, config, batch: int, *, samplers=("ddpm", "ddim", "dpm++")
   result["sample_batch"] = sampling["batch"]
   if torch_reference:
     counts = {name: r["steps"] for name, r in result["sampling"].items()}
-    reference = bench_torch(model, config, batch, samplers=counts, sample_batch=sampling["batch"])
+    reference = bench_torch(model.module, config, batch, samplers=counts,
+                            sample_batch=sampling["batch"])
     result["torch"] = reference
     if layers:
-      result["layers"] = bench_layers(model, config, sampling["batch"])
+      result["layers"] = bench_layers(model.module, config, sampling["batch"])
     result["ratio"] = {"train": result["train"]["images_per_s"]
                        / reference["train_step"]["images_per_s"],
                        **{name: result["sampling"][name]["samples_per_s"]

@@ -30,13 +30,13 @@ def _bench_setup(args: argparse.Namespace, steps: int | None = None):
   """(config, model, sampler names) of a bench command: the config's network in --dtype, and
   --samplers checked at `steps`."""
   from diffusion import models
-  from diffusion.config import load_config
+  from diffusion.config import data_shape, load_config
   from diffusion.sampling import check_options
   config = load_config(args.config)
   model_config = dict(config.model)
   if args.dtype:
     model_config["dtype"] = args.dtype
-  model = models.from_config(model_config)
+  model = models.build(model_config, data_shape(config))
   names = tuple(n.strip() for n in getattr(args, "samplers", "").split(",") if n.strip())
   for name in names:
     check_options(model, config.diffusion.num_steps, sampler=name, steps=steps, eta=0.0,
@@ -55,9 +55,9 @@ def _report(args: argparse.Namespace, result: dict, table: str) -> None:
 def _bench_unet(args: argparse.Namespace) -> None:
   """Times the forward pass and training gradient of a config's network."""
   from diffusion import benchmark
+  from diffusion.config import data_shape
   config, model, _ = _bench_setup(args)
-  size, channels = config.data.image_size, config.data.channels
-  result = benchmark.bench_unet(model, args.batch, (size, size, channels), steps=args.steps)
+  result = benchmark.bench_network(model, args.batch, data_shape(config), steps=args.steps)
   _report(args, result, benchmark.format_table(result))
 
 
@@ -89,8 +89,11 @@ def _bench(args: argparse.Namespace) -> None:
     except ImportError:
       raise ValueError("the PyTorch reference needs torch and diffusers (pip install "
                        "'ddpm-jax[bench]'); or pass --no-torch") from None
+    if model.name != "unet":
+      raise ValueError(f"the PyTorch reference is diffusers' UNet2DModel, the twin of "
+                       f"config.model.name 'unet' only (this is {model.name!r}): pass --no-torch")
     from diffusion.convert import diffusers_config
-    diffusers_config(model, config.data.image_size, config.data.channels)  # representable?
+    diffusers_config(model.module, config.data.image_size, config.data.channels)  # representable?
   result = benchmark.bench(model, config, args.batch, samplers=names,
                            sample_steps=args.sample_steps, sample_batch=args.sample_batch,
                            train_steps=args.train_steps, torch_reference=torch_reference,

@@ -11,6 +11,7 @@ import ml_collections
 import numpy as np
 
 from diffusion import _checks
+from diffusion.dataspec import DataSpec, from_data_config
 from diffusion.losses import LOSSES
 from diffusion.schedules import BETA_SCHEDULES, Schedule
 
@@ -118,6 +119,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.diffusion.beta_start ({d.beta_start!r}) must not exceed "
                      f"config.diffusion.beta_end ({d.beta_end!r})")
   betas_from_config(config)
+  data_spec(config)
 
 
 # What may change when a run resumes: how it executes, not what it computes.
@@ -140,14 +142,31 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
   than RESUMABLE_KEYS, each as "key: saved -> new"."""
   old, new = _flatten(saved), _flatten(json.loads(config.to_json()))
   missing = object()
-  return [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
-          for key in sorted(set(old) | set(new))
-          if key not in RESUMABLE_KEYS and old.get(key, missing) != new.get(key, missing)]
+  differences = [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+                 for key in sorted(set(old) | set(new))
+                 if key not in RESUMABLE_KEYS + _SPEC_KEYS
+                 and old.get(key, missing) != new.get(key, missing)]
+  # The data's shape and units compare as what they mean: a run saved before config.data.shape
+  # existed (image_size and channels only) resumes under a config that spells the same shape.
+  before, after = from_data_config(saved.get("data", {})), data_spec(config)
+  if before != after:
+    differences.insert(0, f"data: {before} -> {after}")
+  return differences
+
+
+_SPEC_KEYS = ("data.shape", "data.kind", "data.dtype", "data.scale", "data.image_size",
+              "data.channels")
+
+
+def data_spec(config: ml_collections.ConfigDict) -> DataSpec:
+  """Shape, kind, dtype and units of one example of a config's data (`dataspec.py`)."""
+  return from_data_config(config.data)
 
 
 def data_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """The shape of one example of a config's data: (image_size, image_size, channels)."""
-  return (config.data.image_size,) * 2 + (config.data.channels,)
+  """The shape of one example of a config's data: config.data.shape, or (image_size,
+  image_size, channels) for configs that give no shape."""
+  return data_spec(config).shape
 
 
 def betas_from_config(config: ml_collections.ConfigDict) -> np.ndarray:

@@ -35,10 +35,13 @@ def grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.nda
   return out
 
 
-def save_grid(path: epath.Path, images: np.ndarray, *, scale: int | None = None) -> None:
-  """Writes `images` (uint8 [N, H, W, C]) as a PNG grid; small images are enlarged (nearest)."""
-  array = grid(images)
-  scale = scale or max(1, 256 // (images.shape[1] * math.ceil(math.sqrt(len(images)))))
+def save_grid(path: epath.Path, images: np.ndarray, *, scale: int | None = None,
+              columns: int | None = None) -> None:
+  """Writes `images` (uint8 [N, H, W, C]) as a PNG grid (`columns` wide, default square);
+  small images are enlarged (nearest)."""
+  columns = columns or math.ceil(math.sqrt(len(images)))
+  array = grid(images, columns)
+  scale = scale or max(1, 256 // (images.shape[1] * columns))
   if scale > 1:
     array = array.repeat(scale, axis=0).repeat(scale, axis=1)
   save_png(path, array)

@@ -11,13 +11,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion import samplers
-from diffusion.config import betas_from_config
+from diffusion.config import betas_from_config, data_spec
+from diffusion.models import as_denoiser
 from diffusion.schedules import Schedule
 
 
 def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta: float,
                   spacing: str | None, guidance: float | None) -> None:
   """The sampling options, checked before anything compiles."""
+  model = as_denoiser(model)
   if sampler not in samplers.SAMPLERS:
     raise ValueError(f"--sampler must be one of {', '.join(samplers.SAMPLERS)}; got {sampler!r}")
   if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= num_steps):
@@ -41,6 +43,7 @@ def class_labels(model, config, num: int, class_label: int | None, *,
   (unconditional), which exists only if the run was trained with label
   dropout (config.train.label_dropout > 0): otherwise a class must be named.
   """
+  model = as_denoiser(model, config.model)
   if not model.num_classes:
     if class_label is not None:
       raise ValueError("--class needs a class-conditional model; this one is unconditional")
@@ -61,19 +64,24 @@ def class_labels(model, config, num: int, class_label: int | None, *,
 def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: str = "ddpm",
                  steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                  guidance: float | None = None, start: int | None = None):
-  """A jitted sampler over the devices of `mesh`:
+  """A jitted sampler of the Denoiser `model` over the devices of `mesh`:
 
-    sample(params, key, first_index, labels=None, cond=None, x_start=None) -> float32 [N, *shape]
+    sample(variables, key, first_index, labels=None, cond=None, x_start=None)
+      -> float32 [N, *shape] in the model's units
 
   runs `sampler` ("ddpm", "ddim" or "dpm++") over `steps` timesteps (default:
   every step for ddpm, 50 for ddim, 20 for dpm++), spaced by `spacing`, from
   x_T ~ N(0, I) or from `x_start` at step `start`. `first_index` numbers the
   batch's first sample within the request; `labels` (int [N]) are classes for
   a class-conditional model, guided with scale `guidance` if given; `cond` is
-  the conditioning image of an image-conditioned model. N must be divisible
-  by the number of devices.
+  the conditioning input of a conditioned model (model units). N must be
+  divisible by the number of devices. For point sets (`DataSpec.centred`)
+  the chain runs in the subspace of zero centre of mass: x_T and every
+  prediction are centred, and so are the samples (the network being
+  translation-invariant, this equals sampling with centred noise).
   """
   d = config.diffusion
+  model = as_denoiser(model, config.model)
   check_options(model, d.num_steps, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                 guidance=guidance)
   betas = betas_from_config(config)
@@ -83,56 +91,57 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
     count = min(count, d.num_steps if start is None else start + 1)
   visit = samplers.spaced_steps(schedule, count, spacing or samplers.DEFAULT_SPACING[sampler], start)
   channels = shape[-1]
+  spec = data_spec(config)
 
-  def device_sample(params, key, index, labels, cond, x_start):
+  def device_sample(variables, key, index, labels, cond, x_start):
     keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(index)
     init_keys, chain_keys = keys[:, 0], keys[:, 1]
 
     def model_fn(x, t, y):
-      kwargs = {"y": y} if model.num_classes else {}
-      if cond is not None:
-        kwargs["cond"] = jnp.concatenate([cond] * (x.shape[0] // cond.shape[0]))
-      return model.apply({"params": params}, x, t, **kwargs)
+      c = None if cond is None else jnp.concatenate([cond] * (x.shape[0] // cond.shape[0]))
+      out = model(variables, x, t, y if model.num_classes else None, c)
+      return spec.project(out) if spec.centred and not model.learned_variance else out
 
     if guidance is not None:
       denoise = samplers.classifier_free_guidance(model_fn, labels, model.num_classes, guidance,
                                                   channels)
     else:
       denoise = lambda x, t: model_fn(x, t, labels)
-    x = x_start if x_start is not None else jax.vmap(
-        lambda k: jax.random.normal(k, shape))(init_keys)
-    return samplers.run(sampler, denoise, betas, schedule, visit, x, chain_keys, eta=eta,
-                        prediction=d.prediction, variance=d.variance,
-                        clip_x0=d.get("clip_x0", True))
+    x = x_start if x_start is not None else spec.project(jax.vmap(
+        lambda k: jax.random.normal(k, shape))(init_keys))
+    return spec.project(samplers.run(sampler, denoise, betas, schedule, visit, x, chain_keys,
+                                     eta=eta, prediction=d.prediction, variance=d.variance,
+                                     clip_x0=d.get("clip_x0", True)))
 
   run = over_samples(device_sample, mesh, 3)
 
-  def sample(params, key, first_index: int, labels=None, cond=None, x_start=None) -> jax.Array:
+  def sample(variables, key, first_index: int, labels=None, cond=None, x_start=None
+             ) -> jax.Array:
     n = next(len(a) for a in (labels, cond, x_start) if a is not None)
     if labels is None and model.num_classes:
       raise ValueError("labels are required for a class-conditional model (see class_labels)")
     labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
     as_float = lambda a: None if a is None else np.asarray(a, np.float32)
-    return run(params, key, first_index, labels, as_float(cond), as_float(x_start))
+    return run(variables, key, first_index, labels, as_float(cond), as_float(x_start))
   return sample
 
 
 def over_samples(fn, mesh: Mesh, num_per_sample: int):
-  """jit(shard_map(fn)) for fn(params, key, index, *per_sample) -> [n, ...] per-sample results.
+  """jit(shard_map(fn)) for fn(variables, key, index, *per_sample) -> [n, ...] per-sample results.
 
-  params and key are replicated; `index` (the samples' numbers in the request,
+  variables and key are replicated; `index` (the samples' numbers in the request,
   from which they derive their keys) and the `num_per_sample` per-sample arrays
   (None allowed) are split over the mesh's "data" axis. Call the result as
-  run(params, key, first_index, *per_sample) with host arrays.
+  run(variables, key, first_index, *per_sample) with host arrays.
   """
   data = NamedSharding(mesh, P("data"))
   specs = (P(), P(), P("data")) + (P("data"),) * num_per_sample
   jitted = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P("data"),
                                  check_vma=False))
 
-  def call(params, key, first_index, *per_sample):
+  def call(variables, key, first_index, *per_sample):
     n = next(len(a) for a in per_sample if a is not None)
     put = lambda a: None if a is None else jax.device_put(a, data)
     index = np.arange(first_index, first_index + n, dtype=np.int32)
-    return jitted(params, key, put(index), *map(put, per_sample))
+    return jitted(variables, key, put(index), *map(put, per_sample))
   return call

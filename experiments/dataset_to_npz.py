@@ -32,8 +32,8 @@ def main(argv=None) -> str:
     data.split, data.condition = args.split, ""
   source = make_source(data)
   count = len(source) if args.num is None else min(args.num, len(source))
-  images = np.stack([source[i][0] for i in tqdm.tqdm(range(count), desc=args.split)])
-  labels = np.array([source[i][1] for i in range(count)])
+  images = np.stack([source[i]["x"] for i in tqdm.tqdm(range(count), desc=args.split)])
+  labels = np.array([source[i].get("label", 0) for i in range(count)])
   os.makedirs(os.path.dirname(os.path.abspath(args.out)) or ".", exist_ok=True)
   np.savez(args.out, arr_0=images, labels=labels)
   print(f"wrote {args.out}: {images.shape} {images.dtype}")

@@ -19,7 +19,7 @@ class ArraySource:
     return len(self.images)
 
   def __getitem__(self, i):
-    return self.images[i], int(i)
+    return {"x": self.images[i], "label": int(i)}
 
 
 def test_the_stream_is_a_function_of_seed_and_position():
@@ -46,7 +46,7 @@ def test_processes_read_their_rows_of_the_global_batch():
   for _ in range(4):
     batch = next(whole)
     pieces = [next(p) for p in parts]
-    for key in ("image", "label"):
+    for key in ("x", "label"):
       np.testing.assert_array_equal(np.concatenate([p[key] for p in pieces]), batch[key])
   with pytest.raises(ValueError, match="batch_size 6 must be divisible by the number of processes 4"):
     Loader(source, 6, seed=0, random_flip=False, process_count=4)
@@ -56,15 +56,15 @@ def test_random_flips_mirror_about_half_the_images():
   source = ArraySource(200)
   batch = next(Loader(source, 200, seed=0, random_flip=True).batches())
   originals = source.images[batch["label"]]
-  flipped = np.array([not np.array_equal(a, b) for a, b in zip(batch["image"], originals)])
-  np.testing.assert_array_equal(batch["image"][flipped], originals[flipped][:, :, ::-1])
+  flipped = np.array([not np.array_equal(a, b) for a, b in zip(batch["x"], originals)])
+  np.testing.assert_array_equal(batch["x"][flipped], originals[flipped][:, :, ::-1])
   assert 70 < flipped.sum() < 130
 
 
 def test_digits():
   source = DigitsSource(split="all")
   assert len(source) == 1797 and source.num_classes == 10
-  image, label = source[0]
+  image, label = source[0]["x"], source[0]["label"]
   assert image.shape == (8, 8, 1) and image.dtype == np.uint8 and label == 0
   train, test = DigitsSource(split="train"), DigitsSource(split="test")
   assert len(train) == 1500 and len(test) == 297
@@ -77,7 +77,7 @@ def test_digits():
   # The 17 grey levels 0..16 land on 0..255.
   assert source.images.max() == 255 and len(np.unique(source.images)) == 17
   big = DigitsSource(image_size=16, channels=3)
-  assert big[5][0].shape == (16, 16, 3)
+  assert big[5]["x"].shape == (16, 16, 3)
 
 
 def write(path, array):
@@ -94,10 +94,10 @@ def test_image_folder(tmp_path):
   source = ImageFolderSource(str(tmp_path), image_size=16, channels=3)
   assert len(source) == 3 and source.class_names == ["cats", "dogs"]
   for i, label in enumerate([0, 0, 1]):
-    image, got = source[i]
+    image, got = source[i]["x"], source[i]["label"]
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and got == label
   grey = ImageFolderSource(str(tmp_path), image_size=8, channels=1)
-  assert grey[0][0].shape == (8, 8, 1)
+  assert grey[0]["x"].shape == (8, 8, 1)
   # An image beside the class folders would be taken for the first class: refused.
   write(str(tmp_path / "stray.png"), rng.integers(0, 255, (16, 16, 3), np.uint8))
   with pytest.raises(ValueError, match=r"holds images directly under it \(e.g. 'stray.png'\) "
@@ -127,9 +127,9 @@ def test_tfds_data_source_with_mock_data():
   with tfds.testing.mock_data(num_examples=12):
     source = TfdsSource("cifar10", "train", image_size=16, channels=3)
     assert len(source) == 12 and source.num_classes == 10
-    image, label = source[3]
+    image, label = source[3]["x"], source[3]["label"]
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8 and 0 <= label < 10
-    np.testing.assert_array_equal(source[3][0], image)
+    np.testing.assert_array_equal(source[3]["x"], image)
     with pytest.raises(ValueError, match="config.data.name 'no_such_set': TFDS knows no such dataset"):
       TfdsSource("no_such_set", "train", 8, 3)
 

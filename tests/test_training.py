@@ -140,7 +140,7 @@ def test_importance_sampled_loss_is_unbiased_and_the_history_wraps():
   probs = np.asarray(timestep_probs(jax.device_get(state)))
   biased = probs[:10].sum()
   step = make_train_step(model, schedule, config, mesh)
-  batch = {"image": np.full((2048, 8, 8, 1), 127, np.uint8), "label": np.zeros(2048, np.int32)}
+  batch = {"x": np.full((2048, 8, 8, 1), 127, np.uint8), "label": np.zeros(2048, np.int32)}
   state, metrics = step(state, shard_batch(batch, mesh), base_key(0, "train"))
   state, metrics = jax.device_get((state, metrics))
   assert biased < 0.31
@@ -169,7 +169,7 @@ def test_a_non_finite_gradient_skips_the_step_and_leaves_the_state():
                                               "y": jnp.zeros((1,), jnp.int32)})
   step = make_train_step(model, schedule_from_config(config), config, mesh)
   key = base_key(0, "train")
-  clean = {"image": np.full((4, 8, 8, 1), 200, np.uint8), "label": np.array([1, 2, 3, 4])}
+  clean = {"x": np.full((4, 8, 8, 1), 200, np.uint8), "label": np.array([1, 2, 3, 4])}
   poisoned = dict(clean, label=np.array([1, 7, 3, 4]))
   state, _ = step(state, shard_batch(clean, mesh), key)
   before = jax.device_get(state)

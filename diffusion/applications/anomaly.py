@@ -14,7 +14,7 @@ from diffusion.images import to_float
 from diffusion.sampling import class_labels, make_sampler
 
 
-def anomaly_scores(model, params, config, images: np.ndarray, mesh, key, *, step: int | None = None,
+def anomaly_scores(model, variables, config, images: np.ndarray, mesh, key, *, step: int | None = None,
                    sampler: str = "ddpm", steps: int | None = None, batch: int = 256,
                    seed: int = 0, class_label: int | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -42,7 +42,7 @@ def anomaly_scores(model, params, config, images: np.ndarray, mesh, key, *, step
     chunk = pad_to_devices(x0[first:first + batch], mesh)
     x_k = np.sqrt(ac) * chunk + np.sqrt(1 - ac) * rng.standard_normal(chunk.shape)
     chunk_labels = pad_to_devices(labels[first:first + batch], mesh)
-    recon.append(gather(sample(params, key, first, chunk_labels,
+    recon.append(gather(sample(variables, key, first, chunk_labels,
                                x_start=x_k.astype(np.float32)))[:n])
   recon = np.concatenate(recon)
   maps = np.abs(x0 - recon).mean(axis=-1) / 2  # [0, 1] units

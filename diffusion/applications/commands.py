@@ -13,7 +13,7 @@ from diffusion.applications.enhance import enhance
 from diffusion.applications.inpaint import inpaint
 from diffusion import paths
 from diffusion.applications.imageio import read_image, read_images
-from diffusion.config import data_shape
+from diffusion.config import data_shape, data_spec
 from diffusion.distributed import make_mesh, replicate
 from diffusion.images import open_image, save_png, to_uint8
 from diffusion.training.checkpoint import load_run
@@ -21,12 +21,17 @@ from diffusion.training.state import base_key
 
 
 def _run(args):
-  """(config, model, replicated params, mesh, key, output path) of an application command; the
-  output path is checked first, so that a bad one fails before anything runs."""
+  """(config, denoiser, replicated variables, mesh, key, output path) of an application
+  command; the output path is checked first, so that a bad one fails before anything runs."""
   out = paths.resolve(args.out, "--out")
-  config, model, params, _ = load_run(args.workdir, args.step)
+  config, model, variables, _ = load_run(args.workdir, args.step)
+  spec = data_spec(config)
+  if spec.kind != "image" or spec.dtype != "uint8":
+    raise ValueError(f"--workdir {args.workdir!r}: this command reads and writes images; the "
+                     f"run's data is {spec.kind} data ({spec.dtype}): call the Python function "
+                     "(diffusion.applications) on arrays instead")
   mesh = make_mesh()
-  return config, model, replicate(params, mesh), mesh, base_key(args.seed, "sample"), out
+  return config, model, replicate(variables, mesh), mesh, base_key(args.seed, "sample"), out
 
 
 def _write_samples(out: epath.Path, samples: np.ndarray) -> None:
@@ -52,19 +57,19 @@ def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def inpaint_command(args) -> None:
-  config, model, params, mesh, key, out = _run(args)
+  config, model, variables, mesh, key, out = _run(args)
   image = read_image(args.image, data_shape(config))
   mask = read_mask(args.mask, image.shape[:2])
-  samples = inpaint(model, params, config, image, mask, mesh, key, num_samples=args.num_samples,
+  samples = inpaint(model, variables, config, image, mask, mesh, key, num_samples=args.num_samples,
                     steps=args.steps, jump_length=args.jump_length, resamplings=args.resamplings,
                     class_label=args.class_label)
   _write_samples(out, samples)
 
 
 def denoise_command(args) -> None:
-  config, model, params, mesh, key, out = _run(args)
+  config, model, variables, mesh, key, out = _run(args)
   noisy = read_image(args.image, data_shape(config))
-  samples = denoise(model, params, config, np.repeat(noisy[None], args.num_samples, 0),
+  samples = denoise(model, variables, config, np.repeat(noisy[None], args.num_samples, 0),
                     args.sigma, mesh, key, sampler=args.sampler, steps=args.steps, seed=args.seed,
                     class_label=args.class_label)
   mean = samples.mean(axis=0)
@@ -78,20 +83,20 @@ def denoise_command(args) -> None:
 
 
 def enhance_command(args) -> None:
-  config, model, params, mesh, key, out = _run(args)
+  config, model, variables, mesh, key, out = _run(args)
   if not model.cond_channels:
     raise ValueError(f"--workdir {args.workdir!r}: the model is not image-conditioned "
                      "(config.model.cond_channels = 0); train it with config.data.condition set")
-  image = read_image(args.image, (config.data.image_size,) * 2 + (model.cond_channels,))
-  samples = enhance(model, params, config, np.repeat(image[None], args.num_samples, 0), mesh,
+  image = read_image(args.image, data_shape(config)[:-1] + (model.cond_channels,))
+  samples = enhance(model, variables, config, np.repeat(image[None], args.num_samples, 0), mesh,
                     key, sampler=args.sampler, steps=args.steps, class_label=args.class_label)
   _write_samples(out, to_uint8(samples))
 
 
 def anomaly_command(args) -> float | None:
-  config, model, params, mesh, key, out = _run(args)
+  config, model, variables, mesh, key, out = _run(args)
   names, images, labels = read_images(args.images, data_shape(config))
-  scores, maps, _ = anomaly_scores(model, params, config, images, mesh, key, step=args.at_step,
+  scores, maps, _ = anomaly_scores(model, variables, config, images, mesh, key, step=args.at_step,
                                    sampler=args.sampler, steps=args.steps, seed=args.seed,
                                    class_label=args.class_label)
   table = io.StringIO(newline="")

@@ -33,7 +33,7 @@ def noise_step(alphas_cumprod: np.ndarray, sigma: float) -> tuple[int, float]:
   return k, float(np.sqrt(ratio[k] - target))
 
 
-def denoise(model, params, config, noisy: np.ndarray, sigma: float, mesh, key, *,
+def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key, *,
             sampler: str = "ddpm", steps: int | None = None, seed: int = 0,
             class_label: int | None = None) -> np.ndarray:
   """One posterior sample of the clean image for each noisy one.
@@ -56,5 +56,5 @@ def denoise(model, params, config, noisy: np.ndarray, sigma: float, mesh, key, *
   x_k = np.sqrt(ac[k]) * (y + extra * rng.standard_normal(y.shape))
   sample = make_sampler(model, config, noisy.shape[1:], mesh, sampler=sampler,
                         steps=None if steps is None else min(steps, k + 1), start=k)
-  out = gather(sample(params, key, 0, labels, x_start=x_k.astype(np.float32)))[:n]
+  out = gather(sample(variables, key, 0, labels, x_start=x_k.astype(np.float32)))[:n]
   return out[0] if single else out

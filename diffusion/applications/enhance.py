@@ -14,7 +14,7 @@ from diffusion.images import to_float
 from diffusion.sampling import class_labels, make_sampler
 
 
-def enhance(model, params, config, images: np.ndarray, mesh, key, *, sampler: str = "ddpm",
+def enhance(model, variables, config, images: np.ndarray, mesh, key, *, sampler: str = "ddpm",
             steps: int | None = None, class_label: int | None = None) -> np.ndarray:
   """An enhanced version of each image: uint8 [N, H, W, C] (or [H, W, C]) -> float32 of the
   same shape in [-1, 1]. Pass an image several times for several samples. A
@@ -31,5 +31,5 @@ def enhance(model, params, config, images: np.ndarray, mesh, key, *, sampler: st
   labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
   sample = make_sampler(model, config, data_shape(config), mesh, sampler=sampler, steps=steps)
   cond = pad_to_devices(to_float(images), mesh)
-  out = gather(sample(params, key, 0, labels, cond=cond))[:n]
+  out = gather(sample(variables, key, 0, labels, cond=cond))[:n]
   return out[0] if single else out

@@ -16,6 +16,7 @@ import numpy as np
 from diffusion import samplers
 from diffusion.config import betas_from_config
 from diffusion.forward import q_sample
+from diffusion.models import as_denoiser
 from diffusion.reverse import p_sample
 from diffusion.distributed import gather, pad_to_devices
 from diffusion.images import to_float, to_uint8
@@ -80,7 +81,7 @@ def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.n
   return x
 
 
-def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, key, *,
+def inpaint(model, variables, config, image: np.ndarray, mask: np.ndarray, mesh, key, *,
             num_samples: int = 1, steps: int = 250, jump_length: int = 10,
             resamplings: int = 10, class_label: int | None = None) -> np.ndarray:
   """Fills the pixels where `mask` is False.
@@ -92,6 +93,7 @@ def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, ke
   class-conditional model is conditioned on `class_label`, else on its null class.
   """
   d = config.diffusion
+  model = as_denoiser(model, config.model)
   betas = betas_from_config(config)
   if not 1 <= steps <= len(betas):
     raise ValueError(f"--steps must lie in [1, {len(betas)}] (the model's T); got {steps}")
@@ -104,16 +106,15 @@ def inpaint(model, params, config, image: np.ndarray, mask: np.ndarray, mesh, ke
   labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
   conditional = model.num_classes > 0
 
-  def device_fn(params, key, index, x0, known, y):
+  def device_fn(variables, key, index, x0, known, y):
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
     x = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], x0.shape[1:]))(keys)
-    denoise = lambda x, t: model.apply({"params": params}, x, t,
-                                       **({"y": y} if conditional else {}))
+    denoise = lambda x, t: model(variables, x, t, y if conditional else None)
     return repaint_chain(denoise, chain, kept, visits, x0, known, x, keys,
                          prediction=d.prediction, variance=d.variance,
                          clip_x0=d.get("clip_x0", True))
 
   run = over_samples(device_fn, mesh, 3)
-  generated = to_uint8(gather(run(params, key, 0, pad_to_devices(to_float(images), mesh),
+  generated = to_uint8(gather(run(variables, key, 0, pad_to_devices(to_float(images), mesh),
                                   pad_to_devices(known, mesh), labels)))[:n]
   return np.where(known, images, generated)

@@ -1,8 +1,15 @@
-"""Random-access image sources: `len(source)` and `source[i]` -> (uint8 [H, W, C], int label).
+"""Random-access sources: `len(source)` and `source[i]` -> {"x": array, "label": int[, "cond"]}.
 
-Each source checks what it can before training starts (a missing folder, a
-broken image, a dataset TFDS does not know) and raises with a clear message.
-All images come out at the configured resolution and channel count.
+The contract a user's own source meets too: "x" a NumPy array of
+config.data.shape (uint8 or float), "label" an int (optional), "cond" a
+conditioning input (optional); `num_classes` an attribute if labels mean
+classes. Built in: the digits, image folders, paired folders and degraded
+images (uint8 [H, W, C] at the configured resolution and channels), NumPy
+arrays (.npy memory-mapped, .npz, or a folder of x.npy/label.npy/cond.npy),
+any TFDS feature by name, and the synthetic data of the worked examples
+(`synthetic.py`). Each checks what it can before training starts (a missing
+folder, a broken image, a dataset TFDS does not know) and raises with a
+clear message.
 """
 
 import os
@@ -11,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from diffusion import paths
+from diffusion.dataspec import from_data_config
 from diffusion.images import IMAGE_EXTENSIONS, list_images, open_image
 
 
@@ -85,8 +93,8 @@ class DigitsSource:
   def __len__(self) -> int:
     return len(self.images)
 
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-    return self.images[index], int(self.labels[index])
+  def __getitem__(self, index: int) -> dict:
+    return {"x": self.images[index], "label": int(self.labels[index])}
 
 
 class ImageFolderSource:
@@ -130,12 +138,12 @@ class ImageFolderSource:
   def __len__(self) -> int:
     return len(self.files)
 
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+  def __getitem__(self, index: int) -> dict:
     image = open_image(self.files[index])
     array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "P") else
                                      "L" if image.mode in ("L", "I", "I;16", "1") else "RGB"))
     array = _channels(array, self.channels)
-    return resize_and_crop(array, self.image_size), self.labels[index]
+    return {"x": resize_and_crop(array, self.image_size), "label": self.labels[index]}
 
 
 class TfdsSource:
@@ -143,9 +151,12 @@ class TfdsSource:
 
   `data_dir` may be a local folder or a bucket where the dataset was
   prepared beforehand (`tfds build` elsewhere); nothing is downloaded here.
+  `image_key` names the feature that becomes "x": an image is resized and
+  cropped to `image_size` with `channels` channels; with `image_size` None
+  the feature is taken as it is (a volume, a sequence, coordinates).
   """
 
-  def __init__(self, name: str, split: str, image_size: int, channels: int,
+  def __init__(self, name: str, split: str, image_size: int | None, channels: int,
                data_dir: str | None = None, image_key: str = "image", label_key: str = "label"):
     import tensorflow_datasets as tfds
     try:
@@ -170,11 +181,13 @@ class TfdsSource:
   def __len__(self) -> int:
     return len(self.source)
 
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+  def __getitem__(self, index: int) -> dict:
     example = self.source[int(index)]
-    image = _channels(np.asarray(example[self.image_key]), self.channels)
     label = int(example[self.label_key]) if self.label_key in example else 0
-    return resize_and_crop(image, self.image_size), label
+    x = np.asarray(example[self.image_key])
+    if self.image_size is not None:
+      x = resize_and_crop(_channels(x, self.channels), self.image_size)
+    return {"x": x, "label": label}
 
 
 class PairedFolderSource:
@@ -197,8 +210,8 @@ class PairedFolderSource:
   def __len__(self) -> int:
     return len(self.targets)
 
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
-    return self.targets[index][0], 0, self.inputs[index][0]
+  def __getitem__(self, index: int) -> dict:
+    return {"x": self.targets[index]["x"], "label": 0, "cond": self.inputs[index]["x"]}
 
 
 DEGRADATIONS = ("blur", "colour_cast", "low_light", "downscale")
@@ -244,9 +257,61 @@ class DegradedSource:
   def __len__(self) -> int:
     return len(self.source)
 
-  def __getitem__(self, index: int) -> tuple[np.ndarray, int, np.ndarray]:
-    image, label = self.source[index][:2]
-    return image, label, degrade(image, self.kinds, np.random.default_rng([self.seed, index]))
+  def __getitem__(self, index: int) -> dict:
+    example = self.source[index]
+    image = example["x"]
+    return {"x": image, "label": example.get("label", 0),
+            "cond": degrade(image, self.kinds, np.random.default_rng([self.seed, index]))}
+
+
+class NumpySource:
+  """Examples from NumPy arrays: a .npy file (memory-mapped: only the rows read are loaded), an
+  .npz file with "x" and optionally "label" and "cond" (loaded whole), or a folder holding
+  x.npy and optionally label.npy and cond.npy (each memory-mapped). Rows are examples."""
+
+  def __init__(self, path: str):
+    root = paths.resolve(path, "config.data.path")
+    local = os.fspath(root)
+    if not root.exists():
+      raise FileNotFoundError(f"config.data.path {path!r} does not exist")
+    load = lambda p: np.load(p, mmap_mode="r") if "://" not in local else np.load(p.open("rb"))
+    if root.is_dir():
+      if not (root / "x.npy").exists():
+        raise FileNotFoundError(f"config.data.path {path!r}: a folder of arrays needs x.npy "
+                                "(and optionally label.npy, cond.npy)")
+      arrays = {name: load(root / f"{name}.npy") for name in ("x", "label", "cond")
+                if (root / f"{name}.npy").exists()}
+    elif local.endswith(".npy"):
+      arrays = {"x": load(root)}
+    elif local.endswith(".npz"):
+      with root.open("rb") as f, np.load(f) as npz:
+        if "x" not in npz:
+          raise ValueError(f"config.data.path {path!r}: the .npz has no array 'x' (it has "
+                           f"{list(npz.keys())})")
+        arrays = {name: npz[name] for name in ("x", "label", "cond") if name in npz}
+    else:
+      raise ValueError(f"config.data.path {path!r} must be a .npy or .npz file or a folder "
+                       "holding x.npy")
+    n = len(arrays["x"])
+    if n == 0:
+      raise ValueError(f"config.data.path {path!r} holds no examples")
+    for name, array in arrays.items():
+      if len(array) != n:
+        raise ValueError(f"config.data.path {path!r}: {name} has {len(array)} rows, x has {n}")
+    self.arrays = arrays
+    labels = arrays.get("label")
+    self.num_classes = int(np.max(labels)) + 1 if labels is not None else 0
+
+  def __len__(self) -> int:
+    return len(self.arrays["x"])
+
+  def __getitem__(self, index: int) -> dict:
+    example = {"x": np.asarray(self.arrays["x"][index])}
+    if "label" in self.arrays:
+      example["label"] = int(self.arrays["label"][index])
+    if "cond" in self.arrays:
+      example["cond"] = np.asarray(self.arrays["cond"][index])
+    return example
 
 
 CONDITIONS = ("", "pairs", "degrade")
@@ -255,23 +320,42 @@ CONDITIONS = ("", "pairs", "degrade")
 def make_source(config):
   """The source of a config's `data` section.
 
-  name: "digits", "folder" (files under `path`) or a TFDS name. condition:
-  "" (none), "pairs" (`path/input/` and `path/target/`) or "degrade" (the
-  named source with `degradations`, e.g. "blur,low_light").
+  name: "digits", "folder" (image files under `path`), "numpy" (arrays at
+  `path`), a synthetic set of `synthetic.SOURCES` ("phantoms", "backbones",
+  "sinusoids") or a TFDS name (its feature `feature`, default "image").
+  condition: "" (none), "pairs" (`path/input/` and `path/target/`) or
+  "degrade" (the named source with `degradations`, e.g. "blur,low_light").
+  Images come out at the shape's resolution and channels.
   """
-  size, channels = config.image_size, config.channels
+  from diffusion.data import synthetic
+  spec = from_data_config(config)
+  image = spec.kind == "image"
+  size, channels = (spec.shape[0], spec.shape[-1]) if image else (None, spec.shape[-1])
+  if image and spec.shape[0] != spec.shape[1]:
+    raise ValueError(f"config.data.shape {spec.shape}: image sources make square images")
   condition = config.get("condition", "")
   if condition not in CONDITIONS:
     raise ValueError(f"config.data.condition must be one of {CONDITIONS}; got {condition!r}")
+  name = config.name
+  needs_image = name in ("digits", "folder") or condition in ("pairs", "degrade")
+  if needs_image and not image:
+    raise ValueError(f"config.data.name {name!r} (condition {condition!r}) gives images; "
+                     f"config.data.shape {spec.shape} is {spec.kind} data")
   if condition == "pairs":
     return PairedFolderSource(config.path, size, channels)
-  if config.name == "digits":
+  if name == "digits":
     source = DigitsSource(size, channels, config.get("split", "train"))
-  elif config.name == "folder":
+  elif name == "folder":
     source = ImageFolderSource(config.path, size, channels)
+  elif name == "numpy":
+    source = NumpySource(config.path)
+  elif name in synthetic.SOURCES:
+    source = synthetic.SOURCES[name](spec, split=config.get("split", "train"),
+                                     size=config.get("size", 0) or None)
   else:
-    source = TfdsSource(config.name, config.get("split", "train"), size, channels,
-                        data_dir=config.get("data_dir") or None)
+    source = TfdsSource(name, config.get("split", "train"), size, channels,
+                        data_dir=config.get("data_dir") or None,
+                        image_key=config.get("feature", "") or "image")
   if condition == "degrade":
     kinds = tuple(k.strip() for k in config.get("degradations", "").split(",") if k.strip())
     source = DegradedSource(source, kinds)

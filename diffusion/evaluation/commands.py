@@ -117,7 +117,11 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   from diffusion.distributed import make_mesh, replicate
   from diffusion.training.checkpoint import load_run
   from diffusion.training.state import base_key
-  config, model, params, step = load_run(workdir, step)
+  from diffusion.config import data_spec
+  config, model, variables, step = load_run(workdir, step)
+  if data_spec(config).dtype != "uint8":
+    raise ValueError("--bpd is defined on 8-bit data (images, volumes); this run's data is "
+                     f"{data_spec(config).dtype}")
   if model.cond_channels:
     raise ValueError("--bpd evaluates unconditional or class-conditional models; this one is "
                      "image-conditioned")
@@ -135,10 +139,10 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   if count < 1:
     raise ValueError(f"--num must be positive; got {num}")
   items = [source[i] for i in range(count)]
-  images = np.stack([image for image, _ in items])
-  labels = np.array([label for _, label in items]) if model.num_classes else None
+  images = np.stack([item["x"] for item in items])
+  labels = np.array([item.get("label", 0) for item in items]) if model.num_classes else None
   mesh = make_mesh()
-  result = dataset_bits_per_dim(model, replicate(params, mesh), config, images, mesh,
+  result = dataset_bits_per_dim(model, replicate(variables, mesh), config, images, mesh,
                                 base_key(seed, "evaluate"), labels=labels, batch=batch,
                                 chunk_size=chunk_size)
   result.update(step=step, split=split)

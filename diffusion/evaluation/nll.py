@@ -13,22 +13,24 @@ from jax.sharding import Mesh
 
 from diffusion.config import schedule_from_config
 from diffusion.likelihood import bits_per_dim
+from diffusion.models import as_denoiser
 from diffusion.distributed import gather
 from diffusion.images import to_float
 from diffusion.sampling import over_samples
 
 
 def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):
-  """bpd(params, key, first_index, images float [N, ...], labels int [N] or None) ->
+  """bpd(variables, key, first_index, images float [N, ...], labels int [N] or None) ->
   (total [N], terms [N, T]), jitted and sharded over `mesh` (N divisible by its size)."""
   d = config.diffusion
+  model = as_denoiser(model, config.model)
   schedule = schedule_from_config(config)
 
-  def device_bpd(params, key, index, x0, labels):
+  def device_bpd(variables, key, index, x0, labels):
     def one(x, i, y):
       def denoise(x_t, t):
-        kwargs = {"y": jnp.broadcast_to(y, t.shape)} if model.num_classes else {}
-        return model.apply({"params": params}, x_t, t, **kwargs)
+        return model(variables, x_t, t, jnp.broadcast_to(y, t.shape) if model.num_classes
+                     else None)
       result = bits_per_dim(denoise, schedule, x[None], jax.random.fold_in(key, i),
                             prediction=d.prediction, variance=d.variance,
                             clip_x0=d.get("clip_x0", True), chunk_size=chunk_size)
@@ -37,13 +39,13 @@ def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):
 
   run = over_samples(device_bpd, mesh, 2)
 
-  def bpd(params, key, first_index, images, labels=None):
+  def bpd(variables, key, first_index, images, labels=None):
     labels = np.zeros(len(images), np.int32) if labels is None else np.asarray(labels, np.int32)
-    return run(params, key, first_index, np.asarray(images, np.float32), labels)
+    return run(variables, key, first_index, np.asarray(images, np.float32), labels)
   return bpd
 
 
-def dataset_bits_per_dim(model, params, config, images: np.ndarray, mesh: Mesh, key: jax.Array,
+def dataset_bits_per_dim(model, variables, config, images: np.ndarray, mesh: Mesh, key: jax.Array,
                          *, labels: np.ndarray | None = None, batch: int = 64,
                          chunk_size: int = 10, progress: bool = True) -> dict:
   """The variational bound of uint8 images [N, H, W, C] under a run's network, in bits/dim.
@@ -65,7 +67,7 @@ def dataset_bits_per_dim(model, params, config, images: np.ndarray, mesh: Mesh, 
                          disable=not progress or jax.process_index() != 0):
     n = min(batch, len(images) - first)
     rows = first + np.arange(n + (-n) % mesh.size) % n
-    total, term, prior = fn(params, key, first, to_float(images[rows]),
+    total, term, prior = fn(variables, key, first, to_float(images[rows]),
                             None if labels is None else labels[rows])
     totals.append(gather(total)[:n])
     terms.append(gather(term)[:n])

@@ -1,10 +1,12 @@
-"""The UNet from the `model` section of a config, and back."""
+"""The UNet from the `model` section of a config, and back; registered as "unet"."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
 
+from diffusion.models.denoiser import Denoiser, linen
+from diffusion.models.registry import register
 from diffusion.models.unet import UNet
 
 _FIELDS = {"ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_heads",
@@ -53,3 +55,25 @@ def model_kwargs(model: UNet) -> dict[str, Any]:
   for key in ("ch_mult", "attn_resolutions"):
     kwargs[key] = list(kwargs[key])
   return kwargs
+
+
+def unet_check(model: UNet) -> Callable[[tuple[int, ...]], None]:
+  """The data shapes `model` takes: 1 to 3 spatial axes and a channel axis, each spatial axis
+  divisible by 2 per downsampling."""
+  def check(shape: tuple[int, ...]) -> None:
+    if not 2 <= len(shape) <= 4:
+      raise ValueError(f"config.data.shape {tuple(shape)}: the U-Net takes [*spatial, channels] "
+                       "with 1 to 3 spatial axes")
+    factor = 2 ** (len(model.ch_mult) - 1)
+    if any(size % factor for size in shape[:-1]):
+      raise ValueError(f"config.data.shape {tuple(shape)}: each spatial axis must be divisible "
+                       f"by {factor} for the {len(model.ch_mult) - 1} halvings of "
+                       f"config.model.ch_mult {tuple(model.ch_mult)}")
+  return check
+
+
+@register("unet")
+def unet(settings: dict, shape: tuple[int, ...]) -> Denoiser:
+  """The DDPM U-Net (`unet.py`) for 1-D, 2-D or 3-D data, from the config's `model` section."""
+  model = from_config(settings)
+  return linen(model, check=unet_check(model), name="unet")

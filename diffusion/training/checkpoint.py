@@ -12,6 +12,7 @@ damaged ones to `workdir/damaged_checkpoints/` (nothing is deleted), so that
 it can save those steps again.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from diffusion import models, paths
-from diffusion.config import resume_differences
+from diffusion.config import data_shape, resume_differences
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,13 +98,26 @@ class Checkpoints:
         config=ocp.args.JsonSave(json.loads(config.to_json()))), force=force)
 
   def restore(self, step: int, abstract_state) -> tuple[Any, int]:
-    """(state, data position) of checkpoint `step`, placed as `abstract_state`'s shardings."""
+    """(state, data position) of checkpoint `step`, placed as `abstract_state`'s shardings.
+
+    A checkpoint saved before the state had `model_state` (the network's
+    collections other than its parameters) restores with it empty.
+    """
+    target = abstract_state
+    legacy = "model_state" not in self.manager.item_metadata(step).state
+    if legacy:
+      if jax.tree.leaves(abstract_state.model_state):
+        raise IncompatibleResume(f"checkpoint {step} holds no model_state, which this network "
+                                 "needs: train in another --workdir")
+      target = {f.name: getattr(abstract_state, f.name)
+                for f in dataclasses.fields(abstract_state) if f.name != "model_state"}
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
-            abstract_state,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state)),
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
         data=ocp.args.JsonRestore()))
-    return restored.state, restored.data["position"]
+    state = (dataclasses.replace(abstract_state, **restored.state, model_state={}) if legacy
+             else restored.state)
+    return state, restored.data["position"]
 
   def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
     step = self.latest_step() if step is None else step
@@ -124,6 +138,15 @@ class Checkpoints:
   def restore_params(self, step: int | None = None, *, ema: bool = True) -> Any:
     """Just the (EMA) parameters of a checkpoint, on this process's first device, for sampling."""
     return self.restore_part("ema_params" if ema else "params", step)
+
+  def restore_variables(self, step: int | None = None, *, ema: bool = True) -> dict:
+    """The network's variables of a checkpoint: {"params": the (EMA) parameters, **the other
+    collections}, on this process's first device."""
+    step = self.latest_step() if step is None else step
+    variables = {"params": self.restore_params(step, ema=ema)}
+    if jax.tree.leaves(self.manager.item_metadata(step).state.get("model_state", {})):
+      variables.update(self.restore_part("model_state", step))
+    return variables
 
   def restore_part(self, item: str, step: int | None = None) -> Any:
     """One field of the saved state ("params", "ema_params", "opt_state", ...) on one device."""
@@ -151,8 +174,10 @@ class Checkpoints:
       self.manager.close()
 
 
-def load_run(workdir: str, step: int | None = None):
-  """(config, model, EMA params, step) of a run's checkpoint (default: the newest readable).
+def load_run(workdir: str, step: int | None = None, *, model=None):
+  """(config, denoiser, variables, step) of a run's checkpoint (default: the newest readable):
+  the network rebuilt from the saved config (or `model`, a Denoiser or module, if given: for
+  a network the config cannot name) and its variables with the EMA parameters.
 
   `workdir` may also be a model folder with a `config.json` (`python -m
   diffusion.convert ... --config FILE` writes one for a released checkpoint):
@@ -167,12 +192,13 @@ def load_run(workdir: str, step: int | None = None):
     if step not in (None, 0):
       raise ValueError(f"--step {step}: a model folder has only step 0")
     config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
-    model, params = models.load(path)
-    return config, model, params, 0
+    unet, params = models.load(path)
+    denoiser = models.build({"name": "unet", **models.model_kwargs(unet)}, data_shape(config))
+    return config, denoiser, {"params": params}, 0
   if not (path / "checkpoints").exists():
     raise FileNotFoundError(f"--workdir {workdir!r} holds no checkpoints/: not a training run")
   checkpoints = Checkpoints(path, read_only=True)
-  read = lambda s: (checkpoints.restore_config(s), checkpoints.restore_params(s))
+  read = lambda s: (checkpoints.restore_config(s), checkpoints.restore_variables(s))
   try:
     steps = checkpoints.all_steps()
     if not steps:
@@ -181,15 +207,18 @@ def load_run(workdir: str, step: int | None = None):
       found = checkpoints.newest(read)
       if found is None:
         raise ValueError(f"--workdir {workdir!r}: every checkpoint is damaged (steps {steps})")
-      step, (config, params) = found
+      step, (config, variables) = found
     elif step not in steps:
       raise ValueError(f"--step {step}: the run has checkpoints at steps {steps}")
     else:
       try:
-        config, params = read(step)
+        config, variables = read(step)
       except Exception as e:  # noqa: BLE001 (a damaged checkpoint, named)
         raise ValueError(f"--step {step}: checkpoint {os.fspath(checkpoints.directory / str(step))}"
                          f" is damaged ({_reason(e)})") from None
   finally:
     checkpoints.manager.close()
-  return config, models.from_config(config.model), params, step
+  shape = data_shape(config)
+  denoiser = (models.build(config.model, shape) if model is None
+              else models.as_denoiser(model, config.model))
+  return config, denoiser, variables, step

@@ -21,13 +21,15 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diffusion import images, models, paths
+from diffusion import models, paths
 from diffusion._checks import LEARNED_VARIANCES
+from diffusion.config import data_spec, schedule_from_config, validate as validate_config
 from diffusion.data import Loader, make_source
+from diffusion.data.loader import check_example
 from diffusion.distributed import gather, make_mesh
-from diffusion.images import to_float, to_uint8
+from diffusion.models import variables_of
+from diffusion.previews import save_preview
 from diffusion.sampling import make_sampler
-from diffusion.config import data_shape, schedule_from_config, validate as validate_config
 from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.lock import WorkdirLock
 from diffusion.training.metrics import MetricWriter, Progress
@@ -39,32 +41,58 @@ log = logging.getLogger(__name__)
 
 def validate(config, model, source) -> None:
   """Errors a run would meet late, raised before anything compiles: the config's own
-  (`config.validate`), then how it fits the network, the data and the devices."""
+  (`config.validate`), then how it fits the network (a Denoiser), the data and the devices."""
   validate_config(config)
   _check_fit(config, model, source)
 
 
 def _check_fit(config, model, source) -> None:
-  train, data = config.train, config.data
+  train, spec = config.train, data_spec(config)
   devices = jax.device_count()
   if train.batch_size % devices:
     raise ValueError(f"config.train.batch_size {train.batch_size} must be divisible by the "
                      f"{devices} devices of the mesh")
-  factor = 2 ** (len(model.ch_mult) - 1)
-  if data.image_size % factor:
-    raise ValueError(f"config.data.image_size {data.image_size} must be divisible by {factor} "
-                     f"for the model's ch_mult {tuple(model.ch_mult)}")
-  if model.num_classes and model.num_classes != source.num_classes:
+  model.check(spec.shape)
+  if model.kinds is not None and spec.kind not in model.kinds:
+    raise ValueError(f"config.model.name {model.name!r} takes {' or '.join(model.kinds)} data; "
+                     f"config.data.kind is {spec.kind!r}")
+  if len(source) == 0:
+    raise ValueError("the data source holds no examples")
+  first = check_example(source[0], 0, spec)
+  check_example(source[len(source) - 1], len(source) - 1, spec)
+  classes = getattr(source, "num_classes", 0)
+  if model.num_classes and model.num_classes != classes:
     raise ValueError(f"config.model.num_classes is {model.num_classes} but the data has "
-                     f"{source.num_classes} classes")
+                     f"{classes} classes")
   if model.learned_variance != (config.diffusion.variance in LEARNED_VARIANCES):
     raise ValueError(f"config.model.learned_variance={model.learned_variance} does not fit "
                      f"config.diffusion.variance={config.diffusion.variance!r}")
-  conditioned = bool(data.get("condition", ""))
-  if conditioned != bool(model.cond_channels) or (conditioned and model.cond_channels != data.channels):
-    raise ValueError(f"config.model.cond_channels ({model.cond_channels}) must equal "
-                     f"config.data.channels ({data.channels}) when config.data.condition is set, "
-                     f"and be 0 otherwise; condition is {data.get('condition', '')!r}")
+  cond = first.get("cond")
+  if model.cond_channels:
+    want = spec.shape[:-1] + (model.cond_channels,)
+    if cond is None or cond.shape != want:
+      raise ValueError(f"config.model.cond_channels is {model.cond_channels}: every example needs "
+                       f"a 'cond' of shape {want} (set config.data.condition); source[0] has "
+                       f"{None if cond is None else cond.shape}")
+  elif cond is not None:
+    raise ValueError(f"the data gives a conditioning input ('cond' of shape {cond.shape}): set "
+                     f"config.model.cond_channels to {cond.shape[-1]}")
+  _check_output(model, spec)
+
+
+def _check_output(model, spec) -> None:
+  """The network's output shape for one example, from its trace alone (nothing compiles)."""
+  x, t = jnp.zeros((1, *spec.shape)), jnp.zeros((1,), jnp.int32)
+  y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+  cond = jnp.zeros((1, *spec.shape[:-1], model.cond_channels)) if model.cond_channels else None
+  out = jax.eval_shape(lambda key: model(model.init(key, x, t, y, cond), x, t, y, cond),
+                       jax.random.key(0))
+  want = (1, *spec.shape[:-1], model.output_channels(spec.shape[-1]))
+  if tuple(out.shape) != want:
+    raise ValueError(f"the network {model.name or ''} gives output of shape {tuple(out.shape)[1:]} "
+                     f"for data of shape {spec.shape}; the diffusion settings need "
+                     f"{want[1:]}" + (" (2C channels: config.model.learned_variance)"
+                                      if model.learned_variance else ""))
 
 
 class _Preemption:
@@ -103,21 +131,23 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _sample_grid(sampler, params, config, source, path, key):
-  """EMA samples as a PNG grid; for an image-conditioned model, conditions and samples in turn."""
+def _sample_grid(sampler, variables, model, spec, config, source, path, key):
+  """EMA samples as a preview (`previews.py`: a PNG grid for images); for a conditioned
+  model, conditions and samples in turn."""
   num = config.train.num_samples
   num -= num % jax.device_count()
   if num <= 0:
     return
-  labels = np.arange(num) % max(config.model.get("num_classes", 0), 1)
+  labels = np.arange(num) % max(model.num_classes, 1)
   cond = None
-  if config.model.get("cond_channels", 0):
-    cond = np.stack([source[i % len(source)][2] for i in range(num)])
-  x = to_uint8(gather(sampler(params, key, 0, labels, None if cond is None else to_float(cond))))
-  if cond is not None:
-    x = np.stack([cond, x], axis=1).reshape(-1, *x.shape[1:])
+  if model.cond_channels:
+    cond = np.stack([np.asarray(source[i % len(source)]["cond"]) for i in range(num)])
+  x = spec.from_model(gather(sampler(variables, key, 0, labels,
+                                     None if cond is None else spec.to_model(cond))))
+  if cond is not None and cond.shape == x.shape:
+    x = np.stack([cond.astype(x.dtype), x], axis=1).reshape(-1, *x.shape[1:])
   if jax.process_index() == 0:
-    images.save_grid(path, x)
+    save_preview(path, x, spec)
 
 
 def _start(checkpoints, model, config, mesh, sample):
@@ -175,8 +205,16 @@ def _hold(lock: WorkdirLock) -> None:
     raise error
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> int:
+def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source=None) -> int:
   """Trains to config.train.num_steps (or until SIGTERM); returns the step reached.
+
+  `model` (a `diffusion.models.Denoiser`, a Flax Linen or NNX module) and
+  `source` (`len(source)`, `source[i]` -> {"x", "label"?, "cond"?}) replace
+  the network of config.model and the data of config.data. The saved config
+  names the network by config.model.name, or by the Denoiser's own name: for
+  `ddpm sample` and the applications to rebuild a network passed here, make
+  that an import path "package.module:factory" (else load it in Python with
+  `load_run(workdir, model=...)`).
 
   Raises ValueError for bad input (the config, the data, a workdir in use or
   holding another run) before anything is written or compiled, and
@@ -184,8 +222,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> int:
   """
   path = paths.resolve(workdir, "--workdir")
   validate_config(config)
-  source = make_source(config.data)
-  model = models.from_config(config.model)
+  shape = data_spec(config).shape
+  source = make_source(config.data) if source is None else source
+  if model is None:
+    model = models.build(config.model, shape)
+  else:
+    model = models.as_denoiser(model, config.model)
+    model.check(shape)
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.name = model.name or "(a network passed to train() in Python)"
   _check_fit(config, model, source)
   lock = WorkdirLock(path)
   _hold(lock)
@@ -205,7 +251,8 @@ def _train(config, workdir: epath.Path, source, model) -> int:
   schedule = schedule_from_config(config)
   mesh = make_mesh()
   cfg, k = config.train, config.train.get("steps_per_dispatch", 1)
-  shape = data_shape(config)
+  spec = data_spec(config)
+  shape = spec.shape
   sample = {"x": jnp.zeros((1, *shape))}
   if model.num_classes:
     sample["y"] = jnp.zeros((1,), jnp.int32)
@@ -219,10 +266,12 @@ def _train(config, workdir: epath.Path, source, model) -> int:
   step_fn = make_train_step(model, schedule, config, mesh)
   sampler = make_sampler(model, config, shape, mesh)
   sample_key, train_key = base_key(config.seed, "sample"), base_key(config.seed, "train")
-  grid = lambda: _sample_grid(sampler, state.ema_params, config, source,
-                              workdir / "samples" / f"step_{step:08d}.png", sample_key)
-  loader = Loader(source, cfg.batch_size, config.seed,
+  grid = lambda: _sample_grid(sampler, variables_of(state.ema_params, state.model_state), model,
+                              spec, config, source, workdir / "samples" / f"step_{step:08d}.png",
+                              sample_key)
+  loader = Loader(source, cfg.batch_size, config.seed, spec=spec,
                   random_flip=config.data.get("random_flip", False),
+                  random_rotation=config.data.get("random_rotation", False),
                   process_index=jax.process_index(), process_count=jax.process_count())
   batches = _dispatches(loader, position, mesh, k)
   main = jax.process_index() == 0

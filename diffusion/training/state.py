@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from diffusion.models import as_denoiser
+
 HISTORY = 10  # losses kept per timestep by the importance sampler (improved DDPM)
 
 
@@ -27,6 +29,7 @@ class TrainState:
   skipped: jax.Array     # int32 []: steps skipped for a non-finite loss or gradient
   loss_history: jax.Array  # float32 [T, HISTORY]: per-timestep losses, importance sampling
   loss_count: jax.Array    # int32 [T]: losses seen per timestep
+  model_state: Any = dataclasses.field(default_factory=dict)  # the network's other collections
 
   def replace(self, **changes) -> "TrainState":
     return dataclasses.replace(self, **changes)
@@ -58,22 +61,25 @@ def ema_decay(config, step: jax.Array) -> jax.Array:
 
 
 def create_state(model, config, mesh: Mesh, sample: dict[str, jax.Array]) -> TrainState:
-  """A fresh state, created already replicated over `mesh` (no host copy of the parameters).
+  """A fresh state of the Denoiser `model`, created already replicated over `mesh` (no host
+  copy of the parameters).
 
   `sample` holds one example batch: "x" [b, ..., C] and, for conditional
   models, "y" [b] and/or "cond".
   """
+  model = as_denoiser(model, config.model)
   tx = make_optimizer(config.optim)
   num_steps = config.diffusion.num_steps
 
   def init(key):
-    params = model.init(key, sample["x"], jnp.zeros(sample["x"].shape[:1], jnp.int32),
-                        **{k: v for k, v in sample.items() if k != "x"})["params"]
+    variables = model.init(key, sample["x"], jnp.zeros(sample["x"].shape[:1], jnp.int32),
+                           sample.get("y"), sample.get("cond"))
+    params = variables.pop("params")
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
         ema_params=params, skipped=jnp.zeros((), jnp.int32),
         loss_history=jnp.zeros((num_steps, HISTORY), jnp.float32),
-        loss_count=jnp.zeros((num_steps,), jnp.int32))
+        loss_count=jnp.zeros((num_steps,), jnp.int32), model_state=variables)
 
   replicated = NamedSharding(mesh, P())
   return jax.jit(init, out_shardings=replicated)(base_key(config.seed, "init"))

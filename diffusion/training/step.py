@@ -21,7 +21,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from diffusion.config import data_spec
 from diffusion.losses import training_losses
+from diffusion.models import as_denoiser
 from diffusion.schedules import Schedule
 from diffusion.training.state import HISTORY, TrainState, ema_decay, learning_rate, make_optimizer
 
@@ -67,17 +69,20 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
                     ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
   """The jitted, sharded step for a config's `diffusion`, `optim` and `train` sections.
 
-  The returned function takes the replicated state, a batch {"image": uint8
-  [B, ..., C], "label": int [B]} sharded over the mesh's "data" axis, and the
-  base key; it donates the state. With config.train.steps_per_dispatch = k > 1
+  `model` is a `diffusion.models.Denoiser`. The returned function takes the
+  replicated state, a batch {"x": [B, *shape] data (uint8 or float, see
+  `DataSpec`), "label": int [B], optionally "cond"} sharded over the mesh's
+  "data" axis, and the base key; it donates the state. With config.train.steps_per_dispatch = k > 1
   the batch holds k stacked batches ([k, B, ...]) and k steps run in one
   `lax.scan`.
   """
   d, train = config.diffusion, config.train
+  model = as_denoiser(model, config.model)
   tx = make_optimizer(config.optim)
   lr = learning_rate(config.optim)
   importance = d.get("timestep_sampler", "uniform") == "importance"
   conditional = model.num_classes > 0
+  spec = data_spec(config)
   label_dropout = train.get("label_dropout", 0.0)
 
   def example_draws(key, label, probs, shape):
@@ -86,35 +91,39 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
     key_t, key_loss, _, key_label = jax.random.split(key, 4)
     t = jax.random.choice(key_t, schedule.num_steps, (1,), p=probs) if importance else \
         jax.random.randint(key_t, (1,), 0, schedule.num_steps)
-    noise = jax.random.normal(jax.random.split(key_loss)[1], (1, *shape))[0]
+    noise = spec.project(jax.random.normal(jax.random.split(key_loss)[1], (1, *shape))[0])
     if conditional:  # classifier-free guidance: drop the label to the null class
       label = jnp.where(jax.random.bernoulli(key_label, label_dropout), model.num_classes, label)
     return t[0], noise, label
 
   def one_step(state: TrainState, batch, key):
-    images = batch["image"]
-    size = images.shape[0]
+    data = batch["x"]
+    size = data.shape[0]
     step_key = jax.random.fold_in(key, state.step)
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(size))
     probs = timestep_probs(state)
-    t, noise, labels = jax.vmap(lambda k, y: example_draws(k, y, probs, images.shape[1:]))(
+    t, noise, labels = jax.vmap(lambda k, y: example_draws(k, y, probs, data.shape[1:]))(
         keys, batch["label"])
-    x0 = images.astype(jnp.float32) / 127.5 - 1.0
-    kwargs = {"y": labels} if conditional else {}
-    if "cond" in batch:
-      kwargs["cond"] = batch["cond"].astype(jnp.float32) / 127.5 - 1.0
+    x0 = spec.project(spec.to_model(data))
+    cond = spec.to_model(batch["cond"]) if "cond" in batch else None
     dropout_key = jax.random.fold_in(step_key, np.uint32(2**32 - 1))  # no example's index
 
     def loss_fn(params):
-      denoise = lambda x_t, t_: model.apply({"params": params}, x_t, t_, train=True,
-                                            rngs={"dropout": dropout_key}, **kwargs)
+      updates = {}
+
+      def denoise(x_t, t_):
+        out, new = model.train_apply({"params": params, **state.model_state}, x_t, t_,
+                                     labels if conditional else None, cond, dropout_key)
+        updates.update(new)
+        return spec.project(out) if spec.centred and not model.learned_variance else out
+
       losses = training_losses(denoise, schedule, x0, step_key, loss=d.loss,
                                prediction=d.prediction, variance=d.variance, t=t, noise=noise,
                                vlb_weight=d.get("vlb_weight", 0.001))
       weights = 1.0 / (schedule.num_steps * probs[losses["t"]]) if importance else 1.0
-      return jnp.sum(weights * losses["loss"]) / size, losses
+      return jnp.sum(weights * losses["loss"]) / size, (losses, updates)
 
-    (loss, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (losses, collections)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -130,19 +139,20 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
       history, count = state.loss_history, state.loss_count
       if importance:
         history, count = _record_losses(state, losses["t"], losses["loss"])
-      return params, opt_state, ema, history, count
+      return params, opt_state, ema, history, count, {**state.model_state, **collections}
 
     def skip(_):
       return (state.params, state.opt_state, state.ema_params, state.loss_history,
-              state.loss_count)
+              state.loss_count, state.model_state)
 
     # A branch, not a select per leaf: a skipped step costs nothing and a normal step does
     # not read every tree twice.
-    params, opt_state, ema, history, count = jax.lax.cond(finite, update, skip, None)
+    params, opt_state, ema, history, count, model_state = jax.lax.cond(finite, update, skip,
+                                                                       None)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
         skipped=state.skipped + (~finite).astype(jnp.int32),
-        loss_history=history, loss_count=count)
+        loss_history=history, loss_count=count, model_state=model_state)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr(applied),
                "skipped": (~finite).astype(jnp.int32)}
     for name in ("mse", "vb"):

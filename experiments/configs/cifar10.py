@@ -34,6 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.degradations = ""  # for "degrade": some of blur,colour_cast,low_light,downscale
   config.data.channels = 3
   config.data.random_flip = True
+  # Data of other shapes (see README, "Your own data and network"): () = (image_size,
+  # image_size, channels); e.g. (32, 32, 32, 1) volumes, (128, 1) sequences, (16, 3) points.
+  config.data.shape = ()
+  config.data.kind = ""  # "" = by rank (image, volume, sequence); "points" for point sets
+  config.data.dtype = ""  # "" = uint8 for images and volumes, float32 otherwise
+  config.data.scale = 1.0  # float data: model units = data / scale
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "unet"
