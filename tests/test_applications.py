@@ -2,6 +2,7 @@
 enhancement, class-conditional data augmentation, and their bad input."""
 
 import csv
+import dataclasses
 import os
 import re
 import subprocess
@@ -263,7 +264,7 @@ def test_degradations_and_paired_folders(tmp_path):
     for name in ("a.png", "b.png"):
       save(tmp_path / split / name, image if split == "target" else 255 - image)
   pairs = PairedFolderSource(str(tmp_path), 16, 3)
-  target, label, cond = pairs[1]
+  target, label, cond = pairs[1]["x"], pairs[1]["label"], pairs[1]["cond"]
   np.testing.assert_array_equal(target, image)
   np.testing.assert_array_equal(cond, 255 - image)
   os.remove(tmp_path / "input" / "b.png")
@@ -285,21 +286,21 @@ def test_class_conditional_samples_for_data_augmentation(digits_run, tmp_path):
   assert data["arr_0"].shape == (8, 8, 8, 1) and np.all(data["labels"] == 3)
 
 
-class Spy:
-  """The run's network, recording the class labels every call receives (None: no labels)."""
+def Spy(model):
+  """The run's Denoiser, recording the class labels every call receives (None: no labels)
+  in `.seen`."""
+  seen = []
 
-  def __init__(self, model):
-    self.model, self.seen = model, []
-
-  def __getattr__(self, name):
-    return getattr(self.model, name)
-
-  def apply(self, variables, x, t, **kwargs):
-    if "y" in kwargs:
-      jax.debug.callback(lambda y: self.seen.append(set(np.asarray(y).tolist())), kwargs["y"])
+  def apply_fn(variables, x, t, y, cond, train, rng):
+    if y is not None:
+      jax.debug.callback(lambda y: seen.append(set(np.asarray(y).tolist())), y)
     else:
-      jax.debug.callback(lambda: self.seen.append(None))
-    return self.model.apply(variables, x, t, **kwargs)
+      jax.debug.callback(lambda: seen.append(None))
+    return model.apply_fn(variables, x, t, y, cond, train, rng)
+
+  spy = dataclasses.replace(model, apply_fn=apply_fn)
+  object.__setattr__(spy, "seen", seen)
+  return spy
 
 
 def test_applications_condition_on_the_null_class_or_the_given_one(digits_run, tmp_path):

@@ -41,7 +41,7 @@ def test_dataset_bpd_equals_the_sum_of_the_core_terms(tiny_run):
                                 batch=8, chunk_size=3, progress=False)
   schedule = schedule_from_config(config)
   d = config.diffusion
-  denoise = jax.jit(lambda x, t: model.apply({"params": params}, x, t))
+  denoise = jax.jit(lambda x, t: model(params, x, t))
   x0 = to_float(images)
   expected = []
   for i in range(10):  # example i, step t: noise from fold_in(fold_in(key, i), t)

@@ -85,7 +85,7 @@ def test_train_on_an_image_folder(tmp_path):
     (["--config.data.name=folder", "--config.data.path=BROKEN"], "broken image file"),
     (["--config.data.name=no_such_dataset"], "TFDS knows no such dataset"),
     (["--config.data.image_size=7", "--config.model.ch_mult=(1,2)"],
-     "config.data.image_size 7 must be divisible by 2"),
+     r"config.data.shape \(7, 7, 1\): each spatial axis must be divisible by 2"),
     (["--config.train.batch_size=12"], "batch_size 12 must be divisible by the 8 devices"),
     (["--config.diffusion.loss=l1"], "loss must be one of"),
     (["--config.optim.lr=-1"], r"config.optim.lr must be a number > 0; got -1"),
@@ -215,6 +215,21 @@ def test_a_failed_background_save_stops_the_run(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["digits", "digits_hybrid", "cifar10", "celebahq256", "church256",
                                   "bedroom256"])
+class StandIn:
+  """A source of one zero example of a config's data (and its conditioning input)."""
+
+  def __init__(self, spec, config):
+    self.spec, self.num_classes = spec, config.model.get("num_classes", 0)
+    self.cond = bool(config.data.get("condition", ""))
+
+  def __len__(self):
+    return 1
+
+  def __getitem__(self, i):
+    x = np.zeros(self.spec.shape, self.spec.dtype)
+    return {"x": x, "label": 0, **({"cond": x} if self.cond else {})}
+
+
 def test_every_config_is_complete(name):
   from diffusion import models
   from diffusion.config import load_config
@@ -224,9 +239,10 @@ def test_every_config_is_complete(name):
   for key in ("num_steps", "batch_size", "checkpoint_every", "sample_every"):
     assert config.train[key] > 0
   assert isinstance(config.seed, int)
-  model = models.from_config(config.model)
-  source = DigitsSource()  # a stand-in: only its class count is read
-  validate(config, model, source)
+  from diffusion.config import data_spec
+  spec = data_spec(config)
+  model = models.build(config.model, spec.shape)
+  validate(config, model, StandIn(spec, config))
   from diffusion.config import betas_from_config
   from diffusion.schedules import cosine_betas, linear_betas
   d = config.diffusion

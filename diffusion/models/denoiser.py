@@ -179,7 +179,7 @@ def nnx(make: Callable, *, num_classes: int = 0, cond_channels: int = 0,
 
   def split(module):
     _, params, _, rest = flax_nnx.split(module, flax_nnx.Param, flax_nnx.RngState, ...)
-    return {"params": params.to_pure_dict(), "state": rest.to_pure_dict()}
+    return {"params": flax_nnx.to_pure_dict(params), "state": flax_nnx.to_pure_dict(rest)}
 
   def init_fn(key, x, t, y, cond):
     return split(built if built is not None else make(flax_nnx.Rngs(key)))

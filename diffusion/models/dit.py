@@ -39,6 +39,25 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale[:, None]) + shift[:, None]
 
 
+def patchify(x: jax.Array, p: int) -> tuple[jax.Array, tuple[int, ...]]:
+  """[B, *spatial, C] -> (tokens [B, N, p^d C], grid): token n is the block of side p at grid
+  position n (row-major), flattened in the block's own row-major order."""
+  batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
+  nd, grid = len(spatial), tuple(n // p for n in spatial)
+  split = x.reshape((batch,) + sum(((g, p) for g in grid), ()) + (channels,))
+  order = (0,) + tuple(1 + 2 * a for a in range(nd)) + tuple(2 + 2 * a for a in range(nd))
+  tokens = split.transpose(order + (2 * nd + 1,)).reshape(batch, math.prod(grid), -1)
+  return tokens, grid
+
+
+def unpatchify(tokens: jax.Array, grid: tuple[int, ...], p: int, channels: int) -> jax.Array:
+  """The inverse of `patchify`: tokens [B, N, p^d C] -> [B, *spatial, C]."""
+  batch, nd = tokens.shape[0], len(grid)
+  h = tokens.reshape((batch,) + grid + (p,) * nd + (channels,))
+  inverse = (0,) + sum(((1 + a, 1 + nd + a) for a in range(nd)), ()) + (2 * nd + 1,)
+  return h.transpose(inverse).reshape((batch,) + tuple(g * p for g in grid) + (channels,))
+
+
 class Block(nn.Module):
   """A pre-norm Transformer block with adaLN-Zero conditioning on c [B, D]."""
   num_heads: int
@@ -91,11 +110,7 @@ class DiT(nn.Module):
     out_channels = channels * (2 if self.learned_variance else 1)
     if cond is not None:
       x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
-    grid = tuple(n // p for n in spatial)
-    # [B, g1, p, g2, p, ..., C] -> [B, g1, g2, ..., p, p, ..., C] -> tokens [B, N, p^nd C]
-    split = x.reshape((batch,) + sum(((g, p) for g in grid), ()) + (x.shape[-1],))
-    order = (0,) + tuple(1 + 2 * a for a in range(nd)) + tuple(2 + 2 * a for a in range(nd))
-    tokens = split.transpose(order + (2 * nd + 1,)).reshape(batch, math.prod(grid), -1)
+    tokens, grid = patchify(x, p)
     h = nn.Dense(self.hidden_size, dtype=self.dtype, name="patch_embed")(tokens)
     h = h + positions(grid, self.hidden_size).astype(h.dtype)[None]
 
@@ -114,10 +129,7 @@ class DiT(nn.Module):
                               name="final_norm")(h), shift, scale)
     h = nn.Dense(p ** nd * out_channels, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                  name="final")(h)
-    # tokens -> [B, g1, ..., p, ..., C] -> [B, g1, p, g2, p, ..., C] -> [B, *spatial, C]
-    h = h.reshape((batch,) + grid + (p,) * nd + (out_channels,))
-    inverse = (0,) + sum(((1 + a, 1 + nd + a) for a in range(nd)), ()) + (2 * nd + 1,)
-    return h.transpose(inverse).reshape((batch,) + spatial + (out_channels,)).astype(jnp.float32)
+    return unpatchify(h, grid, p, out_channels).astype(jnp.float32)
 
 
 _FIELDS = {"patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "num_classes",
