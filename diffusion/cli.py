@@ -307,6 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   evaluate.add_argument("--digits", action="store_true",
                         help="digits-FID/KID/IS with the project's digit classifier (8×8 digits)")
   evaluate.add_argument("--digits-reference", default="train", help="digits split to compare with")
+  evaluate.add_argument("--synthetic", help="compare --samples (an .npz in the data's units) "
+                        "with a synthetic set's held-out split: phantoms, backbones or sinusoids")
   evaluate.add_argument("--workdir", help="a training run (for --bpd)")
   evaluate.add_argument("--bpd", action="store_true",
                         help="NLL bound in bits/dim of a data split under the run's EMA network")

@@ -45,14 +45,14 @@ def main(argv=None):
   parser.add_argument("--out", help="a JSON file for the figures")
   args = parser.parse_args(argv)
   rows = [parse_row(r) for row in args.rows for r in (DDIM_TABLE if row == "ddim-table" else [row])]
-  config, model, params, step = load_run(args.workdir)
+  config, model, variables, step = load_run(args.workdir)
   evaluator = DigitsEvaluator.load()
   labels = class_labels(model, config, args.num, None, default="cycle")
   results = [{"row": "held-out test split", **digits_metrics(
       DigitsSource(split="test").images, evaluator)}]
   for sampler, steps, eta in rows:
     start = time.perf_counter()
-    samples = draw_samples(config, model, params, labels, seed=args.seed, batch=args.batch,
+    samples = draw_samples(config, model, variables, labels, seed=args.seed, batch=args.batch,
                            sampler=sampler, steps=steps, eta=eta,
                            desc=f"{sampler} S={steps} eta={eta}")
     seconds = time.perf_counter() - start

@@ -189,3 +189,134 @@ def test_eight_devices_equal_one_for_a_user_network_and_source(tmp_path):
       state, _ = step(state, shard_batch(batch, mesh), base_key(0, "train"))
     results.append(jax.device_get(state.params))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), *results)
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
+  """The README's "Your own data and network" example, exactly as printed there."""
+  import os
+  import re
+  root = os.path.join(os.path.dirname(__file__), os.pardir)
+  with open(os.path.join(root, "README.md")) as f:
+    readme = f.read()
+  section = readme[readme.index("## Your own data and network"):]
+  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  os.symlink(os.path.abspath(os.path.join(root, "experiments")), tmp_path / "experiments")
+  monkeypatch.chdir(tmp_path)
+  namespace = {}
+  exec(compile(code, "README.md", "exec"), namespace)
+  waves = namespace["waves"]
+  assert waves.shape == (16, 32, 1) and waves.dtype == np.float32
+  assert (tmp_path / "runs" / "waves" / "samples" / "step_00000400.png").exists()
+  # Most samples are waves of one cycle per trace, as the data (noise: about 1 in 16).
+  spectrum = np.abs(np.fft.rfft(waves[..., 0] - waves[..., 0].mean(1, keepdims=True), axis=1))
+  assert np.mean(np.argmax(spectrum, axis=1) == 1) >= 0.6
+
+
+class Broken:
+  """Waves with one bad example at `index`."""
+  num_classes = 0
+
+  def __init__(self, index, bad):
+    self.waves, self.index, self.bad = Waves(), index, bad
+
+  def __len__(self):
+    return len(self.waves)
+
+  def __getitem__(self, i):
+    return {"x": self.bad} if i == self.index else self.waves[i]
+
+
+class TwoChannels(nn.Module):
+  @nn.compact
+  def __call__(self, x, t):
+    return nn.Dense(2)(x)
+
+
+@pytest.mark.parametrize("data, model, source, message", [
+    (dict(shape=(16, 1)), Conv1D, lambda: Broken(0, np.zeros((15, 1), np.float32)),
+     r"source\[0\]\['x'\] has shape \(15, 1\); config.data.shape is \(16, 1\)"),
+    (dict(shape=(16, 1), dtype="uint8", kind="sequence"), Conv1D, Waves,
+     r"source\[0\]\['x'\] has dtype float32; config.data.dtype is uint8"),
+    (dict(shape=(16, 1)), TwoChannels, Waves,
+     r"gives output of shape \(16, 2\) for data of shape \(16, 1\); the diffusion settings "
+     r"need \(16, 1\)"),
+    (dict(shape=(0, 1)), Conv1D, Waves, r"config.data.shape must be a tuple of positive ints"),
+    (dict(shape=(16, 1), random_rotation=True), Conv1D, Waves,
+     r"config.data.random_rotation rotates point sets; config.data.kind is 'sequence'"),
+    (dict(shape=(16, 1), kind="pixels"), Conv1D, Waves, r"config.data.kind must be one of"),
+])
+def test_bad_data_and_networks_stop_before_anything_is_written(tmp_path, data, model, source,
+                                                               message):
+  with pytest.raises(ValueError, match=message):
+    train(config_for(data, 2), str(tmp_path / "run"), model=model(), source=source())
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_bad_example_met_in_training_is_named(tmp_path):
+  with pytest.raises(ValueError, match=r"source\[17\]\['x'\] has shape \(16, 2\)"):
+    train(config_for(dict(shape=(16, 1)), 40), str(tmp_path / "run"), model=Conv1D(),
+          source=Broken(17, np.zeros((16, 2), np.float32)))
+
+
+def test_egnn_refuses_data_that_is_not_a_point_set(tmp_path):
+  import ml_collections
+  config = config_for(dict(shape=(16, 3)), 2)  # a sequence of 3 channels, not points
+  config.model = ml_collections.ConfigDict(dict(name="egnn", hidden=8, depth=1))
+  with pytest.raises(ValueError, match=r"config.model.name 'egnn' takes points data; "
+                                       r"config.data.kind is 'sequence'"):
+    train(config, str(tmp_path / "run"), source=Rings())
+
+
+def test_numpy_sources(tmp_path):
+  from diffusion.data.sources import NumpySource
+  x = np.random.default_rng(0).normal(size=(10, 6, 3)).astype(np.float32)
+  labels = np.arange(10) % 3
+  np.save(tmp_path / "x.npy", x)
+  source = NumpySource(str(tmp_path / "x.npy"))
+  assert isinstance(source.arrays["x"], np.memmap) and len(source) == 10
+  np.testing.assert_array_equal(source[4]["x"], x[4])
+  np.savez(tmp_path / "data.npz", x=x, label=labels)
+  source = NumpySource(str(tmp_path / "data.npz"))
+  assert source[5]["label"] == 2 and source.num_classes == 3
+  folder = tmp_path / "folder"
+  folder.mkdir()
+  np.save(folder / "x.npy", x)
+  np.save(folder / "label.npy", labels)
+  source = NumpySource(str(folder))
+  assert isinstance(source.arrays["label"], np.memmap) and source[7]["label"] == 1
+  np.save(folder / "cond.npy", x[:9])
+  with pytest.raises(ValueError, match="cond has 9 rows, x has 10"):
+    NumpySource(str(folder))
+  np.savez(tmp_path / "bad.npz", y=x)
+  with pytest.raises(ValueError, match=r"the .npz has no array 'x'"):
+    NumpySource(str(tmp_path / "bad.npz"))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    NumpySource(str(tmp_path / "missing.npy"))
+
+
+def test_a_checkpoint_from_before_shapes_and_model_state_resumes_exactly(tmp_path):
+  """Workdirs written before config.data.shape and TrainState.model_state existed: a state
+  without model_state and a config without the data's shape keys resume, bit for bit."""
+  import json
+  import orbax.checkpoint as ocp
+  first, old, whole = (str(tmp_path / n) for n in ("first", "old", "whole"))
+  train(tiny_config(num_steps=2, checkpoint_every=2), first)
+  checkpoints = Checkpoints(first, read_only=True)
+  state = {f: checkpoints.restore_part(f, 2) for f in
+           ("step", "params", "opt_state", "ema_params", "skipped", "loss_history", "loss_count")}
+  saved = json.loads(checkpoints.restore_config(2).to_json())
+  checkpoints.close()
+  for key in ("shape", "kind", "dtype", "scale"):
+    del saved["data"][key]
+  legacy = Checkpoints(old, every=1)
+  legacy.manager.save(2, args=ocp.args.Composite(
+      state=ocp.args.PyTreeSave(state), data=ocp.args.JsonSave({"position": 2 * 16}),
+      config=ocp.args.JsonSave(saved)))
+  legacy.close()
+  assert train(tiny_config(num_steps=4, checkpoint_every=2), old) == 4
+  assert train(tiny_config(num_steps=4, checkpoint_every=2), whole) == 4
+  a, b = Checkpoints(old, read_only=True), Checkpoints(whole, read_only=True)
+  jax.tree.map(np.testing.assert_array_equal, a.restore_part("params", 4),
+               b.restore_part("params", 4))
+  a.close()
+  b.close()

@@ -213,8 +213,6 @@ def test_a_failed_background_save_stops_the_run(tmp_path, monkeypatch):
   checkpoints.manager.close()
 
 
-@pytest.mark.parametrize("name", ["digits", "digits_hybrid", "cifar10", "celebahq256", "church256",
-                                  "bedroom256"])
 class StandIn:
   """A source of one zero example of a config's data (and its conditioning input)."""
 
@@ -230,6 +228,8 @@ class StandIn:
     return {"x": x, "label": 0, **({"cond": x} if self.cond else {})}
 
 
+@pytest.mark.parametrize("name", ["digits", "digits_hybrid", "cifar10", "celebahq256", "church256",
+                                  "bedroom256", "sequences", "volumes3d", "protein"])
 def test_every_config_is_complete(name):
   from diffusion import models
   from diffusion.config import load_config

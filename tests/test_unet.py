@@ -215,3 +215,23 @@ def test_group_norm_equals_flax_and_a_float64_formula(shape, groups):
       params["params"]["scale"], np.float64) + np.asarray(params["params"]["bias"], np.float64)
   np.testing.assert_allclose(ours, expected, atol=2e-5)
   assert GroupNorm(groups, dtype=jnp.bfloat16).apply(params, x).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("shape, kwargs", [
+    ((2, 8, 8, 3), dict(padding=1)),
+    ((2, 8, 8, 3), dict(strides=(2, 2), padding=((0, 1), (0, 1)))),
+    ((2, 16, 5), dict(padding=1)),
+    ((2, 6, 8, 8, 3), dict(padding=1)),
+    ((2, 8, 8, 8, 3), dict(strides=(2, 2, 2), padding=((0, 1),) * 3)),
+])
+def test_conv_equals_flax_conv(shape, kwargs):
+  """The U-Net's Conv has nn.Conv's parameters and initialisation and computes its result
+  (a 3-D convolution on the CPU as 2-D convolutions over the depth taps)."""
+  import flax.linen as nn
+  from diffusion.models.unet import Conv
+  nd = len(shape) - 2
+  x = jax.random.normal(jax.random.key(0), shape)
+  ours, theirs = Conv(7, (3,) * nd, **kwargs), nn.Conv(7, (3,) * nd, **kwargs)
+  variables = theirs.init(jax.random.key(1), x)
+  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(1), x), variables)
+  np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(variables, x), atol=2e-6)

@@ -179,6 +179,18 @@ def evaluate(args) -> dict:
     result["bpd"] = {k: v for k, v in bpd.items() if k not in ("per_image", "terms")}
     print(f"NLL ≤ {bpd['bpd']:.4f} ± {bpd['bpd_stderr']:.4f} bits/dim on {bpd['num_images']} "
           f"images of split {args.split!r} (step {bpd['step']}; prior term {bpd['prior']:.2e})")
+  if getattr(args, "synthetic", None):
+    from diffusion.evaluation.structure import evaluate_synthetic, format_comparison
+    if not args.samples or not args.samples.endswith(".npz"):
+      raise ValueError("--synthetic needs --samples FILE.npz (as `ddpm sample` writes)")
+    data = paths.load_npz(paths.resolve(args.samples, "--samples"), "--samples")
+    if "arr_0" not in data:
+      raise ValueError(f"--samples {args.samples!r} holds no 'arr_0'")
+    comparison = evaluate_synthetic(args.synthetic, data["arr_0"], seed=args.seed)
+    print(format_comparison(comparison))
+    result["synthetic"] = {"set": args.synthetic, "num_samples": len(data["arr_0"]),
+                           "statistics": comparison}
+    args.samples = None
   if args.samples:
     samples = load_image_set(args.samples, "--samples")
     if args.digits:

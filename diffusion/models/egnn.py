@@ -72,14 +72,17 @@ class EGNN(nn.Module):
     for layer in range(self.depth):
       diff = x[:, :, None] - x[:, None, :]  # [B, N, N, 3]: x_i - x_j
       dist2 = jnp.sum(diff ** 2, axis=-1, keepdims=True)
-      pair = jnp.concatenate([
-          jnp.broadcast_to(h[:, :, None], (batch, n, n, self.hidden)),
-          jnp.broadcast_to(h[:, None, :], (batch, n, n, self.hidden)),
-          dist2, jnp.broadcast_to(edge[None], (batch, n, n, edge.shape[-1]))], axis=-1)
-      m = nn.silu(_mlp(self.hidden, f"edge_{layer}", self.dtype)(pair))
+      # φ_e's first layer on [h_i, h_j, d², a_ij] as a sum of per-node, per-edge and distance
+      # terms: the same function, with the matrix products done per node, not per pair.
+      dense = lambda name, bias=False: nn.Dense(self.hidden, use_bias=bias, dtype=self.dtype,
+                                                name=f"edge_{layer}_{name}")
+      pre = (dense("i", bias=True)(h)[:, :, None] + dense("j")(h)[:, None, :]
+             + dense("d")(dist2) + (dense("a")(edge)[None] if self.chain else 0.0))
+      m = nn.silu(nn.Dense(self.hidden, dtype=self.dtype, name=f"edge_{layer}_out")(nn.silu(pre)))
       m = m * not_self[None, :, :, None]
       weight = _mlp(self.hidden, f"coord_{layer}", self.dtype, out=1, zero=True)(m)
-      direction = diff / (jnp.sqrt(dist2) + 1.0)
+      # sqrt(d² + 1e-8): the gradient of sqrt at a point's zero distance to itself is finite.
+      direction = diff / (jnp.sqrt(dist2 + 1e-8) + 1.0)
       x = x + jnp.sum(direction * weight.astype(jnp.float32), axis=2) / max(n - 1, 1)
       h = h + _mlp(self.hidden, f"node_{layer}", self.dtype)(
           jnp.concatenate([h, jnp.sum(m, axis=2)], axis=-1))

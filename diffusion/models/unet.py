@@ -51,6 +51,45 @@ class GroupNorm(nn.Module):
     return (flat * a[:, None, :] + b[:, None, :]).reshape(x.shape).astype(self.dtype)
 
 
+class Conv(nn.Module):
+  """`flax.linen.Conv` (the same parameters, initialisation and result) for the U-Net's
+  convolutions. On the CPU a 3-D convolution runs as a sum over the kernel's depth taps of
+  2-D convolutions of depth slices: XLA's CPU 3-D convolution is about 5× slower than that
+  (docs/benchmarks.md); on accelerators it is the library's 3-D convolution."""
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int] | None = None
+  padding: Any = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    nd = x.ndim - 2
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (*self.kernel_size, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    strides = tuple(self.strides or (1,) * nd)
+    padding = ([(self.padding, self.padding)] * nd if isinstance(self.padding, int)
+               else [tuple(p) for p in self.padding])
+    spatial = "DHW"[3 - nd:]
+    numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    if nd == 3 and jax.default_backend() == "cpu":
+      (low, high), stride = padding[0], strides[0]
+      padded = jnp.pad(x, ((0, 0), (low, high), (0, 0), (0, 0), (0, 0)))
+      depth = (padded.shape[1] - kernel.shape[0]) // stride + 1
+      y = 0
+      for d in range(kernel.shape[0]):
+        part = padded[:, d:d + stride * (depth - 1) + 1:stride]
+        y = y + jax.lax.conv_general_dilated(
+            part.reshape(-1, *part.shape[2:]), kernel[d], strides[1:], padding[1:],
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      y = y.reshape(x.shape[0], depth, *y.shape[1:])
+    else:
+      y = jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=numbers)
+    return y + bias.reshape((1,) * (nd + 1) + (-1,))
+
+
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0
                        ) -> jax.Array:
   """The sinusoidal embedding of the Transformer, as in DDPM: [B] -> float32 [B, dim].
@@ -77,8 +116,7 @@ class ResBlock(nn.Module):
   def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
     nd = x.ndim - 2
     norm = lambda name: GroupNorm(self.num_groups, dtype=self.dtype, name=name)
-    conv = lambda name: nn.Conv(self.features, (3,) * nd, padding=1,
-                                dtype=self.dtype, name=name)
+    conv = lambda name: Conv(self.features, (3,) * nd, padding=1, dtype=self.dtype, name=name)
     h = conv("conv1")(nn.swish(norm("norm1")(x)))
     temb = nn.Dense(self.features, dtype=self.dtype, name="temb_proj")(nn.swish(temb))
     h = h + temb.reshape(temb.shape[:1] + (1,) * nd + temb.shape[1:])
@@ -123,8 +161,8 @@ class Downsample(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     nd = x.ndim - 2
     if self.with_conv:
-      return nn.Conv(x.shape[-1], (3,) * nd, strides=(2,) * nd,
-                     padding=((0, 1),) * nd, dtype=self.dtype, name="conv")(x)
+      return Conv(x.shape[-1], (3,) * nd, strides=(2,) * nd,
+                  padding=((0, 1),) * nd, dtype=self.dtype, name="conv")(x)
     return nn.avg_pool(x, (2,) * nd, strides=(2,) * nd)
 
 
@@ -138,8 +176,7 @@ class Upsample(nn.Module):
     for axis in range(1, x.ndim - 1):
       x = jnp.repeat(x, 2, axis=axis)
     if self.with_conv:
-      x = nn.Conv(x.shape[-1], (3,) * (x.ndim - 2), padding=1, dtype=self.dtype,
-                  name="conv")(x)
+      x = Conv(x.shape[-1], (3,) * (x.ndim - 2), padding=1, dtype=self.dtype, name="conv")(x)
     return x
 
 
@@ -241,7 +278,7 @@ class UNet(nn.Module):
     if cond is not None:
       x = jnp.concatenate([x, cond.astype(x.dtype)], axis=-1)
     nd = x.ndim - 2
-    hs = [nn.Conv(self.ch, (3,) * nd, padding=1, dtype=self.dtype, name="conv_in")(x)]
+    hs = [Conv(self.ch, (3,) * nd, padding=1, dtype=self.dtype, name="conv_in")(x)]
     for level, mult in enumerate(self.ch_mult):
       for block in range(self.num_res_blocks):
         h = res(self.ch * mult, f"down_{level}_res_{block}")(hs[-1], temb)
@@ -267,5 +304,5 @@ class UNet(nn.Module):
     assert not hs
 
     h = nn.swish(GroupNorm(self.num_groups, dtype=self.dtype, name="norm_out")(h))
-    h = nn.Conv(out_channels, (3,) * nd, padding=1, dtype=self.dtype, name="conv_out")(h)
+    h = Conv(out_channels, (3,) * nd, padding=1, dtype=self.dtype, name="conv_out")(h)
     return h.astype(jnp.float32)

@@ -56,6 +56,9 @@ def _check_fit(config, model, source) -> None:
   if model.kinds is not None and spec.kind not in model.kinds:
     raise ValueError(f"config.model.name {model.name!r} takes {' or '.join(model.kinds)} data; "
                      f"config.data.kind is {spec.kind!r}")
+  if config.data.get("random_rotation", False) and spec.kind != "points":
+    raise ValueError(f"config.data.random_rotation rotates point sets; config.data.kind is "
+                     f"{spec.kind!r}")
   if len(source) == 0:
     raise ValueError("the data source holds no examples")
   first = check_example(source[0], 0, spec)
