@@ -1,5 +1,6 @@
 """The UNet from the `model` section of a config, and back; registered as "unet"."""
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -76,4 +77,8 @@ def unet_check(model: UNet) -> Callable[[tuple[int, ...]], None]:
 def unet(settings: dict, shape: tuple[int, ...]) -> Denoiser:
   """The DDPM U-Net (`unet.py`) for 1-D, 2-D or 3-D data, from the config's `model` section."""
   model = from_config(settings)
-  return linen(model, check=unet_check(model), name="unet")
+  if model.out_channels not in (None, shape[-1]):
+    raise ValueError(f"config.model.out_channels {model.out_channels} must be the data's "
+                     f"{shape[-1]} channels (config.data.shape {tuple(shape)}) to predict ε")
+  return dataclasses.replace(linen(model, check=unet_check(model), name="unet"),
+                             output_fits=True)

@@ -52,6 +52,8 @@ class Denoiser:
       path "package.module:factory" ("" if nothing can).
     kinds: the data kinds it takes ("image", "volume", "sequence", "points"),
       or None for any.
+    output_fits: the factory guarantees the output shape the diffusion settings
+      need (the built-in networks), so the engine need not trace it to check.
     dtype: the computation dtype's name, for reports.
     module: the wrapped object (a Linen module, an NNX graph definition, a function).
   """
@@ -63,6 +65,7 @@ class Denoiser:
   check: Callable[[tuple[int, ...]], None] = _no_check
   name: str = ""
   kinds: tuple[str, ...] | None = None
+  output_fits: bool = False
   dtype: str = "float32"
   module: Any = None
 

@@ -11,6 +11,7 @@ Shapes: x [B, *spatial, C] (1 to 3 spatial axes, each divisible by
 patch_size), t [B]; returns float32 [B, *spatial, C × (2 if learned_variance)].
 """
 
+import dataclasses
 import math
 from typing import Any
 
@@ -158,4 +159,4 @@ def dit(settings: dict, shape: tuple[int, ...]) -> Denoiser:
     if any(n % model.patch_size for n in shape[:-1]):
       raise ValueError(f"config.data.shape {tuple(shape)}: each spatial axis must be divisible "
                        f"by config.model.patch_size {model.patch_size}")
-  return linen(model, check=check, name="dit")
+  return dataclasses.replace(linen(model, check=check, name="dit"), output_fits=True)

@@ -17,6 +17,7 @@ subspace of zero centre of mass, where the point-set data kind diffuses.
 Shapes: x [B, N, 3], t [B]; returns float32 [B, N, 3].
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -112,4 +113,5 @@ def egnn(settings: dict, shape: tuple[int, ...]) -> Denoiser:
     if len(shape) != 2 or shape[-1] != 3:
       raise ValueError(f"config.data.shape {tuple(shape)}: the EGNN (config.model.name 'egnn') "
                        "takes point sets of shape (num_points, 3)")
-  return linen(model, check=check, name="egnn", kinds=("points",))
+  return dataclasses.replace(linen(model, check=check, name="egnn", kinds=("points",)),
+                             output_fits=True)

@@ -60,8 +60,12 @@ def factory(name: str) -> Factory:
     if not callable(getattr(module, attribute, None)):
       raise ValueError(f"config.model.name {name!r}: {module_name} has no callable {attribute!r}")
     return getattr(module, attribute)
+  hint = ("; the run was trained with a network passed to train() in Python: load it with "
+          "load_run(workdir, model=...), or train with config.model.name naming its factory"
+          if name.startswith("(") else "")
   raise ValueError(f"config.model.name {name!r} is neither a registered network "
-                   f"({', '.join(sorted(_FACTORIES))}) nor an import path 'package.module:factory'")
+                   f"({', '.join(sorted(_FACTORIES))}) nor an import path "
+                   f"'package.module:factory'{hint}")
 
 
 def build(settings: Mapping[str, Any], shape: tuple[int, ...]) -> Denoiser:

@@ -80,7 +80,8 @@ def _check_fit(config, model, source) -> None:
   elif cond is not None:
     raise ValueError(f"the data gives a conditioning input ('cond' of shape {cond.shape}): set "
                      f"config.model.cond_channels to {cond.shape[-1]}")
-  _check_output(model, spec)
+  if not model.output_fits:
+    _check_output(model, spec)
 
 
 def _check_output(model, spec) -> None:

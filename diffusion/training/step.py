@@ -69,12 +69,13 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
                     ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
   """The jitted, sharded step for a config's `diffusion`, `optim` and `train` sections.
 
-  `model` is a `diffusion.models.Denoiser`. The returned function takes the
-  replicated state, a batch {"x": [B, *shape] data (uint8 or float, see
-  `DataSpec`), "label": int [B], optionally "cond"} sharded over the mesh's
-  "data" axis, and the base key; it donates the state. With config.train.steps_per_dispatch = k > 1
-  the batch holds k stacked batches ([k, B, ...]) and k steps run in one
-  `lax.scan`.
+  `model` is a `diffusion.models.Denoiser` (or a module `as_denoiser` adapts).
+  The returned function takes the replicated state, a batch {"x": [B, *shape]
+  data (uint8 or float, see `DataSpec`), "label": int [B], optionally "cond"}
+  sharded over the mesh's "data" axis, and the base key; it donates the
+  state. With config.train.steps_per_dispatch = k > 1 the batch holds k
+  stacked batches ([k, B, ...]) and k steps run in one `lax.scan`. For point
+  sets, data, noise and the network's prediction are centred (`DataSpec.project`).
   """
   d, train = config.diffusion, config.train
   model = as_denoiser(model, config.model)

@@ -8,12 +8,15 @@ rotated; the network is an EGNN (Satorras et al. 2021) with sequence-position
 features, and the diffusion runs in the zero-centre-of-mass subspace.
 
   ddpm train --config experiments/configs/protein.py --workdir runs/protein
-  ddpm sample --workdir runs/protein --num 256 --sampler ddim --steps 100 --out runs/protein/samples.npz
+  ddpm sample --workdir runs/protein --num 256 --out runs/protein/samples.npz
   ddpm evaluate --samples runs/protein/samples.npz --synthetic backbones
 
 The samples are Cα coordinates in Å (arr_0, float32 [N, 16, 3]) with a PDB file
 beside them; the evaluation compares the Cα-Cα distances (3.8 Å), bond angles and
-radii of gyration with held-out chains and with noise. Measured: see experiments/README.md.
+radii of gyration with held-out chains and with noise. Measured on a 2-core CPU:
+training 13 min 26 s; 256 samples (ancestral, 1,000 steps) 1 min 25 s; Cα-Cα
+3.71 Å on average (data 3.80; W1 0.26 Å against noise's 5.9), bond angles W1 10.5°
+(noise 46°), radius of gyration W1 0.11 Å (noise 0.35). Details: experiments/README.md.
 """
 
 import os

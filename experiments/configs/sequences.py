@@ -6,11 +6,14 @@ A in [0.5, 1], a random phase and a little noise (`diffusion.data.synthetic`,
 one spatial axis. A stand-in for audio, ECG or any signal on a grid.
 
   ddpm train --config experiments/configs/sequences.py --workdir runs/sequences
-  ddpm sample --workdir runs/sequences --num 256 --sampler ddim --steps 100 --out runs/sequences/samples.npz
+  ddpm sample --workdir runs/sequences --num 256 --out runs/sequences/samples.npz
   ddpm evaluate --samples runs/sequences/samples.npz --synthetic sinusoids
 
 The evaluation compares the dominant frequency and the amplitude of the
-samples with held-out traces and with noise. Measured: see experiments/README.md.
+samples with held-out traces and with noise. Measured on a 2-core CPU: training
+6 min 31 s; 256 samples 1 min 3 s; the dominant frequency's W1 to held-out traces
+0.066, as low as the train split's own (noise: 14.2); amplitude W1 0.019 (train
+0.013, noise 0.49). Details: experiments/README.md.
 """
 
 import os

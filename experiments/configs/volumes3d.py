@@ -15,8 +15,11 @@ too slow for a run of minutes; on an accelerator either serves.
 
 The training previews and the sample preview show the middle slice along each
 axis; the evaluation compares the skull's volume fraction, the number of bright
-blobs and their intensity with held-out volumes and with noise. Measured: see
-experiments/README.md.
+blobs and their intensity with held-out volumes and with noise. Measured on a
+2-core CPU: training 9 min 23 s; 256 samples (DDIM, 100 steps) 1 min 2 s; the
+skull's volume fraction matches (W1 0.013; noise 0.58), but the inner ellipsoids
+come out dim and speckled (bright-region intensity W1 0.24, worse than noise's 0.10).
+Details: experiments/README.md.
 """
 
 import os
