@@ -107,7 +107,7 @@ def bench_sampling(model: Denoiser, config, batch: int, *, samplers=("ddpm", "dd
   x, t = jnp.zeros((1, *shape)), jnp.zeros((1,), jnp.int32)
   y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
   c = jnp.zeros((1, *shape[:-1], model.cond_channels)) if model.cond_channels else None
-  params = replicate(jax.jit(model.init)(key, x, t, y, c), mesh)
+  variables = replicate(jax.jit(model.init)(key, x, t, y, c), mesh)
   cond = np.zeros((batch, *shape[:-1], model.cond_channels), np.float32) if model.cond_channels \
       else None
   result = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
@@ -118,11 +118,11 @@ def bench_sampling(model: Denoiser, config, batch: int, *, samplers=("ddpm", "dd
     count = steps or samplers_lib.DEFAULT_STEPS[name] or config.diffusion.num_steps
     sample = make_sampler(model, config, shape, mesh, sampler=name, steps=count)
     start = time.perf_counter()
-    jax.block_until_ready(sample(params, key, 0, labels, cond))
+    jax.block_until_ready(sample(variables, key, 0, labels, cond))
     first_s = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(repeats):
-      out = sample(params, key, batch * (i + 1), labels, cond)
+      out = sample(variables, key, batch * (i + 1), labels, cond)
     jax.block_until_ready(out)
     chain_s = (time.perf_counter() - start) / repeats
     result["samplers"][name] = {"steps": count, "first_call_s": first_s, "chain_s": chain_s,

@@ -72,7 +72,7 @@ class Denoiser:
   def init(self, key: jax.Array, x: jax.Array, t: jax.Array, y: jax.Array | None = None,
            cond: jax.Array | None = None) -> Variables:
     """The network's variables for inputs shaped like x [b, *shape], t [b] (b may be 1)."""
-    variables = dict(self.init_fn(key, x, t, self._y(y, x), self._cond(cond, x)))
+    variables = dict(self.init_fn(key, x, t, self._y(y), self._cond(cond)))
     if "params" not in variables:
       raise ValueError(f"the network {self.name or self.module!r}: init returned no 'params' "
                        f"collection (got {sorted(variables)})")
@@ -81,14 +81,14 @@ class Denoiser:
   def __call__(self, variables: Variables, x: jax.Array, t: jax.Array,
                y: jax.Array | None = None, cond: jax.Array | None = None) -> jax.Array:
     """The network's output in inference mode (no dropout, running statistics)."""
-    return self.apply_fn(variables, x, t, self._y(y, x), self._cond(cond, x), False, None)[0]
+    return self.apply_fn(variables, x, t, self._y(y), self._cond(cond), False, None)[0]
 
   def train_apply(self, variables: Variables, x: jax.Array, t: jax.Array, y: jax.Array | None,
                   cond: jax.Array | None, rng: jax.Array) -> tuple[jax.Array, dict]:
     """(output, updated non-"params" collections) in training mode; `rng` seeds dropout."""
-    return self.apply_fn(variables, x, t, self._y(y, x), self._cond(cond, x), True, rng)
+    return self.apply_fn(variables, x, t, self._y(y), self._cond(cond), True, rng)
 
-  def _y(self, y, x):
+  def _y(self, y):
     if not self.num_classes:
       return None
     if y is None:
@@ -96,7 +96,7 @@ class Denoiser:
                        f"num_classes={self.num_classes}")
     return y
 
-  def _cond(self, cond, x):
+  def _cond(self, cond):
     return cond if self.cond_channels else None
 
   def output_channels(self, channels: int) -> int:
