@@ -181,37 +181,44 @@ def _application_parsers(commands) -> None:
     parser.set_defaults(run=run)
     return parser
 
-  inpaint = common("inpaint", "fill the black region of --mask (RePaint)", apps.inpaint_command)
-  inpaint.add_argument("--image", required=True)
-  inpaint.add_argument("--mask", required=True, help="PNG: white = keep, black = generate")
-  inpaint.add_argument("--out", required=True)
+  example = "a PNG (images) or an .npy/.npz array of config.data.shape in the data's units"
+  out = "a PNG (images) or an .npz (any data; a preview PNG beside it)"
+  inpaint = common("inpaint", "fill the unknown region of --mask (RePaint; point sets: motif "
+                   "scaffolding)", apps.inpaint_command)
+  inpaint.add_argument("--image", required=True, help=example)
+  inpaint.add_argument("--mask", required=True,
+                       help="PNG: white = keep, black = generate; or an .npy of bools over the "
+                            "data's positions (config.data.shape[:-1]), True = keep")
+  inpaint.add_argument("--out", required=True, help=out)
   inpaint.add_argument("--steps", type=int, default=250, help="chain length (respaced)")
   inpaint.add_argument("--jump-length", type=int, default=10)
   inpaint.add_argument("--resamplings", type=int, default=10)
   inpaint.add_argument("--num-samples", type=int, default=1)
 
-  denoise = common("denoise", "denoise an image with Gaussian noise of std --sigma",
+  denoise = common("denoise", "denoise data with Gaussian noise of std --sigma",
                    apps.denoise_command)
-  denoise.add_argument("--image", required=True)
+  denoise.add_argument("--image", required=True, help=example)
   denoise.add_argument("--sigma", type=float, required=True,
-                       help="noise std in units of the [0, 1] pixel range, in (0, 1]")
-  denoise.add_argument("--out", required=True)
+                       help="noise std: uint8 data in units of the [0, 1] range, in (0, 1]; "
+                            "float data in its own units")
+  denoise.add_argument("--out", required=True, help=out)
   denoise.add_argument("--num-samples", type=int, default=1,
-                       help="> 1: also the per-pixel mean and std (out.npz, out_std.png)")
+                       help="> 1: also the per-element mean and std (out.npz, out_std.png)")
   _sampler_arguments(denoise, guidance=False)
 
-  enhance = common("enhance", "enhance an image with an image-conditioned model",
+  enhance = common("enhance", "enhance degraded data with a conditioned model",
                    apps.enhance_command)
-  enhance.add_argument("--image", required=True)
-  enhance.add_argument("--out", required=True)
+  enhance.add_argument("--image", required=True,
+                       help="the degraded example: " + example + " (cond_channels channels)")
+  enhance.add_argument("--out", required=True, help=out)
   enhance.add_argument("--num-samples", type=int, default=1)
   _sampler_arguments(enhance, guidance=False)
 
-  anomaly = common("anomaly", "score images by partial diffusion and reconstruction",
+  anomaly = common("anomaly", "score examples by partial diffusion and reconstruction",
                    apps.anomaly_command)
   anomaly.add_argument("--images", required=True,
-                       help="a folder (normal/ and anomalous/ subfolders give labels) or an .npz "
-                            "(images, optional labels)")
+                       help="a folder of images (normal/ and anomalous/ subfolders give labels) "
+                            "or an .npz (x [N, ...] in the data's units, optional labels)")
   anomaly.add_argument("--out", required=True, help="scores.csv (and scores_maps.npz)")
   anomaly.add_argument("--at-step", type=int, help="diffuse to this step (default T/4)")
   _sampler_arguments(anomaly, guidance=False)

@@ -44,6 +44,42 @@ class DataSpec:
       return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
     return x * np.float32(self.scale)
 
+  def noise_std(self, sigma: float, argument: str = "sigma") -> float:
+    """The standard deviation of additive Gaussian noise in the model's units, for `sigma` in
+    the data's: for uint8 data in units of the [0, 1] range (so in (0, 1]), for float
+    data in the data's own units (× scale of the model's)."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+      raise ValueError(f"{argument} must be a number; got {sigma!r}")
+    if self.dtype == "uint8":
+      if not 0 < sigma <= 1:
+        raise ValueError(f"{argument} must lie in (0, 1] (a standard deviation in units of the "
+                         f"[0, 1] pixel range); got {sigma!r}")
+      return 2.0 * sigma
+    if not sigma > 0:
+      raise ValueError(f"{argument} must be > 0 (a standard deviation in the data's units); "
+                       f"got {sigma!r}")
+    return sigma / self.scale
+
+  def difference(self, d):
+    """A difference in the model's units -> the units `noise_std` takes: of the [0, 1]
+    range for uint8 data, the data's own for float data."""
+    return d / 2.0 if self.dtype == "uint8" else d * self.scale
+
+  def batch(self, x, argument: str, channels: int | None = None) -> tuple[np.ndarray, bool]:
+    """(x [N, *shape], whether x was one example) for data given as one example or a batch;
+    a ValueError naming `argument` if its shape or dtype is not this data's. `channels`
+    replaces the last axis (a conditioning input)."""
+    shape = self.shape if channels is None else self.shape[:-1] + (channels,)
+    x = np.asarray(x)
+    single = x.shape == shape
+    if not single and x.shape[1:] != shape:
+      raise ValueError(f"{argument} has shape {x.shape}; the model takes {shape} or a batch "
+                       f"[N, {', '.join(map(str, shape))}]")
+    if (x.dtype == np.uint8) != (self.dtype == "uint8") or not (
+        x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+      raise ValueError(f"{argument} is {x.dtype}; this run's data is {self.dtype}")
+    return (x[None] if single else x), single
+
   @property
   def centred(self) -> bool:
     """Whether the diffusion runs in the zero-centre-of-mass subspace (point sets)."""

@@ -199,7 +199,7 @@ def test_auroc_counts_the_ordered_pairs():
     (["sample", "--num", "4", "--out", "s.npz", "--class", "10"], r"--class must lie in \[0, 10\)"),
     (["sample", "--num", "4", "--out", "s.npz", "--eta", "2", "--sampler", "ddim"],
      r"--eta must lie in \[0, 1\]"),
-    (["enhance", "--image", "IMG", "--out", "o.png"], "not image-conditioned"),
+    (["enhance", "--image", "IMG", "--out", "o.png"], "not conditioned"),
     (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--class", "-1"],
      r"--class must lie in \[0, 10\)"),
 ])

@@ -2,6 +2,8 @@
 module, a plain function, an NNX module with batch statistics) on 1-D, 3-D and point-set
 data, trained through `diffusion.training.train`, resumed bit-identically and sampled."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -362,3 +364,44 @@ def test_the_protein_example_trains_samples_and_evaluates_from_the_command_line(
   assert cli.main(["evaluate", "--samples", out, "--synthetic", "backbones"]) == 0
   table = capsys.readouterr().out
   assert "ca_ca_distance" in table and "radius_of_gyration" in table
+  # The applications on point sets: arrays in, an .npz (Å) with a preview and a PDB out.
+  motif = data["arr_0"][0] + np.float32([20, 0, 0])
+  known = np.arange(16) < 8
+  np.save(tmp_path / "motif.npy", motif)
+  np.save(tmp_path / "known.npy", known)
+  scaffold = tmp_path / "scaffold.npz"
+  assert cli.main(["inpaint", "--workdir", workdir, "--image", str(tmp_path / "motif.npy"),
+                   "--mask", str(tmp_path / "known.npy"), "--out", str(scaffold), "--steps", "4",
+                   "--jump-length", "2", "--resamplings", "2", "--num-samples", "2"]) == 0
+  filled = np.load(scaffold)["x"]
+  assert filled.shape == (2, 16, 3) and filled.dtype == np.float32
+  np.testing.assert_array_equal(filled[:, known], np.broadcast_to(motif[known], (2, 8, 3)))
+  assert (tmp_path / "scaffold.png").exists() and (tmp_path / "scaffold.pdb").exists()
+  assert cli.main(["denoise", "--workdir", workdir, "--image", str(tmp_path / "motif.npy"),
+                   "--sigma", "0.5", "--out", str(tmp_path / "denoised.npz"), "--num-samples", "2",
+                   "--sampler", "ddim", "--steps", "3"]) == 0
+  denoised = np.load(tmp_path / "denoised.npz")
+  assert denoised["x"].shape == (2, 16, 3) and denoised["std"].shape == (16, 3)
+  np.savez(tmp_path / "set.npz", x=data["arr_0"], labels=np.arange(8) % 2)
+  assert cli.main(["anomaly", "--workdir", workdir, "--images", str(tmp_path / "set.npz"),
+                   "--out", str(tmp_path / "scores.csv"), "--at-step", "5", "--sampler", "ddim",
+                   "--steps", "3"]) == 0
+  assert np.load(tmp_path / "scores_maps.npz")["maps"].shape == (8, 16)
+  capsys.readouterr()
+  for argv, message in [
+      (["inpaint", "--image", "motif.npy", "--mask", "known.npy", "--out", "o.png"],
+       "--out .*o.png.*: this run's data is points data; the output is an .npz"),
+      (["inpaint", "--image", "motif.png", "--mask", "known.npy", "--out", "o.npz"],
+       "--image .*motif.png.*: this run's data is points data of shape \\(16, 3\\); give an "
+       ".npy"),
+      (["inpaint", "--image", "motif.npy", "--mask", "set.npz", "--out", "o.npz"],
+       "--mask .*set.npz.* has shape \\(8, 16, 3\\); the data's positions are \\(16,\\)"),
+      (["denoise", "--image", "known.npy", "--sigma", "1", "--out", "o.npz"],
+       "--image .*known.npy.* has shape \\(16,\\); the model takes \\(16, 3\\)"),
+      (["denoise", "--image", "motif.npy", "--sigma", "-1", "--out", "o.npz"],
+       "--sigma must be > 0 \\(a standard deviation in the data's units\\)")]:
+    argv = [argv[0], "--workdir", workdir] + [
+        str(tmp_path / a) if "." in a and not a[0].isdigit() else a for a in argv[1:]]
+    (tmp_path / "motif.png").write_bytes(b"")
+    assert cli.main(argv) == 2, argv
+    assert re.search(message, capsys.readouterr().err), message

@@ -1,5 +1,5 @@
-"""The `ddpm inpaint | denoise | enhance | anomaly` commands: read PNG/NPZ, run, write PNG/NPZ/CSV
-(local paths or object-store URIs)."""
+"""The `ddpm inpaint | denoise | enhance | anomaly` commands: read PNG/NPY/NPZ, run, write
+PNG/NPZ/CSV (local paths or object-store URIs); images as PNGs, data of other kinds as arrays."""
 
 import csv
 import io
@@ -12,39 +12,60 @@ from diffusion.applications.denoise import denoise
 from diffusion.applications.enhance import enhance
 from diffusion.applications.inpaint import inpaint
 from diffusion import paths
-from diffusion.applications.imageio import read_image, read_images
-from diffusion.config import data_shape, data_spec
+from diffusion.applications.imageio import is_array_file, read_array, read_example, read_images
+from diffusion.config import data_spec
+from diffusion.dataspec import DataSpec
 from diffusion.distributed import make_mesh, replicate
 from diffusion.images import open_image, save_png, to_uint8
+from diffusion.previews import save_preview
 from diffusion.training.checkpoint import load_run
 from diffusion.training.state import base_key
 
 
-def _run(args):
-  """(config, denoiser, replicated variables, mesh, key, output path) of an application
-  command; the output path is checked first, so that a bad one fails before anything runs."""
+def _run(args, *, table: bool = False):
+  """(config, spec, denoiser, replicated variables, mesh, key, output path) of an application
+  command; the output path is checked first, so that a bad one fails before anything runs.
+  Images are written as PNGs (or an .npz if --out names one), other data as an .npz with a
+  preview PNG beside it; `table`: the output is a CSV whatever the data."""
   out = paths.resolve(args.out, "--out")
   config, model, variables, _ = load_run(args.workdir, args.step)
   spec = data_spec(config)
-  if spec.kind != "image" or spec.dtype != "uint8":
-    raise ValueError(f"--workdir {args.workdir!r}: this command reads and writes images; the "
-                     f"run's data is {spec.kind} data ({spec.dtype}): call the Python function "
-                     "(diffusion.applications) on arrays instead")
+  if not table and spec.kind != "image" and out.suffix != ".npz":
+    raise ValueError(f"--out {args.out!r}: this run's data is {spec.kind} data; the output is "
+                     "an .npz (with a preview .png beside it)")
   mesh = make_mesh()
-  return config, model, replicate(variables, mesh), mesh, base_key(args.seed, "sample"), out
+  return config, spec, model, replicate(variables, mesh), mesh, base_key(args.seed, "sample"), out
 
 
-def _write_samples(out: epath.Path, samples: np.ndarray) -> None:
-  """Sample 0 to `out`, further ones to out_1.png, out_2.png, ..."""
+def _write_samples(out: epath.Path, samples: np.ndarray, spec: DataSpec, **extra) -> None:
+  """Samples [N, *shape] in the data's units: to an .npz (`x`, and `extra`) with a preview PNG
+  beside it, or as PNGs, sample 0 to `out`, further ones to out_1.png, out_2.png, ..."""
+  if out.suffix == ".npz":
+    paths.save_npz(out, x=samples, **extra)
+    save_preview(out.with_suffix(".png"), samples, spec)
+    return
   for i, sample in enumerate(samples):
     save_png(out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}"), sample)
 
 
-def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
-  """bool [H, W] from a black-and-white PNG: white (255) = known, black (0) = to generate."""
+def read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
+  """bool [*shape] (the data's positions: shape[:-1] of an example): from a black-and-white PNG
+  (images; white (255) = known, black (0) = to generate) or an .npy/.npz of bools or 0/1
+  (1 = known)."""
   file = paths.resolve(path, "--mask")
   if not file.exists():
     raise FileNotFoundError(f"--mask {path!r} does not exist")
+  if is_array_file(path):
+    mask, _ = read_array(path, "--mask", ("mask", "x", "arr_0"))
+    if mask.shape != tuple(shape):
+      raise ValueError(f"--mask {path!r} has shape {mask.shape}; the data's positions are "
+                       f"{tuple(shape)}")
+    if mask.dtype != bool and not set(np.unique(mask).tolist()) <= {0, 1}:
+      raise ValueError(f"--mask {path!r} must hold bools or 0/1 (1 = keep)")
+    return mask.astype(bool)
+  if len(shape) != 2:
+    raise ValueError(f"--mask {path!r}: a PNG mask is for images; this data's positions are "
+                     f"{tuple(shape)}: give an .npy of bools")
   mask = np.asarray(open_image(file).convert("L"))
   if mask.shape != tuple(shape):
     raise ValueError(f"--mask {path!r} is {mask.shape[0]}×{mask.shape[1]}; the image is "
@@ -57,21 +78,32 @@ def read_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def inpaint_command(args) -> None:
-  config, model, variables, mesh, key, out = _run(args)
-  image = read_image(args.image, data_shape(config))
-  mask = read_mask(args.mask, image.shape[:2])
-  samples = inpaint(model, variables, config, image, mask, mesh, key, num_samples=args.num_samples,
+  config, spec, model, variables, mesh, key, out = _run(args)
+  data = read_example(args.image, spec)
+  mask = read_mask(args.mask, spec.shape[:-1])
+  samples = inpaint(model, variables, config, data, mask, mesh, key, num_samples=args.num_samples,
                     steps=args.steps, jump_length=args.jump_length, resamplings=args.resamplings,
                     class_label=args.class_label)
-  _write_samples(out, samples)
+  _write_samples(out, samples, spec)
 
 
 def denoise_command(args) -> None:
-  config, model, variables, mesh, key, out = _run(args)
-  noisy = read_image(args.image, data_shape(config))
-  samples = denoise(model, variables, config, np.repeat(noisy[None], args.num_samples, 0),
-                    args.sigma, mesh, key, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                    class_label=args.class_label)
+  config, spec, model, variables, mesh, key, out = _run(args)
+  noisy = read_example(args.image, spec)
+  if noisy.shape == spec.shape:
+    noisy = np.repeat(noisy[None], args.num_samples, 0)
+  elif args.num_samples > 1 or out.suffix != ".npz":
+    raise ValueError(f"--image {args.image!r} holds a batch: denoise it into an .npz --out, one "
+                     "sample each (several samples are drawn for one example)")
+  samples = denoise(model, variables, config, noisy, args.sigma, mesh, key, sampler=args.sampler,
+                    steps=args.steps, seed=args.seed, class_label=args.class_label)
+  if out.suffix == ".npz":
+    if args.num_samples > 1:
+      _write_samples(out, spec.from_model(samples), spec, mean=spec.from_model(samples.mean(0)),
+                     std=spec.difference(samples.std(axis=0)))
+    else:
+      _write_samples(out, spec.from_model(samples), spec)
+    return
   mean = samples.mean(axis=0)
   save_png(out, to_uint8(mean))
   if args.num_samples > 1:
@@ -83,19 +115,21 @@ def denoise_command(args) -> None:
 
 
 def enhance_command(args) -> None:
-  config, model, variables, mesh, key, out = _run(args)
+  config, spec, model, variables, mesh, key, out = _run(args)
   if not model.cond_channels:
-    raise ValueError(f"--workdir {args.workdir!r}: the model is not image-conditioned "
+    raise ValueError(f"--workdir {args.workdir!r}: the model is not conditioned "
                      "(config.model.cond_channels = 0); train it with config.data.condition set")
-  image = read_image(args.image, data_shape(config)[:-1] + (model.cond_channels,))
-  samples = enhance(model, variables, config, np.repeat(image[None], args.num_samples, 0), mesh,
-                    key, sampler=args.sampler, steps=args.steps, class_label=args.class_label)
-  _write_samples(out, to_uint8(samples))
+  degraded = read_example(args.image, spec, channels=model.cond_channels)
+  if degraded.ndim == len(spec.shape):
+    degraded = np.repeat(degraded[None], args.num_samples, 0)
+  samples = enhance(model, variables, config, degraded, mesh, key, sampler=args.sampler,
+                    steps=args.steps, class_label=args.class_label)
+  _write_samples(out, spec.from_model(samples), spec)
 
 
 def anomaly_command(args) -> float | None:
-  config, model, variables, mesh, key, out = _run(args)
-  names, images, labels = read_images(args.images, data_shape(config))
+  config, spec, model, variables, mesh, key, out = _run(args, table=True)
+  names, images, labels = read_images(args.images, spec)
   scores, maps, _ = anomaly_scores(model, variables, config, images, mesh, key, step=args.at_step,
                                    sampler=args.sampler, steps=args.steps, seed=args.seed,
                                    class_label=args.class_label)

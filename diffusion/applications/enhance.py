@@ -1,35 +1,40 @@
-"""Image-to-image enhancement (SR3 / Palette style): a model conditioned on the degraded image.
+"""Enhancement (SR3 / Palette style): a model conditioned on the degraded data.
 
-The network sees the degraded image as extra input channels (UNet
-`cond_channels`); it is trained on (degraded, clean) pairs from a folder or
-made by synthetic degradations of a dataset (`config.data.condition`), and
-sampling runs the reverse chain with the image as condition.
+The network sees the degraded example as extra input channels (the U-Net's
+`cond_channels`, or any network of the registry that takes `cond`); it is
+trained on (degraded, clean) pairs from a folder or made by synthetic
+degradations of a dataset (`config.data.condition`), or on a source whose
+examples carry "cond", and sampling runs the reverse chain with the
+degraded example as condition.
 """
 
 import numpy as np
 
-from diffusion.config import data_shape
+from diffusion.config import data_spec
 from diffusion.distributed import gather, pad_to_devices
-from diffusion.images import to_float
+from diffusion.models import as_denoiser
 from diffusion.sampling import class_labels, make_sampler
 
 
-def enhance(model, variables, config, images: np.ndarray, mesh, key, *, sampler: str = "ddpm",
+def enhance(model, variables, config, degraded: np.ndarray, mesh, key, *, sampler: str = "ddpm",
             steps: int | None = None, class_label: int | None = None) -> np.ndarray:
-  """An enhanced version of each image: uint8 [N, H, W, C] (or [H, W, C]) -> float32 of the
-  same shape in [-1, 1]. Pass an image several times for several samples. A
-  class-conditional model is conditioned on `class_label`, else on its null class."""
+  """An enhanced version of each degraded example.
+
+  degraded: [N, *shape[:-1], cond_channels] in the data's units and dtype (as
+  the training source's "cond"), or one example without N; returns float32
+  [N, *shape] (or [*shape]) in the model's units (`DataSpec.from_model`
+  gives the data's). Pass an example several times for several samples. A
+  class-conditional model is conditioned on `class_label`, else on its null class.
+  """
+  model = as_denoiser(model, config.model)
   if not model.cond_channels:
-    raise ValueError("this run's model is not image-conditioned (config.model.cond_channels = 0): "
-                     "train it with config.data.condition set")
-  single = images.ndim == 3
-  images = images[None] if single else images
-  if images.shape[-1] != model.cond_channels:
-    raise ValueError(f"--image has {images.shape[-1]} channels; the model is conditioned on "
-                     f"{model.cond_channels}")
-  n = len(images)
+    raise ValueError("this run's model is not conditioned (config.model.cond_channels = 0): "
+                     "train it with config.data.condition set or a source that gives 'cond'")
+  spec = data_spec(config)
+  degraded, single = spec.batch(degraded, "the degraded data", channels=model.cond_channels)
+  n = len(degraded)
   labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
-  sample = make_sampler(model, config, data_shape(config), mesh, sampler=sampler, steps=steps)
-  cond = pad_to_devices(to_float(images), mesh)
+  sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps)
+  cond = pad_to_devices(spec.to_model(degraded), mesh)
   out = gather(sample(variables, key, 0, labels, cond=cond))[:n]
   return out[0] if single else out

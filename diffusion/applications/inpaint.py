@@ -5,8 +5,13 @@ the same step, x_{t-1} = m ⊙ q_sample(x_0, t-1) + (1 - m) ⊙ p_sample(x_t)
 (Algorithm 1), and the chain is resampled: after every `jump_length` steps
 down it goes back up `jump_length` steps through the forward process and
 descends again, `resamplings` times in all (Sec. 4.2), so the generated
-region harmonises with the known one. The result's known pixels are the
-input's, exactly.
+region harmonises with the known one. The mask covers the data's positions
+(pixels, voxels, sequence elements, points) and all their channels.
+
+Point sets (motif scaffolding by replacement): a network for point sets is
+translation-invariant (as the samplers assume) and its predictions are
+centred, so the chain runs in the frame of the given points: the known
+points keep their coordinates and the generated ones are placed around them.
 """
 
 import jax
@@ -14,12 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import samplers
-from diffusion.config import betas_from_config
+from diffusion.config import betas_from_config, data_spec
 from diffusion.forward import q_sample
 from diffusion.models import as_denoiser
 from diffusion.reverse import p_sample
 from diffusion.distributed import gather, pad_to_devices
-from diffusion.images import to_float, to_uint8
 from diffusion.sampling import class_labels, over_samples
 from diffusion.schedules import Schedule, respace_betas
 
@@ -49,10 +53,12 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, resamplings: int = 1
 
 def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.ndarray,
                   x0: jax.Array, known: jax.Array, x: jax.Array, keys: jax.Array, *,
-                  prediction: str, variance: str, clip_x0: bool = True) -> jax.Array:
+                  prediction: str, variance: str, clip_x0: bool = True,
+                  centred: bool = False) -> jax.Array:
   """Runs RePaint over `visits` (indices into the chain `schedule` of kept timesteps `kept`).
 
-  x0: [N, ...] the image, known: [N, ..., 1] bool mask, x: [N, ...] at visits[0].
+  x0: [N, ...] the data, known: [N, ..., 1] bool mask, x: [N, ...] at visits[0].
+  `centred` (point sets [N, P, d]): the predictions are centred over the points.
   """
   kept = jnp.asarray(kept)
   shape = x.shape[1:]
@@ -60,6 +66,9 @@ def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.n
 
   def down(x, k, i, j):
     out = denoise_fn(x, jnp.full((x.shape[0],), kept[i]))
+    if centred:  # the mean (the first channels) only, with a learned variance
+      mean = out[..., :x.shape[-1]]
+      out = jnp.concatenate([mean - mean.mean(axis=-2, keepdims=True), out[..., x.shape[-1]:]], -1)
     step = lambda o, xi, key: p_sample(schedule, o, xi, jnp.full((1,), i), key,
                                        prediction=prediction, variance=variance,
                                        clip_x0=clip_x0)[0]
@@ -81,28 +90,41 @@ def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.n
   return x
 
 
-def inpaint(model, variables, config, image: np.ndarray, mask: np.ndarray, mesh, key, *,
+def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, key, *,
             num_samples: int = 1, steps: int = 250, jump_length: int = 10,
             resamplings: int = 10, class_label: int | None = None) -> np.ndarray:
-  """Fills the pixels where `mask` is False.
+  """Fills the positions where `mask` is False.
 
-  image: uint8 [H, W, C], completed `num_samples` times, or a batch [N, H, W,
-  C], each completed once; mask: bool [H, W] (for every image) or [N, H, W],
-  True = known (kept). Returns uint8 [num_samples or N, H, W, C]. The chain
-  runs on `steps` timesteps respaced from the model's T (RePaint used 250). A
-  class-conditional model is conditioned on `class_label`, else on its null class.
+  data: one example [*shape] in the data's units and dtype (`config.data`:
+  uint8 images or volumes, float sequences or point sets), completed
+  `num_samples` times, or a batch [N, *shape], each completed once; mask:
+  bool [*shape[:-1]] (pixels, voxels, elements or points; for every example)
+  or [N, *shape[:-1]], True = known (kept, all channels). Returns [num_samples
+  or N, *shape] in the data's units and dtype. The chain runs on `steps`
+  timesteps respaced from the model's T (RePaint used 250). A
+  class-conditional model is conditioned on `class_label`, else on its null
+  class. Point sets (motif scaffolding): the known points keep their
+  coordinates, and the generated ones are placed around them.
   """
   d = config.diffusion
   model = as_denoiser(model, config.model)
+  spec = data_spec(config)
   betas = betas_from_config(config)
   if not 1 <= steps <= len(betas):
     raise ValueError(f"--steps must lie in [1, {len(betas)}] (the model's T); got {steps}")
-  images = np.repeat(image[None], num_samples, 0) if image.ndim == 3 else image
-  known = np.broadcast_to(mask if mask.ndim == 3 else mask[None], images.shape[:3])[..., None]
+  data, single = spec.batch(data, "the data to inpaint")
+  if single:
+    data = np.repeat(data, num_samples, 0)
+  positions = spec.shape[:-1]
+  mask = np.asarray(mask)
+  if mask.dtype != bool or mask.shape not in (positions, (len(data),) + positions):
+    raise ValueError(f"the mask must be bool of shape {positions} or {(len(data),) + positions} "
+                     f"(True = known); got {mask.dtype} {mask.shape}")
+  known = np.broadcast_to(mask, data.shape[:-1])[..., None]
   kept = np.sort(samplers.spaced_steps(Schedule.from_betas(betas), steps))
   chain = Schedule.from_betas(respace_betas(betas, kept))
   visits = repaint_schedule(len(kept), jump_length, resamplings)
-  n = len(images)
+  n = len(data)
   labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
   conditional = model.num_classes > 0
 
@@ -112,9 +134,10 @@ def inpaint(model, variables, config, image: np.ndarray, mask: np.ndarray, mesh,
     denoise = lambda x, t: model(variables, x, t, y if conditional else None)
     return repaint_chain(denoise, chain, kept, visits, x0, known, x, keys,
                          prediction=d.prediction, variance=d.variance,
-                         clip_x0=d.get("clip_x0", True))
+                         clip_x0=d.get("clip_x0", True), centred=spec.centred)
 
   run = over_samples(device_fn, mesh, 3)
-  generated = to_uint8(gather(run(variables, key, 0, pad_to_devices(to_float(images), mesh),
-                                  pad_to_devices(known, mesh), labels)))[:n]
-  return np.where(known, images, generated)
+  generated = spec.from_model(gather(run(variables, key, 0,
+                                         pad_to_devices(spec.to_model(data), mesh),
+                                         pad_to_devices(known, mesh), labels)))[:n]
+  return np.where(known, data, generated)
