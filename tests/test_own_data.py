@@ -373,7 +373,7 @@ def test_the_protein_example_trains_samples_and_evaluates_from_the_command_line(
   assert cli.main(["inpaint", "--workdir", workdir, "--image", str(tmp_path / "motif.npy"),
                    "--mask", str(tmp_path / "known.npy"), "--out", str(scaffold), "--steps", "4",
                    "--jump-length", "2", "--resamplings", "2", "--num-samples", "2"]) == 0
-  filled = np.load(scaffold)["x"]
+  filled = np.load(scaffold)["arr_0"]
   assert filled.shape == (2, 16, 3) and filled.dtype == np.float32
   np.testing.assert_array_equal(filled[:, known], np.broadcast_to(motif[known], (2, 8, 3)))
   assert (tmp_path / "scaffold.png").exists() and (tmp_path / "scaffold.pdb").exists()
@@ -381,7 +381,7 @@ def test_the_protein_example_trains_samples_and_evaluates_from_the_command_line(
                    "--sigma", "0.5", "--out", str(tmp_path / "denoised.npz"), "--num-samples", "2",
                    "--sampler", "ddim", "--steps", "3"]) == 0
   denoised = np.load(tmp_path / "denoised.npz")
-  assert denoised["x"].shape == (2, 16, 3) and denoised["std"].shape == (16, 3)
+  assert denoised["arr_0"].shape == (2, 16, 3) and denoised["std"].shape == (16, 3)
   np.savez(tmp_path / "set.npz", x=data["arr_0"], labels=np.arange(8) % 2)
   assert cli.main(["anomaly", "--workdir", workdir, "--images", str(tmp_path / "set.npz"),
                    "--out", str(tmp_path / "scores.csv"), "--at-step", "5", "--sampler", "ddim",

@@ -38,10 +38,11 @@ def _run(args, *, table: bool = False):
 
 
 def _write_samples(out: epath.Path, samples: np.ndarray, spec: DataSpec, **extra) -> None:
-  """Samples [N, *shape] in the data's units: to an .npz (`x`, and `extra`) with a preview PNG
-  beside it, or as PNGs, sample 0 to `out`, further ones to out_1.png, out_2.png, ..."""
+  """Samples [N, *shape] in the data's units: to an .npz (`arr_0`, as `ddpm sample` writes, and
+  `extra`) with a preview PNG beside it, or as PNGs: sample 0 to `out`, further ones to
+  out_1.png, out_2.png, ..."""
   if out.suffix == ".npz":
-    paths.save_npz(out, x=samples, **extra)
+    paths.save_npz(out, arr_0=samples, **extra)
     save_preview(out.with_suffix(".png"), samples, spec)
     return
   for i, sample in enumerate(samples):
