@@ -134,6 +134,38 @@ def test_tfds_data_source_with_mock_data():
       TfdsSource("no_such_set", "train", 8, 3)
 
 
+def test_tfds_source_of_a_non_image_feature():
+  """A TFDS feature that is not an image (coordinates of 16 points, float32) feeds a point-set
+  run as it is: no resizing, its dtype, its labels; batched by the loader. A config shape it
+  does not have is named at the first example."""
+  import ml_collections
+  from tfds_fixtures import points  # registers points_for_test
+  from diffusion.data import make_source
+  from diffusion.data.loader import check_example
+  from diffusion.dataspec import from_data_config
+  del points
+  data = ml_collections.ConfigDict(dict(name="points_for_test", split="train", feature="coords",
+                                        shape=(16, 3), kind="points"))
+  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+    source = make_source(data)
+    assert len(source) == 6 and source.num_classes == 2
+    example = source[2]
+    assert example["x"].shape == (16, 3) and example["x"].dtype == np.float32
+    assert example["label"] in (0, 1) and np.ptp(example["x"]) > 0  # mock data, not zeros
+    spec = from_data_config(data)
+    batch = next(Loader(source, 4, seed=0, spec=spec).batches())
+    assert batch["x"].shape == (4, 16, 3) and batch["label"].shape == (4,)
+    examples = [source[i]["x"] for i in range(6)]
+    assert all(any(np.array_equal(x, e) for e in examples) for x in batch["x"])
+    data.shape = (8, 3)
+    with pytest.raises(ValueError, match=r"source\[0\]\['x'\] has shape \(16, 3\); config.data.shape "
+                                         r"is \(8, 3\)"):
+      check_example(source[0], 0, from_data_config(data))
+    data.feature = "pos"
+    with pytest.raises(ValueError, match="dataset 'points_for_test' has no feature 'pos'"):
+      make_source(data)
+
+
 def test_tfds_dataset_not_prepared(tmp_path):
   with pytest.raises(FileNotFoundError, match="'mnist' is not prepared as ArrayRecord under data_dir"):
     TfdsSource("mnist", "train", 8, 1, data_dir=str(tmp_path))
