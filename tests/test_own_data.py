@@ -2,6 +2,9 @@
 module, a plain function, an NNX module with batch statistics) on 1-D, 3-D and point-set
 data, trained through `diffusion.training.train`, resumed bit-identically and sampled."""
 
+import importlib.util
+import json
+import os
 import re
 
 import flax.linen as nn
@@ -340,7 +343,6 @@ def test_the_protein_example_trains_samples_and_evaluates_from_the_command_line(
                                                                                 capsys):
   """The worked example's commands on a small run: `ddpm sample` writes Å coordinates and a
   PDB file; `ddpm evaluate --synthetic` measures them."""
-  import os
   from _tiny import CONFIGS
   from diffusion import cli
   workdir, out = str(tmp_path / "protein"), str(tmp_path / "samples.npz")
@@ -405,3 +407,13 @@ def test_the_protein_example_trains_samples_and_evaluates_from_the_command_line(
     (tmp_path / "motif.png").write_bytes(b"")
     assert cli.main(argv) == 2, argv
     assert re.search(message, capsys.readouterr().err), message
+  # The scaffolding measurement of experiments/README.md runs on this workdir.
+  script = importlib.util.spec_from_file_location(
+      "scaffold_backbones", os.path.join(CONFIGS, os.pardir, "scaffold_backbones.py"))
+  module = importlib.util.module_from_spec(script)
+  script.loader.exec_module(module)
+  module.main(["--workdir", workdir, "--num", "8", "--steps", "4", "--jump-length", "2",
+               "--resamplings", "2", "--out", str(tmp_path / "scaffold.json")])
+  rows = json.loads((tmp_path / "scaffold.json").read_text())["rows"]
+  assert set(rows) == {"scaffold", "unconditional, superposed"}
+  assert all(np.isfinite(r["rmsd_median"]) and r["joint_mean"] > 0 for r in rows.values())

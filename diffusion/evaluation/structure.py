@@ -57,6 +57,26 @@ def sequence_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
 STATISTICS = {"points": chain_statistics, "volume": volume_statistics,
               "sequence": sequence_statistics}
 
+def superpose(moving: np.ndarray, target: np.ndarray, on: np.ndarray | None = None) -> np.ndarray:
+  """`moving` [N, P, 3] rotated and translated (a proper rotation, Kabsch 1976) so that its
+  points `on` (bool [P], default all) lie closest to `target`'s in the least-squares sense."""
+  moving, target = np.asarray(moving, np.float64), np.asarray(target, np.float64)
+  on = np.ones(moving.shape[1], bool) if on is None else np.asarray(on, bool)
+  a, b = moving[:, on], target[:, on]
+  ca, cb = a.mean(axis=1, keepdims=True), b.mean(axis=1, keepdims=True)
+  u, _, vt = np.linalg.svd(np.swapaxes(a - ca, 1, 2) @ (b - cb))
+  d = np.sign(np.linalg.det(u @ vt))  # -1: the best orthogonal map is a reflection
+  u[:, :, -1] *= d[:, None]
+  return (moving - ca) @ (u @ vt) + cb
+
+
+def scaffold_rmsd(completed: np.ndarray, truth: np.ndarray, known: np.ndarray) -> np.ndarray:
+  """RMSD [N] over the generated points (`known` False) of completions [N, P, 3] against the
+  structures their motifs came from, in the motif's frame (no superposition: the motif fixes it)."""
+  unknown = ~np.asarray(known, bool)
+  diff = np.asarray(completed, np.float64)[:, unknown] - np.asarray(truth, np.float64)[:, unknown]
+  return np.sqrt(np.mean(np.sum(diff ** 2, -1), axis=1))
+
 
 def wasserstein(a: np.ndarray, b: np.ndarray) -> float:
   from scipy.stats import wasserstein_distance
