@@ -198,8 +198,6 @@ def test_eight_devices_equal_one_for_a_user_network_and_source(tmp_path):
 
 def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
   """The README's "Your own data and network" example, exactly as printed there."""
-  import os
-  import re
   root = os.path.join(os.path.dirname(__file__), os.pardir)
   with open(os.path.join(root, "README.md")) as f:
     readme = f.read()
@@ -302,7 +300,6 @@ def test_numpy_sources(tmp_path):
 def test_a_checkpoint_from_before_shapes_and_model_state_resumes_exactly(tmp_path):
   """Workdirs written before config.data.shape and TrainState.model_state existed: a state
   without model_state and a config without the data's shape keys resume, bit for bit."""
-  import json
   import orbax.checkpoint as ocp
   first, old, whole = (str(tmp_path / n) for n in ("first", "old", "whole"))
   train(tiny_config(num_steps=2, checkpoint_every=2), first)
