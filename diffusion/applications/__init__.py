@@ -1,11 +1,13 @@
-"""The imaging applications of DDPMs, each a composition of the core's functions.
+"""The applications of DDPMs, each a composition of the core's functions, on data of any kind
+(`config.data`: images, volumes, sequences, point sets), in the data's units.
 
-- `inpaint`: RePaint (Lugmayr et al. 2022), known pixels kept exactly.
-- `denoise`: a given noisy image mapped onto the forward process, then the
-  reverse chain; several samples give a per-pixel mean and uncertainty.
-- `enhance`: image-to-image with a model conditioned on the degraded image.
-- `anomaly`: partial diffusion and reconstruction; per-image scores, per-pixel
-  maps, AUROC.
+- `inpaint`: RePaint (Lugmayr et al. 2022), known positions kept exactly; on
+  point sets, motif scaffolding.
+- `denoise`: given noisy data mapped onto the forward process, then the
+  reverse chain; several samples give a per-element mean and uncertainty.
+- `enhance`: enhancement with a model conditioned on the degraded data.
+- `anomaly`: partial diffusion and reconstruction; per-example scores, maps
+  per position, AUROC.
 """
 
 from diffusion.applications.anomaly import anomaly_scores, auroc
