@@ -15,6 +15,7 @@ predictions are centred, so the process is translation-invariant).
 
 import dataclasses
 import math
+import numbers
 
 import jax.numpy as jnp
 import numpy as np
@@ -48,7 +49,7 @@ class DataSpec:
     """The standard deviation of additive Gaussian noise in the model's units, for `sigma` in
     the data's: for uint8 data in units of the [0, 1] range (so in (0, 1]), for float
     data in the data's own units (× scale of the model's)."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma):
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not math.isfinite(sigma):
       raise ValueError(f"{argument} must be a number; got {sigma!r}")
     if self.dtype == "uint8":
       if not 0 < sigma <= 1:

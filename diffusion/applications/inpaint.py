@@ -113,6 +113,7 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
   if not 1 <= steps <= len(betas):
     raise ValueError(f"--steps must lie in [1, {len(betas)}] (the model's T); got {steps}")
   data, single = spec.batch(data, "the data to inpaint")
+  data = data if spec.dtype == "uint8" else data.astype(np.float32)
   if single:
     data = np.repeat(data, num_samples, 0)
   positions = spec.shape[:-1]
