@@ -92,6 +92,15 @@ class DataSpec:
       return x
     return x - x.mean(axis=-2, keepdims=True)
 
+  def project_output(self, out, channels: int):
+    """A network's output [..., N, channels × (1 or 2)] with its prediction (the first
+    `channels` channels; the rest are learned variances) centred for point sets; else out."""
+    if not self.centred:
+      return out
+    if out.shape[-1] == channels:
+      return self.project(out)
+    return jnp.concatenate([self.project(out[..., :channels]), out[..., channels:]], -1)
+
 
 def infer_kind(shape: tuple[int, ...]) -> str:
   return {2: "sequence", 3: "image", 4: "volume"}.get(len(shape), "sequence")

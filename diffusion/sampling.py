@@ -77,7 +77,7 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
   the conditioning input of a conditioned model (model units). N must be
   divisible by the number of devices. For point sets (`DataSpec.centred`)
   the chain runs in the subspace of zero centre of mass: x_T and every
-  prediction are centred, and so are the samples (the network being
+  prediction (not the learned variances) are centred, and so are the samples (the network being
   translation-invariant, this equals sampling with centred noise).
   """
   d = config.diffusion
@@ -100,7 +100,7 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
     def model_fn(x, t, y):
       c = None if cond is None else jnp.concatenate([cond] * (x.shape[0] // cond.shape[0]))
       out = model(variables, x, t, y if model.num_classes else None, c)
-      return spec.project(out) if spec.centred and not model.learned_variance else out
+      return spec.project_output(out, x.shape[-1])
 
     if guidance is not None:
       denoise = samplers.classifier_free_guidance(model_fn, labels, model.num_classes, guidance,

@@ -324,6 +324,19 @@ def test_a_checkpoint_from_before_shapes_and_model_state_resumes_exactly(tmp_pat
   b.close()
 
 
+def test_point_set_predictions_are_centred_but_not_their_learned_variances():
+  from diffusion.dataspec import DataSpec
+  spec = DataSpec((5, 3), "points", "float32")
+  out = np.random.default_rng(0).normal(size=(2, 5, 6)).astype(np.float32)
+  projected = np.asarray(spec.project_output(jnp.asarray(out), 3))
+  np.testing.assert_allclose(projected[..., :3].mean(axis=1), 0, atol=1e-6)
+  np.testing.assert_allclose(projected[..., :3], out[..., :3] - out[..., :3].mean(1, keepdims=True),
+                             atol=1e-6)
+  np.testing.assert_array_equal(projected[..., 3:], out[..., 3:])
+  image = DataSpec((4, 5, 3))
+  np.testing.assert_array_equal(image.project_output(out, 3), out)
+
+
 def test_random_rotations_keep_the_shape_of_a_point_set():
   from diffusion.data import Loader
   from diffusion.dataspec import DataSpec

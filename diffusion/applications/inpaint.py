@@ -53,12 +53,10 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, resamplings: int = 1
 
 def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.ndarray,
                   x0: jax.Array, known: jax.Array, x: jax.Array, keys: jax.Array, *,
-                  prediction: str, variance: str, clip_x0: bool = True,
-                  centred: bool = False) -> jax.Array:
+                  prediction: str, variance: str, clip_x0: bool = True) -> jax.Array:
   """Runs RePaint over `visits` (indices into the chain `schedule` of kept timesteps `kept`).
 
   x0: [N, ...] the data, known: [N, ..., 1] bool mask, x: [N, ...] at visits[0].
-  `centred` (point sets [N, P, d]): the predictions are centred over the points.
   """
   kept = jnp.asarray(kept)
   shape = x.shape[1:]
@@ -66,9 +64,6 @@ def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.n
 
   def down(x, k, i, j):
     out = denoise_fn(x, jnp.full((x.shape[0],), kept[i]))
-    if centred:  # the mean (the first channels) only, with a learned variance
-      mean = out[..., :x.shape[-1]]
-      out = jnp.concatenate([mean - mean.mean(axis=-2, keepdims=True), out[..., x.shape[-1]:]], -1)
     step = lambda o, xi, key: p_sample(schedule, o, xi, jnp.full((1,), i), key,
                                        prediction=prediction, variance=variance,
                                        clip_x0=clip_x0)[0]
@@ -132,10 +127,11 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
   def device_fn(variables, key, index, x0, known, y):
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
     x = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], x0.shape[1:]))(keys)
-    denoise = lambda x, t: model(variables, x, t, y if conditional else None)
+    denoise = lambda x, t: spec.project_output(
+        model(variables, x, t, y if conditional else None), x.shape[-1])
     return repaint_chain(denoise, chain, kept, visits, x0, known, x, keys,
                          prediction=d.prediction, variance=d.variance,
-                         clip_x0=d.get("clip_x0", True), centred=spec.centred)
+                         clip_x0=d.get("clip_x0", True))
 
   run = over_samples(device_fn, mesh, 3)
   generated = spec.from_model(gather(run(variables, key, 0,

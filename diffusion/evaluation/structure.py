@@ -57,6 +57,7 @@ def sequence_statistics(x: np.ndarray) -> dict[str, np.ndarray]:
 STATISTICS = {"points": chain_statistics, "volume": volume_statistics,
               "sequence": sequence_statistics}
 
+
 def superpose(moving: np.ndarray, target: np.ndarray, on: np.ndarray | None = None) -> np.ndarray:
   """`moving` [N, P, 3] rotated and translated (a proper rotation, Kabsch 1976) so that its
   points `on` (bool [P], default all) lie closest to `target`'s in the least-squares sense."""

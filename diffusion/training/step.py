@@ -116,7 +116,7 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
         out, new = model.train_apply({"params": params, **state.model_state}, x_t, t_,
                                      labels if conditional else None, cond, dropout_key)
         updates.update(new)
-        return spec.project(out) if spec.centred and not model.learned_variance else out
+        return spec.project_output(out, x_t.shape[-1])
 
       losses = training_losses(denoise, schedule, x0, step_key, loss=d.loss,
                                prediction=d.prediction, variance=d.variance, t=t, noise=noise,
