@@ -125,7 +125,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # What may change when a run resumes: how it executes, not what it computes.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.num_samples",
-                  "train.steps_per_dispatch", "model.dtype", "model.remat", "data.data_dir")
+                  "train.steps_per_dispatch", "model.dtype", "model.remat", "data.data_dir",
+                  "mesh.data", "mesh.fsdp", "mesh.min_shard_size")
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -1,5 +1,6 @@
-"""Multi-process jobs and the device mesh: joining a job, the mesh every layer shards over,
-and moving arrays between the host and the mesh.
+"""Multi-process jobs and the device mesh: joining a job, the mesh every layer shards over
+(axes "data" and "fsdp"), how the train state is split over it, and moving arrays between
+the host and the mesh.
 
 `initialize` calls `jax.distributed.initialize` when the environment describes a job:
 
@@ -11,6 +12,7 @@ and moving arrays between the host and the mesh.
 Otherwise a single process runs on its local devices.
 """
 
+import math
 import os
 
 import jax
@@ -43,16 +45,82 @@ def initialize() -> None:
     jax.distributed.initialize()
 
 
-def make_mesh(devices=None) -> Mesh:
-  """One "data" axis over `devices` (default: every device of every process).
+AXES = ("data", "fsdp")
+BATCH = P(AXES)  # a batch's rows are split over every device of the mesh, both axes
 
-  The axis is of JAX's Auto type: shardings are given at the jit boundary and
-  XLA's partitioner propagates them inside, so pure functions written for the
-  global batch run unchanged over any number of devices.
+
+def make_mesh(devices=None, *, fsdp: int = 1) -> Mesh:
+  """The mesh over `devices` (default: every device of every process): axes "data" and
+  "fsdp" of sizes (n / fsdp, fsdp).
+
+  Batches are split over both axes (`BATCH`); the train state is split over
+  "fsdp" (`state_shardings`), so fsdp = 1 is pure data parallelism. The axes
+  are of JAX's Auto type: shardings are given at the jit boundary and XLA's
+  partitioner propagates them inside (gathering sharded parameters where a
+  layer needs them whole), so pure functions written for the global batch run
+  unchanged over any mesh.
   """
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), ("data",), devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f"config.mesh.fsdp {fsdp} must divide the {len(devices)} devices")
+  auto = jax.sharding.AxisType.Auto
+  return jax.make_mesh((len(devices) // fsdp, fsdp), AXES, devices=devices,
+                       axis_types=(auto, auto))
+
+
+def mesh_sizes(config, devices: int) -> tuple[int, int]:
+  """(data, fsdp) of a config's optional `mesh` section for `devices` devices: `fsdp` (default
+  1) and `data` (default -1: the devices left); a one-line error names a key that does not fit."""
+  section = config.get("mesh") or {}
+  fsdp, data = int(section.get("fsdp", 1)), int(section.get("data", -1))
+  if fsdp < 1 or devices % fsdp:
+    raise ValueError(f"config.mesh.fsdp {fsdp} must divide the {devices} devices")
+  if data == -1:
+    data = devices // fsdp
+  if data * fsdp != devices:
+    raise ValueError(f"config.mesh.data {data} x config.mesh.fsdp {fsdp} must equal the "
+                     f"{devices} devices (data -1: the devices left)")
+  return data, fsdp
+
+
+def mesh_from_config(config, devices=None) -> Mesh:
+  """`make_mesh` with the axis sizes of `config.mesh` (see `mesh_sizes`)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return make_mesh(devices, fsdp=mesh_sizes(config, len(devices))[1])
+
+
+MIN_SHARD_SIZE = 2 ** 14  # leaves of fewer elements stay replicated: splitting them costs more
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = MIN_SHARD_SIZE) -> P:
+  """The PartitionSpec of one state leaf of `shape` on an fsdp axis of size `fsdp`: its largest
+  dimension that `fsdp` divides (the later one on a tie) split over "fsdp"; replicated
+  (P()) if the leaf has fewer than `min_size` elements or no such dimension."""
+  if fsdp == 1 or math.prod(shape) < min_size:
+    return P()
+  fits = [(size, axis) for axis, size in enumerate(shape) if size % fsdp == 0]
+  if not fits:
+    return P()
+  axis = max(fits)[1]
+  return P(*([None] * axis + ["fsdp"]))
+
+
+def state_shardings(shapes, mesh: Mesh, min_size: int = MIN_SHARD_SIZE):
+  """A NamedSharding for each leaf of `shapes` (arrays or ShapeDtypeStructs): `fsdp_spec`
+  over the mesh's "fsdp" axis (ZeRO-3: parameters, optimizer moments and EMA alike, since
+  the rule follows the shape), replicated over "data"."""
+  fsdp = mesh.shape["fsdp"]
+  return jax.tree.map(lambda s: NamedSharding(mesh, fsdp_spec(tuple(s.shape), fsdp, min_size)),
+                      shapes)
+
+
+def bytes_per_device(tree) -> dict:
+  """{device: bytes of `tree`'s shards held there}, for the arrays of `tree`."""
+  held = {}
+  for leaf in jax.tree.leaves(tree):
+    for shard in leaf.addressable_shards:
+      held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+  return held
 
 
 def replicate(tree, mesh: Mesh):

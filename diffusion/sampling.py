@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion import samplers
 from diffusion.config import betas_from_config, data_spec
+from diffusion.distributed import BATCH
 from diffusion.models import as_denoiser
 from diffusion.schedules import Schedule
 
@@ -131,12 +132,12 @@ def over_samples(fn, mesh: Mesh, num_per_sample: int):
 
   variables and key are replicated; `index` (the samples' numbers in the request,
   from which they derive their keys) and the `num_per_sample` per-sample arrays
-  (None allowed) are split over the mesh's "data" axis. Call the result as
+  (None allowed) are split over every device (`distributed.BATCH`). Call the result as
   run(variables, key, first_index, *per_sample) with host arrays.
   """
-  data = NamedSharding(mesh, P("data"))
-  specs = (P(), P(), P("data")) + (P("data"),) * num_per_sample
-  jitted = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P("data"),
+  data = NamedSharding(mesh, BATCH)
+  specs = (P(), P(), BATCH) + (BATCH,) * num_per_sample
+  jitted = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=BATCH,
                                  check_vma=False))
 
   def call(variables, key, first_index, *per_sample):

@@ -87,6 +87,8 @@ def test_train_on_an_image_folder(tmp_path):
     (["--config.data.image_size=7", "--config.model.ch_mult=(1,2)"],
      r"config.data.shape \(7, 7, 1\): each spatial axis must be divisible by 2"),
     (["--config.train.batch_size=12"], "batch_size 12 must be divisible by the 8 devices"),
+    (["--config.mesh.fsdp=3"], "config.mesh.fsdp 3 must divide the 8 devices"),
+    (["--config.mesh.data=2"], r"config.mesh.data 2 x config.mesh.fsdp 1 must equal the 8 devices"),
     (["--config.diffusion.loss=l1"], "loss must be one of"),
     (["--config.optim.lr=-1"], r"config.optim.lr must be a number > 0; got -1"),
     (["--config.train.ema_decay=1.5"], r"config.train.ema_decay must be a number in \[0, 1\]"),

@@ -12,10 +12,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from _tiny import tiny_config
 from diffusion import models
 from diffusion.data import DigitsSource, Loader
-from diffusion.distributed import make_mesh
+from diffusion.distributed import bytes_per_device, make_mesh, mesh_from_config
 from diffusion.training import (
     Checkpoints, abstract_state, base_key, create_state, make_train_step, schedule_from_config,
-    shard_batch, timestep_probs)
+    shard_batch, state_shardings, timestep_probs)
 
 
 def mesh_of(n):
@@ -212,6 +212,48 @@ def test_steps_per_dispatch_equals_single_steps():
   state = jax.device_get(state)
   assert int(state.step) == 4
   assert_trees_close(state.params, single.params, rtol=1e-5, atol=1e-6)
+
+
+def test_a_data_by_fsdp_mesh_splits_the_state_and_steps_as_data_parallelism(tmp_path):
+  """4 x 2 (data x fsdp) on 8 devices: each device holds about half of the state, a step gives
+  the 8 x 1 step's state, and its checkpoint restores onto 8 x 1 and 1 x 1."""
+  config = tiny_config()
+  config.mesh.update(fsdp=2, min_shard_size=256)
+  model = models.from_config(config.model)
+  sample = {"x": jnp.zeros((1, 8, 8, 1))}
+  mesh42 = mesh_from_config(config)
+  assert dict(mesh42.shape) == {"data": 4, "fsdp": 2}
+  host = initial_state(config, mesh_of(1))
+  sharding = state_shardings(host, mesh42, config)
+  state = jax.device_put(jax.device_get(host), sharding)
+  # About half of the parameters, Adam moments and EMA on each device; small leaves whole.
+  total = sum(x.nbytes for x in jax.tree.leaves(state))
+  held = bytes_per_device(state)
+  assert len(held) == 8 and 0.5 <= max(held.values()) / total < 0.56, max(held.values()) / total
+  kernel = state.params["conv_in"]["kernel"]  # [3, 3, 1, 16]: 144 elements, kept whole
+  assert kernel.sharding.is_fully_replicated
+  assert not state.opt_state[1][0].mu["down_0_res_0"]["conv1"]["kernel"].sharding \
+      .is_fully_replicated
+  step = make_train_step(model, schedule_from_config(config), config, mesh42, sharding)
+  batches = digit_batches(2)
+  for batch in batches:
+    state, _ = step(state, shard_batch(batch, mesh42), base_key(config.seed, "train"))
+  assert jax.tree.map(lambda a: a.sharding, state) == sharding
+  data_parallel, _ = run_steps(tiny_config(), mesh_of(8), batches)
+  assert_trees_close(jax.device_get(state.params), data_parallel.params, rtol=1e-4, atol=1e-6)
+  assert_trees_close(jax.device_get(state.ema_params), data_parallel.ema_params, rtol=1e-4,
+                     atol=1e-6)
+  checkpoints = Checkpoints(str(tmp_path), every=1)
+  checkpoints.save(2, state, 32, config, force=True)
+  checkpoints.close()
+  again = Checkpoints(str(tmp_path), every=1)
+  saved = jax.device_get(state)
+  for n in (8, 1):
+    restored, position = again.restore(2, abstract_state(model, tiny_config(), mesh_of(n), sample))
+    assert position == 32 and restored.params["down_0_res_0"]["conv1"]["kernel"] \
+        .sharding.is_fully_replicated
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), saved)
+  again.close()
 
 
 def test_checkpoints_restore_onto_another_number_of_devices(tmp_path):

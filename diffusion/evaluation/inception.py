@@ -31,6 +31,7 @@ import numpy as np
 from flax import traverse_util
 
 from diffusion import paths
+from diffusion.distributed import BATCH, make_mesh
 
 HIGHEST = jax.lax.Precision.HIGHEST
 INPUT_SIZE = 299
@@ -259,7 +260,7 @@ class InceptionFeatures:
     self.variables, self.batch_size = variables, batch_size
     self._fc = np.asarray(variables["params"]["fc"]["kernel"], np.float64)
     devices = jax.local_devices()
-    self.mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    self.mesh = make_mesh(devices)
     self.batch_size += (-batch_size) % len(devices)
     model = InceptionV3()
     self._apply = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.float32) / 255))
@@ -267,7 +268,7 @@ class InceptionFeatures:
   def __call__(self, images, name: str = "images", progress: bool = False):
     import tqdm
     images = check_rgb_images(images, name)
-    sharding = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
+    sharding = jax.sharding.NamedSharding(self.mesh, BATCH)
     variables = jax.device_put(self.variables, jax.sharding.NamedSharding(
         self.mesh, jax.sharding.PartitionSpec()))
     features = []

@@ -26,7 +26,7 @@ from diffusion._checks import LEARNED_VARIANCES
 from diffusion.config import data_spec, schedule_from_config, validate as validate_config
 from diffusion.data import Loader, make_source
 from diffusion.data.loader import check_example
-from diffusion.distributed import gather, make_mesh
+from diffusion.distributed import gather, mesh_from_config, mesh_sizes
 from diffusion.models import variables_of
 from diffusion.previews import save_preview
 from diffusion.sampling import make_sampler
@@ -49,6 +49,7 @@ def validate(config, model, source) -> None:
 def _check_fit(config, model, source) -> None:
   train, spec = config.train, data_spec(config)
   devices = jax.device_count()
+  mesh_sizes(config, devices)
   if train.batch_size % devices:
     raise ValueError(f"config.train.batch_size {train.batch_size} must be divisible by the "
                      f"{devices} devices of the mesh")
@@ -114,7 +115,7 @@ class _Preemption:
     self._previous = signal.signal(signal.SIGTERM, self._handle)
     self.coordinated = jax.process_count() > 1
     if self.coordinated:
-      self._sharding = NamedSharding(mesh, P(mesh.axis_names))
+      self._sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))
       self._local = len(mesh.local_devices)
       self._any = jax.jit(jnp.any, out_shardings=NamedSharding(mesh, P()))
       self._last = None
@@ -253,7 +254,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
 
 def _train(config, workdir: epath.Path, source, model) -> int:
   schedule = schedule_from_config(config)
-  mesh = make_mesh()
+  mesh = mesh_from_config(config)
   cfg, k = config.train, config.train.get("steps_per_dispatch", 1)
   spec = data_spec(config)
   shape = spec.shape
@@ -267,7 +268,8 @@ def _train(config, workdir: epath.Path, source, model) -> int:
                             keep=cfg.get("keep_checkpoints", None))
   state, position = _start(checkpoints, model, config, mesh, sample)
   step = saved = int(state.step)
-  step_fn = make_train_step(model, schedule, config, mesh)
+  step_fn = make_train_step(model, schedule, config, mesh,
+                            state_sharding=jax.tree.map(lambda a: a.sharding, state))
   sampler = make_sampler(model, config, shape, mesh)
   sample_key, train_key = base_key(config.seed, "sample"), base_key(config.seed, "train")
   grid = lambda: _sample_grid(sampler, variables_of(state.ema_params, state.model_state), model,

@@ -7,8 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
+from diffusion import distributed
 from diffusion.models import as_denoiser
 
 HISTORY = 10  # losses kept per timestep by the importance sampler (improved DDPM)
@@ -17,7 +18,8 @@ HISTORY = 10  # losses kept per timestep by the importance sampler (improved DDP
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TrainState:
-  """Everything that changes during training; a pytree replicated over the mesh.
+  """Everything that changes during training; a pytree placed on the mesh by
+  `state_shardings` (replicated, or split over the "fsdp" axis leaf by leaf).
 
   The random stream needs no state of its own: the keys of step s are
   fold_in(key(seed), s), so (config.seed, step) is the RNG state.
@@ -61,8 +63,8 @@ def ema_decay(config, step: jax.Array) -> jax.Array:
 
 
 def create_state(model, config, mesh: Mesh, sample: dict[str, jax.Array]) -> TrainState:
-  """A fresh state of the Denoiser `model`, created already replicated over `mesh` (no host
-  copy of the parameters).
+  """A fresh state of the Denoiser `model`, created already placed on `mesh` as
+  `state_shardings` says (no host copy of the parameters).
 
   `sample` holds one example batch: "x" [b, ..., C] and, for conditional
   models, "y" [b] and/or "cond".
@@ -81,8 +83,9 @@ def create_state(model, config, mesh: Mesh, sample: dict[str, jax.Array]) -> Tra
         loss_history=jnp.zeros((num_steps, HISTORY), jnp.float32),
         loss_count=jnp.zeros((num_steps,), jnp.int32), model_state=variables)
 
-  replicated = NamedSharding(mesh, P())
-  return jax.jit(init, out_shardings=replicated)(base_key(config.seed, "init"))
+  key = base_key(config.seed, "init")
+  shardings = state_shardings(jax.eval_shape(init, key), mesh, config)
+  return jax.jit(init, out_shardings=shardings)(key)
 
 
 def base_key(seed: int, purpose: str) -> jax.Array:
@@ -94,6 +97,15 @@ def base_key(seed: int, purpose: str) -> jax.Array:
 def abstract_state(model, config, mesh: Mesh, sample) -> TrainState:
   """Shapes, dtypes and shardings of `create_state`'s result, for restoring a checkpoint."""
   shapes = jax.eval_shape(lambda: create_state(model, config, mesh, sample))
-  replicated = NamedSharding(mesh, P())
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                      shapes)
+  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                               sharding=sharding),
+                      shapes, state_shardings(shapes, mesh, config))
+
+
+def state_shardings(shapes, mesh: Mesh, config):
+  """The NamedSharding of each leaf of a state (or its shapes) on `mesh`: split over the
+  "fsdp" axis by `distributed.fsdp_spec`, leaves smaller than config.mesh.min_shard_size
+  elements replicated."""
+  mesh_config = config.get("mesh") or {}
+  return distributed.state_shardings(
+      shapes, mesh, mesh_config.get("min_shard_size", distributed.MIN_SHARD_SIZE))

@@ -1,8 +1,10 @@
 """The data-parallel train step (Algorithm 1): `(state, batch, key) -> (state, metrics)`.
 
 Written for the global batch and compiled with `jax.jit` over the mesh: the
-state is replicated, the batch is split over the "data" axis, and XLA's SPMD
-partitioner inserts the gradient's all-reduce. The network is called once per
+state is replicated or split over the "fsdp" axis (`state_shardings`), the
+batch is split over every device, and XLA's SPMD partitioner inserts the
+collectives (the gradient's all-reduce, or with fsdp the parameters'
+all-gather and the gradient's reduce-scatter). The network is called once per
 batch. Every random draw of example i of the global batch at step s (its t,
 its ε, whether its label is dropped) uses the key fold_in(fold_in(key, s), i),
 and dropout draws one mask for the global batch with JAX's partitionable
@@ -22,6 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion.config import data_spec
+from diffusion.distributed import BATCH
 from diffusion.losses import training_losses
 from diffusion.models import as_denoiser
 from diffusion.schedules import Schedule
@@ -65,15 +68,17 @@ def _record_losses(state: TrainState, t: jax.Array, losses: jax.Array) -> tuple[
   return history, state.loss_count + drawn.astype(state.loss_count.dtype)
 
 
-def make_train_step(model, schedule: Schedule, config, mesh: Mesh
+def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_sharding=None
                     ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
   """The jitted, sharded step for a config's `diffusion`, `optim` and `train` sections.
 
   `model` is a `diffusion.models.Denoiser` (or a module `as_denoiser` adapts).
-  The returned function takes the replicated state, a batch {"x": [B, *shape]
-  data (uint8 or float, see `DataSpec`), "label": int [B], optionally "cond"}
-  sharded over the mesh's "data" axis, and the base key; it donates the
-  state. With config.train.steps_per_dispatch = k > 1 the batch holds k
+  The returned function takes the state, placed as `state_sharding` says (a
+  tree of shardings, e.g. `state_shardings`' split over the "fsdp" axis;
+  default: replicated), a batch {"x": [B, *shape] data (uint8 or float, see
+  `DataSpec`), "label": int [B], optionally "cond"} split over every device
+  (`distributed.BATCH`), and the base key; it donates the state and returns it
+  placed as it came. With config.train.steps_per_dispatch = k > 1 the batch holds k
   stacked batches ([k, B, ...]) and k steps run in one `lax.scan`. For point
   sets, data, noise and the network's prediction are centred (`DataSpec.project`).
   """
@@ -169,16 +174,17 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh
     return state, {**jax.tree.map(jnp.mean, metrics), "skipped": skipped}
 
   replicated = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P("data") if train.get("steps_per_dispatch", 1) == 1
-                       else P(None, "data"))
-  return jax.jit(multi_step, in_shardings=(replicated, data, replicated),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  state_sharding = replicated if state_sharding is None else state_sharding
+  data = NamedSharding(mesh, BATCH if train.get("steps_per_dispatch", 1) == 1
+                       else P(None, *BATCH))
+  return jax.jit(multi_step, in_shardings=(state_sharding, data, replicated),
+                 out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
 def shard_batch(batch: dict[str, Any], mesh: Mesh, stacked: bool = False) -> dict[str, jax.Array]:
-  """This process's rows of a global batch -> global arrays sharded over the "data" axis.
+  """This process's rows of a global batch -> global arrays split over every device.
 
   With `stacked`, arrays are [k, B_local, ...] (k steps per dispatch).
   """
-  sharding = jax.sharding.NamedSharding(mesh, P(None, "data") if stacked else P("data"))
+  sharding = jax.sharding.NamedSharding(mesh, P(None, *BATCH) if stacked else BATCH)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

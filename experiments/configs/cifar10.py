@@ -85,4 +85,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3
   config.train.sample_every = 50_000
   config.train.num_samples = 64
+
+  # The device mesh: the train state (parameters, Adam moments, EMA) is split over `fsdp`
+  # devices (ZeRO-3; 1 = pure data parallelism, the state whole on every device), batches
+  # over all of them; data = -1 takes the devices left. Leaves of fewer than min_shard_size
+  # elements stay whole. Changing these between resumes is fine.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.min_shard_size = 2 ** 14
   return config
