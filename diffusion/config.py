@@ -69,6 +69,7 @@ RANGES = {
     "optim.b1": _real(0, 1, open_high=True),
     "optim.b2": _real(0, 1, open_high=True),
     "optim.eps": _real(0, math.inf, open_low=True),
+    "data.num_workers": _int(0),
     "train.num_steps": _int(1),
     "train.batch_size": _int(1),
     "train.steps_per_dispatch": _int(1),
@@ -111,6 +112,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if d.loss == "hybrid" and d.variance not in _checks.LEARNED_VARIANCES:
     raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
                      f"variance must be learned_range or learned, not {d.variance!r}")
+  _checks.choice(config.data.get("on_error", "raise"), ("raise", "skip"), "config.data.on_error")
   k = train.get("steps_per_dispatch", 1)
   if train.num_steps % k:
     raise ValueError(f"config.train.steps_per_dispatch ({k}) must divide config.train.num_steps "
@@ -126,7 +128,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.num_samples",
                   "train.steps_per_dispatch", "model.dtype", "model.remat", "data.data_dir",
-                  "mesh.data", "mesh.fsdp", "mesh.min_shard_size")
+                  "data.num_workers", "data.on_error", "mesh.data", "mesh.fsdp",
+                  "mesh.min_shard_size")
 
 
 def _flatten(tree, prefix: str = "") -> dict:

@@ -110,10 +110,47 @@ def test_image_folder_errors(tmp_path):
     ImageFolderSource(str(tmp_path / "missing"), 8, 3)
   with pytest.raises(ValueError, match="holds no .png/.jpg/.jpeg images"):
     ImageFolderSource(str(tmp_path), 8, 3)
-  write(str(tmp_path / "good.png"), np.zeros((8, 8, 3), np.uint8))
-  (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-  with pytest.raises(ValueError, match=r"broken image file .*bad.png"):
-    ImageFolderSource(str(tmp_path), 8, 3)
+
+
+def broken_folder(tmp_path, n=12, broken=(5,)):
+  """n 8x8 PNGs named 00..n-1 of distinct grey levels, the `broken` ones damaged."""
+  for i in range(n):
+    write(str(tmp_path / f"{i:02d}.png"), np.full((8, 8, 3), 10 * i, np.uint8))
+  for i in broken:
+    (tmp_path / f"{i:02d}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  return ImageFolderSource(str(tmp_path), 8, 3)
+
+
+def test_a_broken_image_is_named_when_reached_and_skipped_or_fatal(tmp_path, caplog):
+  source = broken_folder(tmp_path)  # built from the listing: the broken file is not opened
+  assert len(source) == 12 and source[4]["x"][0, 0, 0] == 40
+  with pytest.raises(ValueError, match=r"broken image file .*05.png"):
+    source[5]
+  with pytest.raises(ValueError, match=r"broken image file .*05.png"):
+    for _ in Loader(source, 4, seed=0).batches():
+      pass
+  loader = Loader(source, 4, seed=0, on_error="skip")
+  stream = loader.batches()
+  levels = np.concatenate([next(stream)["x"][:, 0, 0, 0] for _ in range(3)]) // 10
+  # The broken one's place goes to the next example of the epoch's order, once reported.
+  order = np.random.default_rng([0, 0]).permutation(12)
+  at = list(order).index(5)
+  assert loader.skipped == 1 and "05.png" in caplog.text
+  assert list(levels) == [*order[:at], order[at + 1], *order[at + 1:]]
+  with pytest.raises(ValueError, match="config.data.on_error must be one of"):
+    Loader(source, 4, seed=0, on_error="ignore")
+
+
+def test_worker_processes_give_the_stream_of_threads_from_any_position(tmp_path):
+  for i in range(24):
+    write(str(tmp_path / f"{i:02d}.png"), np.full((8, 8, 3), 10 * i, np.uint8))
+  source = ImageFolderSource(str(tmp_path), 8, 3)
+  threads = Loader(source, 6, seed=1, random_flip=True).batches(start=18)
+  workers = Loader(source, 6, seed=1, random_flip=True, num_workers=2).batches(start=18)
+  for _ in range(5):  # across the epoch's end (24 examples)
+    a, b = next(threads), next(workers)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_resize_and_crop_keeps_the_center():

@@ -14,12 +14,14 @@ number of samples consumed.
 """
 
 import collections
-import concurrent.futures
+import logging
 from collections.abc import Iterator
 
 import numpy as np
 
 from diffusion.dataspec import DataSpec
+
+log = logging.getLogger(__name__)
 
 
 def random_rotation(rng: np.random.Generator, dims: int = 3) -> np.ndarray:
@@ -52,30 +54,32 @@ def check_example(example, index: int, spec: DataSpec) -> dict:
   return out
 
 
-class Loader:
-  """Batches {"x": [B/P, *shape], "label": int32 [B/P]} from a source, and "cond" when the
-  source gives conditioning inputs.
+ON_ERROR = ("raise", "skip")
+
+
+class Examples:
+  """Stream sample number -> example: the per-example transform the loader's workers run
+  (picklable: it holds the source and the settings, nothing else).
 
   Augmentations (the data kind's, see `DataSpec`): `random_flip` mirrors x
   (and cond) along the last spatial axis (left-right for images);
-  `random_rotation` rotates point sets [N, d] about the origin.
+  `random_rotation` rotates point sets [N, d] about the origin. An example the
+  source cannot read (a broken file) raises, or with on_error="skip" is
+  replaced by the next readable one of the epoch's order and reported in
+  "errors".
   """
 
-  def __init__(self, source, global_batch: int, seed: int, *, random_flip: bool = False,
+  def __init__(self, source, seed: int, *, random_flip: bool = False,
                random_rotation: bool = False, spec: DataSpec | None = None,
-               process_index: int = 0, process_count: int = 1, num_threads: int = 8,
-               prefetch: int = 2):
-    if global_batch % process_count:
-      raise ValueError(f"config.train.batch_size {global_batch} must be divisible by the "
-                       f"number of processes {process_count}")
-    self.source, self.global_batch, self.seed = source, global_batch, seed
+               on_error: str = "raise"):
+    if on_error not in ON_ERROR:
+      raise ValueError(f"config.data.on_error must be one of {ON_ERROR}; got {on_error!r}")
+    self.source, self.seed, self.spec, self.on_error = source, seed, spec, on_error
     self.random_flip, self.random_rotation = random_flip, random_rotation
-    self.spec = spec
-    self.local_batch = global_batch // process_count
-    self.offset = process_index * self.local_batch
-    self.prefetch = prefetch
-    self._pool = concurrent.futures.ThreadPoolExecutor(num_threads)
     self._epochs = collections.OrderedDict()
+
+  def __getstate__(self):
+    return {**self.__dict__, "_epochs": collections.OrderedDict()}
 
   def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """The permutation and flip coins of an epoch (a few recent ones are cached)."""
@@ -87,12 +91,24 @@ class Loader:
         self._epochs.popitem(last=False)
     return self._epochs[epoch]
 
-  def example(self, sample: int) -> dict:
-    """Stream sample number `sample`: {"x", "label"[, "cond"]}, augmented."""
-    epoch, within = divmod(sample, len(self.source))
+  def _read(self, perm: np.ndarray, within: int) -> tuple[dict, int, list[str]]:
+    """(example, its index, the errors passed over) at `within` of an epoch's order."""
+    errors = []
+    for attempt in range(len(perm)):
+      index = int(perm[(within + attempt) % len(perm)])
+      try:
+        return self.source[index], index, errors
+      except Exception as e:  # noqa: BLE001 (the source's own error names the file)
+        if self.on_error == "raise":
+          raise
+        errors.append(f"example {index}: {type(e).__name__}: {e}")
+    raise ValueError(f"no example of the data can be read ({errors[0]})")
+
+  def __call__(self, sample: int) -> dict:
+    """Stream sample number `sample`: {"x", "label"[, "cond"], "errors"}, augmented."""
+    epoch, within = divmod(int(sample), len(self.source))
     perm, flips = self._epoch(epoch)
-    index = int(perm[within])
-    example = self.source[index]
+    example, index, errors = self._read(perm, within)
     if self.spec is not None:
       example = check_example(example, index, self.spec)
     if self.random_flip and flips[within]:
@@ -102,26 +118,87 @@ class Loader:
       rotation = random_rotation(np.random.default_rng([self.seed, epoch, within, 1]),
                                  example["x"].shape[-1]).astype(np.float32)
       example = {**example, "x": example["x"] @ rotation.T}
+    return {**example, "errors": errors}
+
+
+def collate(examples: list[dict]) -> dict:
+  """Stacks examples into a batch {"x", "label" int32[, "cond"], "errors": list of str}."""
+  batch = {"x": np.stack([e["x"] for e in examples]),
+           "label": np.asarray([e.get("label", 0) for e in examples], np.int32),
+           "errors": [error for e in examples for error in e.get("errors", ())]}
+  if "cond" in examples[0]:
+    batch["cond"] = np.stack([e["cond"] for e in examples])
+  return batch
+
+
+class Loader:
+  """Batches {"x": [B/P, *shape], "label": int32 [B/P]} from a source, and "cond" when the
+  source gives conditioning inputs: a Grain pipeline over the stream's sample numbers.
+
+  The examples are read and transformed (`Examples`) by `num_threads`
+  threads, or with `num_workers` > 0 by that many worker processes (Grain's
+  `mp_prefetch`; the source must then be picklable), `prefetch` batches
+  ahead. Neither changes the stream. Examples skipped for errors
+  (on_error="skip") are logged with their file and counted in `skipped`.
+  """
+
+  def __init__(self, source, global_batch: int, seed: int, *, random_flip: bool = False,
+               random_rotation: bool = False, spec: DataSpec | None = None,
+               process_index: int = 0, process_count: int = 1, num_threads: int = 8,
+               num_workers: int = 0, prefetch: int = 2, on_error: str = "raise"):
+    if global_batch % process_count:
+      raise ValueError(f"config.train.batch_size {global_batch} must be divisible by the "
+                       f"number of processes {process_count}")
+    if num_workers < 0:
+      raise ValueError(f"config.data.num_workers must be >= 0; got {num_workers}")
+    self.examples = Examples(source, seed, random_flip=random_flip,
+                             random_rotation=random_rotation, spec=spec, on_error=on_error)
+    self.global_batch = global_batch
+    self.local_batch = global_batch // process_count
+    self.offset = process_index * self.local_batch
+    self.num_threads, self.num_workers, self.prefetch = num_threads, num_workers, prefetch
+    self.skipped = 0
+    self._iterators = []
+
+  def example(self, sample: int) -> dict:
+    """Stream sample number `sample`: {"x", "label"[, "cond"]}, augmented."""
+    example = self.examples(sample)
+    example.pop("errors")
     return example
 
-  def _submit(self, start: int) -> list[concurrent.futures.Future]:
-    first = start + self.offset
-    return [self._pool.submit(self.example, s) for s in range(first, first + self.local_batch)]
+  def dataset(self, start: int = 0, count: int = 2 ** 40):
+    """The Grain IterDataset of this process's part of `count` global batches from stream
+    position `start` on: row r of this process is stream sample start + (r // b) B +
+    offset + r mod b, b = B / P its rows per batch."""
+    import grain
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (their defaults here)
+      flags.FLAGS.mark_as_parsed()
+    b, local, offset = self.global_batch, self.local_batch, start + self.offset
+    rows = grain.MapDataset.range(0, count * local)
+    samples = rows.map(lambda r: (r // local) * b + offset + r % local)
+    batches = samples.map(self.examples).batch(local, batch_fn=collate)
+    ds = batches.to_iter_dataset(grain.ReadOptions(
+        num_threads=self.num_threads, prefetch_buffer_size=self.prefetch * local))
+    if self.num_workers:
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers,
+                                                       per_worker_buffer_size=self.prefetch))
+    return ds
 
   def batches(self, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """This process's part of the global batches from stream position `start` on."""
-    pending = collections.deque()
-    position = start
-    while True:
-      while len(pending) < self.prefetch:
-        pending.append(self._submit(position + len(pending) * self.global_batch))
-      examples = [f.result() for f in pending.popleft()]
-      position += self.global_batch
-      batch = {"x": np.stack([e["x"] for e in examples]),
-               "label": np.asarray([e.get("label", 0) for e in examples], np.int32)}
-      if "cond" in examples[0]:
-        batch["cond"] = np.stack([e["cond"] for e in examples])
+    iterator = iter(self.dataset(start))
+    self._iterators.append(iterator)
+    for batch in iterator:
+      errors = batch.pop("errors")
+      for error in errors:
+        log.warning("skipped an unreadable example (config.data.on_error='skip'): %s", error)
+      self.skipped += len(errors)
       yield batch
 
   def close(self) -> None:
-    self._pool.shutdown(wait=False, cancel_futures=True)
+    for iterator in self._iterators:
+      close = getattr(iterator, "close", None)
+      if close is not None:
+        close()
+    self._iterators = []

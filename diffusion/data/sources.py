@@ -8,8 +8,8 @@ images (uint8 [H, W, C] at the configured resolution and channels), NumPy
 arrays (.npy memory-mapped, .npz, or a folder of x.npy/label.npy/cond.npy),
 any TFDS feature by name, and the synthetic data of the worked examples
 (`synthetic.py`). Each checks what it can before training starts (a missing
-folder, a broken image, a dataset TFDS does not know) and raises with a
-clear message.
+folder, a dataset TFDS does not know) and raises with a clear message; an
+image folder opens no file before it is read (`folders.py`).
 """
 
 import os
@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from diffusion import paths
+from diffusion.data.folders import ImageFolderSource, PairedFolderSource
 from diffusion.dataspec import from_data_config
-from diffusion.images import IMAGE_EXTENSIONS, list_images, open_image
 
 
 
@@ -97,53 +97,11 @@ class DigitsSource:
     return {"x": self.images[index], "label": int(self.labels[index])}
 
 
-class ImageFolderSource:
-  """PNG/JPEG files under `path` (a local folder or an object-store URI; sorted, recursively);
-  a first-level subfolder names the class.
-
-  Either every image lies in a class folder (labels: the folders in sorted
-  order) or none does (unlabelled data, label 0); a mix is refused. Every
-  file is opened and verified at construction, so a broken image stops the
-  run before training starts.
-  """
-
-  def __init__(self, path: str, image_size: int, channels: int):
-    root = paths.resolve(path, "config.data.path")
-    if not root.is_dir():
-      raise FileNotFoundError(f"config.data.path {path!r} is not a folder")
-    files = list_images(root)
-    if not files:
-      raise ValueError(f"config.data.path {path!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images")
-    for file in files:
-      try:
-        with file.open("rb") as f, Image.open(f) as image:
-          image.verify()
-      except Exception as e:  # PIL raises many types for broken files
-        raise ValueError(f"broken image file {os.fspath(file)}: {e}") from None
-    relative = [os.fspath(f)[len(os.fspath(root)):].lstrip("/") for f in files]
-    loose = [r for r in relative if "/" not in r]
-    classes = sorted({r.split("/")[0] for r in relative if "/" in r})
-    if loose and classes:
-      raise ValueError(
-          f"config.data.path {path!r} holds images directly under it (e.g. {loose[0]!r}) beside "
-          f"class folders (e.g. {classes[0] + '/'!r}): move them into a class folder, or "
-          "keep only loose images for unlabelled data")
-    self.class_names = classes
-    self.num_classes = len(classes)
-    index = {name: i for i, name in enumerate(classes)}
-    self.labels = [index[r.split("/")[0]] if classes else 0 for r in relative]
-    self.files, self.relative = files, relative
-    self.image_size, self.channels = image_size, channels
-
-  def __len__(self) -> int:
-    return len(self.files)
-
-  def __getitem__(self, index: int) -> dict:
-    image = open_image(self.files[index])
-    array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "P") else
-                                     "L" if image.mode in ("L", "I", "I;16", "1") else "RGB"))
-    array = _channels(array, self.channels)
-    return {"x": resize_and_crop(array, self.image_size), "label": self.labels[index]}
+def image_array(image, channels: int, size: int) -> np.ndarray:
+  """A PIL image as uint8 [size, size, channels]: converted, resized and center-cropped."""
+  array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "P") else
+                                   "L" if image.mode in ("L", "I", "I;16", "1") else "RGB"))
+  return resize_and_crop(_channels(array, channels), size)
 
 
 class TfdsSource:
@@ -188,30 +146,6 @@ class TfdsSource:
     if self.image_size is not None:
       x = resize_and_crop(_channels(x, self.channels), self.image_size)
     return {"x": x, "label": label}
-
-
-class PairedFolderSource:
-  """(target, 0, input) pairs from `path/input/` and `path/target/` files of the same names.
-
-  For image-to-image training: the model learns the target given the input.
-  """
-
-  def __init__(self, path: str, image_size: int, channels: int):
-    root = paths.resolve(path, "config.data.path")
-    inputs = ImageFolderSource(os.fspath(root / "input"), image_size, channels)
-    targets = ImageFolderSource(os.fspath(root / "target"), image_size, channels)
-    mine, theirs = inputs.relative, targets.relative
-    if mine != theirs:
-      missing = sorted(set(mine) ^ set(theirs))[:3]
-      raise ValueError(f"config.data.path {path!r}: input/ and target/ must hold the same file "
-                       f"names; unpaired: {missing}")
-    self.inputs, self.targets, self.num_classes = inputs, targets, 0
-
-  def __len__(self) -> int:
-    return len(self.targets)
-
-  def __getitem__(self, index: int) -> dict:
-    return {"x": self.targets[index]["x"], "label": 0, "cond": self.inputs[index]["x"]}
 
 
 DEGRADATIONS = ("blur", "colour_cast", "low_light", "downscale")

@@ -9,9 +9,11 @@ checkpoint at the current step, agreed on by every process, and returns;
 running the same command again continues exactly, data position included.
 """
 
+import collections
 import logging
 import os
 import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,7 @@ from diffusion import models, paths
 from diffusion._checks import LEARNED_VARIANCES
 from diffusion.config import data_spec, schedule_from_config, validate as validate_config
 from diffusion.data import Loader, make_source
+from diffusion.data.folders import check_indexes
 from diffusion.data.loader import check_example
 from diffusion.distributed import gather, mesh_from_config, mesh_sizes
 from diffusion.models import variables_of
@@ -32,7 +35,7 @@ from diffusion.previews import save_preview
 from diffusion.sampling import make_sampler
 from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.lock import WorkdirLock
-from diffusion.training.metrics import MetricWriter, Progress
+from diffusion.training.metrics import HostReport, MetricWriter, Progress
 from diffusion.training.state import abstract_state, base_key, create_state
 from diffusion.training.step import make_train_step, shard_batch
 
@@ -173,16 +176,22 @@ def _start(checkpoints, model, config, mesh, sample):
   return state, position
 
 
-def _dispatches(loader, position, mesh, k):
-  """Sharded global batches, k stacked per dispatch when k > 1."""
+def _dispatches(loader, position, mesh, k, depth: int = 2):
+  """Sharded global batches, k stacked per dispatch when k > 1, `depth` dispatches ahead: the
+  next batches' transfers to the devices start while the step runs."""
   batches = loader.batches(position)
-  while True:
+
+  def put():
     if k == 1:
-      yield shard_batch(next(batches), mesh)
-    else:
-      parts = [next(batches) for _ in range(k)]
-      yield shard_batch({n: np.stack([p[n] for p in parts]) for n in parts[0]}, mesh,
-                        stacked=True)
+      return shard_batch(next(batches), mesh)
+    parts = [next(batches) for _ in range(k)]
+    return shard_batch({n: np.stack([p[n] for p in parts]) for n in parts[0]}, mesh,
+                       stacked=True)
+
+  ahead = collections.deque(put() for _ in range(depth))
+  while True:
+    yield ahead.popleft()
+    ahead.append(put())
 
 
 def _summary(pending: list) -> dict[str, float]:
@@ -275,23 +284,31 @@ def _train(config, workdir: epath.Path, source, model) -> int:
   grid = lambda: _sample_grid(sampler, variables_of(state.ema_params, state.model_state), model,
                               spec, config, source, workdir / "samples" / f"step_{step:08d}.png",
                               sample_key)
+  main = jax.process_index() == 0
+  check_indexes(source, workdir / "data_index", resuming=step > 0, write=main)
   loader = Loader(source, cfg.batch_size, config.seed, spec=spec,
                   random_flip=config.data.get("random_flip", False),
                   random_rotation=config.data.get("random_rotation", False),
-                  process_index=jax.process_index(), process_count=jax.process_count())
-  batches = _dispatches(loader, position, mesh, k)
-  main = jax.process_index() == 0
+                  process_index=jax.process_index(), process_count=jax.process_count(),
+                  num_workers=config.data.get("num_workers", 0),
+                  on_error=config.data.get("on_error", "raise"))
   writer = MetricWriter(workdir, enabled=main)
   progress = Progress(step, cfg.num_steps, cfg.batch_size, enabled=main)
+  hosts = HostReport(workdir, step, loader.local_batch, jax.process_index(), jax.process_count())
   preemption = _Preemption(mesh)
   pending = []
   try:
+    batches = _dispatches(loader, position, mesh, k)
     while step < cfg.num_steps:
-      state, metrics = step_fn(state, next(batches), train_key)
+      waiting = time.perf_counter()
+      batch = next(batches)
+      hosts.waited(time.perf_counter() - waiting)
+      state, metrics = step_fn(state, batch, train_key)
       step, position = step + k, position + k * cfg.batch_size
       pending.append(metrics)
       if step % cfg.log_every < k or step >= cfg.num_steps:
         summary, pending = _summary(pending), []
+        summary.update(hosts.report(step), data_skipped=float(loader.skipped))
         summary["images_per_s"] = progress.update(step, summary)
         writer.write(step, summary)
         if summary["skipped"]:
@@ -314,6 +331,7 @@ def _train(config, workdir: epath.Path, source, model) -> int:
   finally:
     preemption.close()
     progress.close()
+    hosts.close()
     loader.close()
     try:
       checkpoints.close()

@@ -26,6 +26,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.degradations = ""  # for "degrade": some of blur,colour_cast,low_light,downscale
   config.data.channels = 1
   config.data.random_flip = False  # a mirrored digit is no digit
+  # The loader: worker processes that read and transform examples (0: threads of this
+  # process, enough for arrays in memory; decoding image files fast enough to keep an
+  # accelerator fed wants several), and what a broken file does: "raise" stops the run naming it,
+  # "skip" passes over it (logged, counted in the metrics' data_skipped).
+  config.data.num_workers = 0
+  config.data.on_error = "raise"
   # Data of other shapes (see README, "Your own data and network"): () = (image_size,
   # image_size, channels); e.g. (32, 32, 32, 1) volumes, (128, 1) sequences, (16, 3) points.
   config.data.shape = ()
