@@ -72,13 +72,43 @@ def test_train_on_tfds_mock_data(tmp_path):
   assert step == 2 and state["params"]["conv_in"]["kernel"].shape == (3, 3, 3, 16)
 
 
-def test_train_on_an_image_folder(tmp_path):
+def test_train_on_an_image_folder(tmp_path, monkeypatch, capsys):
+  """A start and a resume open only the files of the batches they read (and the first and last
+  example, checked before training); a changed folder stops a resume; a broken file is
+  skipped and counted with on_error='skip'."""
+  from diffusion.data import folders
+  data = tmp_path / "data"
+  data.mkdir()
   rng = np.random.default_rng(0)
-  for i in range(5):
-    Image.fromarray(rng.integers(0, 255, (12 + i, 10, 3), np.uint8)).save(tmp_path / f"{i}.png")
-  assert train(tmp_path / "run", "--config.data.name=folder", f"--config.data.path={tmp_path}",
-               "--config.data.channels=3", "--config.train.num_steps=2") == 0
+  for i in range(300):  # of several sizes: each is resized and cropped to 8 x 8
+    Image.fromarray(rng.integers(0, 255, (8 + i % 5, 10, 3), np.uint8)).save(data / f"{i}.png")
+  opened = []
+  monkeypatch.setattr(folders, "open_image", lambda f: opened.append(f) or Image.open(f))
+  folder = ["--config.data.name=folder", f"--config.data.path={data}", "--config.data.channels=3"]
+  assert train(tmp_path / "run", *folder, "--config.train.num_steps=2") == 0
   assert final_state(tmp_path / "run")[0] == 2
+  # 2 batches of 16, 2 more prefetched to the devices, Grain's buffer of 2: far from 300.
+  assert 32 <= len(opened) <= 6 * 16 + 2, len(opened)
+  assert (tmp_path / "run" / "data_index" / "images.npz").exists()
+  opened.clear()
+  assert train(tmp_path / "run", *folder, "--config.train.num_steps=4") == 0
+  assert 32 <= len(opened) <= 6 * 16 + 2, len(opened)
+
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(data / "new.png")
+  capsys.readouterr()
+  assert train(tmp_path / "run", *folder, "--config.train.num_steps=6") == 2
+  assert re.search(r"config.data.path changed since this run indexed it \(1 added \(e.g. "
+                   r"new.png\)\)", capsys.readouterr().err)
+  (data / "new.png").unlink()
+
+  # Break two files of the first batch (the stream's order: seed 0, epoch 0; files sorted).
+  names, order = sorted(os.listdir(data)), np.random.default_rng([0, 0]).permutation(300)
+  for i in (3, 9):
+    (data / names[order[i]]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  assert train(tmp_path / "skip", *folder, "--config.data.on_error=skip",
+               "--config.train.num_steps=2") == 0
+  metrics = json.loads((tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert metrics["data_skipped"] >= 2 and "data_wait_s" in metrics
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -123,10 +153,10 @@ LONG = tiny_overrides(num_steps=24, checkpoint_every=12, log_every=4, num_sample
 PARTS = ("params", "ema_params", "opt_state")
 
 
-def run_ddpm(workdir):
+def run_ddpm(workdir, *overrides):
   return subprocess.Popen(
       [sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir", str(workdir),
-       *LONG], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+       *LONG, *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +172,9 @@ def losses(workdir):
 
 
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, reference_run):
-  process = run_ddpm(tmp_path)
+  # Killed and resumed mid-epoch with Grain worker processes; the reference reads with threads.
+  workers = "--config.data.num_workers=2"
+  process = run_ddpm(tmp_path, workers)
   metrics = tmp_path / "metrics.jsonl"
   while not (metrics.exists() and metrics.read_text().strip()):
     assert process.poll() is None, process.communicate()
@@ -154,7 +186,7 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, reference_run
   stopped_at, _ = final_state(tmp_path)
   assert 0 < stopped_at < 24
 
-  resumed = run_ddpm(tmp_path)
+  resumed = run_ddpm(tmp_path, workers)
   out, err = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, err
   step, state = final_state(tmp_path, PARTS)
@@ -171,10 +203,17 @@ def test_two_processes_equal_one(tmp_path, reference_run):
       "device_count=8", "device_count=2"))
   run = subprocess.run(
       [os.path.join(REPO, "launch", "local.sh"), "2", sys.executable, "-m", "diffusion", "train",
-       "--config", DIGITS, "--workdir", str(tmp_path), *LONG],
+       "--config", DIGITS, "--workdir", str(tmp_path), *LONG, "--config.data.num_workers=1"],
       capture_output=True, text=True, env=env, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   assert run.stdout.count("step 24 of 24") == 1  # only process 0 reports
+  # Each process logs its own throughput and data wait; the run's metrics name the slowest.
+  for p in (0, 1):
+    hosts = (tmp_path / "hosts" / f"process_{p}.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in hosts] == [4, 8, 12, 16, 20, 24]
+    assert {"images_per_s", "data_wait_s", "data_wait_frac"} <= set(json.loads(hosts[0]))
+  last = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+  assert last["slowest_host"] in (0, 1) and last["slowest_host_images_per_s"] > 0
   step, state = final_state(tmp_path, PARTS)
   ref_step, ref_state, ref_losses = reference_run
   assert step == ref_step

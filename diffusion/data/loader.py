@@ -177,9 +177,9 @@ class Loader:
     b, local, offset = self.global_batch, self.local_batch, start + self.offset
     rows = grain.MapDataset.range(0, count * local)
     samples = rows.map(lambda r: (r // local) * b + offset + r % local)
-    batches = samples.map(self.examples).batch(local, batch_fn=collate)
-    ds = batches.to_iter_dataset(grain.ReadOptions(
+    examples = samples.map(self.examples).to_iter_dataset(grain.ReadOptions(
         num_threads=self.num_threads, prefetch_buffer_size=self.prefetch * local))
+    ds = examples.batch(local, batch_fn=collate)
     if self.num_workers:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers,
                                                        per_worker_buffer_size=self.prefetch))
