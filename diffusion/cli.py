@@ -120,6 +120,37 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"{args.workdir}: step {step} of {config.train.num_steps}")
 
 
+def _prepare_data(args: argparse.Namespace, overrides: list[str]) -> None:
+  """`ddpm prepare-data`: the config's data written as ArrayRecord shards."""
+  from diffusion.data import arrayrecord, make_source
+  config = _config_with_overrides(args.config, overrides)
+  meta = arrayrecord.write(make_source(config.data), args.out, shards=args.shards)
+  print(f"{args.out}: {meta['count']:,} examples in {len(meta['shards'])} shards; train on them "
+        f"with --config.data.name=arrayrecord --config.data.path={args.out}")
+
+
+def _bench_data(args: argparse.Namespace, overrides: list[str]) -> None:
+  """`ddpm bench-data`: images/s of the data pipeline alone, beside the train step's."""
+  from diffusion.data import throughput
+  config = _config_with_overrides(args.config, overrides)
+  try:
+    workers = tuple(int(w) for w in args.workers.split(","))
+  except ValueError:
+    raise ValueError(f"--workers must be comma-separated ints; got {args.workers!r}") from None
+  result = throughput.bench_data(config, workers=workers, threads=args.threads,
+                                 batches=args.batches)
+  step, label = args.step_images_per_s, "(--step-images-per-s)"
+  if args.step:
+    from diffusion import benchmark, models
+    from diffusion.config import data_shape
+    shape = data_shape(config)
+    timed = benchmark.bench_network(models.build(config.model, shape), config.train.batch_size,
+                                    shape, steps=3)
+    step, label = timed["train_step"]["images_per_s"], f"on this {timed['platform']}"
+    result["train_step"] = timed["train_step"]
+  _report(args, result, throughput.format_data_table(result, step, label))
+
+
 def _config_with_overrides(path: str, overrides: list[str]):
   """The config file with `--config.a.b=value` overrides applied (ml_collections syntax)."""
   from absl import flags
@@ -284,6 +315,28 @@ def main(argv: Sequence[str] | None = None) -> int:
   train.add_argument("--config", required=True, help="an experiments/configs/*.py file")
   train.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
 
+  prepare = commands.add_parser(
+      "prepare-data", help="write a config's data as ArrayRecord shards (the fastest source)",
+      usage="ddpm prepare-data --config FILE --out DIR [--shards N] [--config.KEY=VALUE ...]")
+  prepare.add_argument("--config", required=True, help="the config whose data to write")
+  prepare.add_argument("--out", required=True, help="a new local folder for the shards")
+  prepare.add_argument("--shards", type=int, default=8, help="number of shard files")
+
+  bench = commands.add_parser(
+      "bench-data", help="images/s of the data pipeline alone, per worker and in total",
+      usage="ddpm bench-data --config FILE [--workers 0,1,2] [--config.KEY=VALUE ...]")
+  bench.add_argument("--config", required=True, help="an experiments/configs/*.py file")
+  bench.add_argument("--workers", default="0,1,2",
+                     help="worker process counts to time, comma-separated (0: threads only)")
+  bench.add_argument("--threads", type=int, default=8, help="reading threads per process")
+  bench.add_argument("--batches", type=int, default=20, help="timed batches per setting")
+  bench.add_argument("--step", action="store_true",
+                     help="also time the config's train step on this machine, for comparison")
+  bench.add_argument("--step-images-per-s", type=float, default=2700.0,
+                     help="the train step's consumption to compare with (default: the paper's "
+                          "2,700 images/s on a TPU v3-8)")
+  bench.add_argument("--json", help="also write the figures to this file")
+
   sample = commands.add_parser("sample", help="draw samples from a trained run")
   sample.add_argument("--workdir", required=True)
   sample.add_argument("--num", type=int, required=True, help="number of samples N")
@@ -331,7 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  if args.command != "train" and extra:
+  with_overrides = {"train": _train, "prepare-data": _prepare_data, "bench-data": _bench_data}
+  if args.command not in with_overrides and extra:
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   if args.command == "schedule" and (args.steps < 1 or args.rows < 1):
     parser.error("--steps and --rows must be positive")
@@ -346,8 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   bad_input = ((ValueError, FileNotFoundError, FileExistsError, StorageFull)
                if args.command == "train" else (ValueError, OSError, ImportError))
   try:
-    if args.command == "train":
-      _train(args, extra)
+    if args.command in with_overrides:
+      with_overrides[args.command](args, extra)
     else:
       args.run(args)
   except bad_input as e:

@@ -49,8 +49,7 @@ class FolderIndex:
         if file.suffix.lower() in IMAGE_EXTENSIONS:
           stat = file.stat()
           found.append((os.fspath(file)[len(os.fspath(root)):].lstrip("/"),
-                        getattr(stat, "length", getattr(stat, "st_size", -1)),
-                        getattr(stat, "mtime", getattr(stat, "st_mtime", -1))))
+                        getattr(stat, "length", -1), getattr(stat, "mtime", -1)))
     found.sort()
     return cls(tuple(f[0] for f in found), np.asarray([f[1] for f in found], np.int64),
                np.asarray([f[2] for f in found], np.float64))

@@ -120,6 +120,34 @@ class Examples:
       example = {**example, "x": example["x"] @ rotation.T}
     return {**example, "errors": errors}
 
+  def batch(self, samples: np.ndarray) -> dict:
+    """Stream samples `samples` (int [n]) as one batch {"x" [n, ...], "label" int32 [n][,
+    "cond"], "errors": list of str}: example by example, or for a source with
+    `read_batch(indices)` (arrays in memory, ArrayRecord) in one read and vectorised
+    augmentations; both give the same batch."""
+    read_batch = getattr(self.source, "read_batch", None)
+    if read_batch is not None and self.spec is not None and not self.random_rotation:
+      epochs, within = np.divmod(np.asarray(samples, np.int64), len(self.source))
+      orders = {int(e): self._epoch(int(e)) for e in np.unique(epochs)}
+      index = np.asarray([orders[int(e)][0][w] for e, w in zip(epochs, within)])
+      try:
+        batch = read_batch(index)
+      except Exception:  # noqa: BLE001 (read example by example: the error names the example)
+        batch = None
+      if batch is not None:
+        x = np.asarray(batch["x"])
+        if x.shape[1:] == self.spec.shape and (self.spec.dtype != "uint8" or x.dtype == np.uint8):
+          out = {"x": x if self.spec.dtype == "uint8" else x.astype(np.float32),
+                 "label": np.asarray(batch.get("label", np.zeros(len(x))), np.int32)}
+          if batch.get("cond") is not None:
+            out["cond"] = np.asarray(batch["cond"])
+          if self.random_flip:
+            flip = np.asarray([orders[int(e)][1][w] for e, w in zip(epochs, within)])
+            out = {k: np.where(flip.reshape(-1, *[1] * (v.ndim - 1)), np.flip(v, axis=-2), v)
+                   if k != "label" else v for k, v in out.items()}
+          return {**out, "errors": []}
+    return collate([self(s) for s in samples])
+
 
 def collate(examples: list[dict]) -> dict:
   """Stacks examples into a batch {"x", "label" int32[, "cond"], "errors": list of str}."""
@@ -168,18 +196,21 @@ class Loader:
 
   def dataset(self, start: int = 0, count: int = 2 ** 40):
     """The Grain IterDataset of this process's part of `count` global batches from stream
-    position `start` on: row r of this process is stream sample start + (r // b) B +
-    offset + r mod b, b = B / P its rows per batch."""
+    position `start` on: row i of its batch n is stream sample start + n B + p b + i, b = B / P
+    its rows per batch. Each element is a whole batch (`Examples.batch`): the threads and
+    worker processes read batches side by side, with Python's cost per batch, not per
+    example."""
     import grain
     from absl import flags
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (their defaults here)
       flags.FLAGS.mark_as_parsed()
     b, local, offset = self.global_batch, self.local_batch, start + self.offset
-    rows = grain.MapDataset.range(0, count * local)
-    samples = rows.map(lambda r: (r // local) * b + offset + r % local)
-    examples = samples.map(self.examples).to_iter_dataset(grain.ReadOptions(
-        num_threads=self.num_threads, prefetch_buffer_size=self.prefetch * local))
-    ds = examples.batch(local, batch_fn=collate)
+    rows = np.arange(local)
+    examples = self.examples
+    batches = grain.MapDataset.range(0, count).map(
+        lambda n: examples.batch(n * b + offset + rows))
+    ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads,
+                                                   prefetch_buffer_size=self.prefetch))
     if self.num_workers:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers,
                                                        per_worker_buffer_size=self.prefetch))

@@ -96,6 +96,9 @@ class DigitsSource:
   def __getitem__(self, index: int) -> dict:
     return {"x": self.images[index], "label": int(self.labels[index])}
 
+  def read_batch(self, indices) -> dict:
+    return {"x": self.images[indices], "label": self.labels[indices]}
+
 
 def image_array(image, channels: int, size: int) -> np.ndarray:
   """A PIL image as uint8 [size, size, channels]: converted, resized and center-cropped."""
@@ -247,6 +250,9 @@ class NumpySource:
       example["cond"] = np.asarray(self.arrays["cond"][index])
     return example
 
+  def read_batch(self, indices) -> dict:
+    return {name: np.asarray(array[np.asarray(indices)]) for name, array in self.arrays.items()}
+
 
 CONDITIONS = ("", "pairs", "degrade")
 
@@ -255,7 +261,7 @@ def make_source(config):
   """The source of a config's `data` section.
 
   name: "digits", "folder" (image files under `path`), "numpy" (arrays at
-  `path`), a synthetic set of `synthetic.SOURCES` ("phantoms", "backbones",
+  `path`), "arrayrecord" (shards `ddpm prepare-data` wrote to `path`), a synthetic set of `synthetic.SOURCES` ("phantoms", "backbones",
   "sinusoids") or a TFDS name (its feature `feature`, default "image").
   condition: "" (none), "pairs" (`path/input/` and `path/target/`) or
   "degrade" (the named source with `degradations`, e.g. "blur,low_light").
@@ -283,6 +289,9 @@ def make_source(config):
     source = ImageFolderSource(config.path, size, channels)
   elif name == "numpy":
     source = NumpySource(config.path)
+  elif name == "arrayrecord":
+    from diffusion.data.arrayrecord import ArrayRecordSource
+    source = ArrayRecordSource(config.path)
   elif name in synthetic.SOURCES:
     source = synthetic.SOURCES[name](spec, split=config.get("split", "train"),
                                      size=config.get("size", 0) or None)

@@ -1,0 +1,148 @@
+"""A dataset as ArrayRecord shards: written once by `ddpm prepare-data`, read as a random-access
+source (Grain's `ArrayRecordDataSource`).
+
+Any source of the library (an image folder, a TFDS split, NumPy arrays, the
+digits, the synthetic sets) is written as it comes out of the source: images
+already resized and cropped to the config's shape, in their own dtype. A
+record is the example's raw bytes: label (int64, little-endian), x, then cond
+if any; `dataset.json` beside the shards holds their shapes and dtypes, the
+classes and each shard's record count and size. So reading an example is one
+seek and a `np.frombuffer`: no file to open, nothing to decode or resize
+(see docs/benchmarks.md for the speed against the folder it came from).
+`dataset.json` is written last: a preparation that stopped midway is not a
+dataset. A missing, truncated or damaged shard is named when the source is
+opened, before training.
+"""
+
+import json
+import os
+
+import numpy as np
+import tqdm
+from etils import epath
+
+from diffusion import paths
+
+FORMAT = "ddpm-arrayrecord-1"
+META = "dataset.json"
+
+
+def _size(file: epath.Path) -> int:
+  stat = file.stat()
+  return getattr(stat, "length", None) or getattr(stat, "st_size", 0)
+
+
+def _fields(example: dict) -> dict:
+  fields = {"x": np.asarray(example["x"])}
+  if example.get("cond") is not None:
+    fields["cond"] = np.asarray(example["cond"])
+  return fields
+
+
+def write(source, out: str, *, shards: int = 8, progress: bool = True) -> dict:
+  """Writes every example of `source` to `shards` ArrayRecord files under the local folder
+  `out` (created; it must not hold a dataset already); returns the metadata written to
+  `out/dataset.json`. Example i goes to shard i * shards // len(source), in order."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  folder = paths.resolve(out, "--out")
+  if paths.is_remote(folder):
+    raise ValueError(f"--out {out!r}: ArrayRecord shards are written to a local folder (copy "
+                     "them to the bucket afterwards)")
+  if (folder / META).exists():
+    raise ValueError(f"--out {out!r} holds a dataset already ({META}): choose another folder")
+  n = len(source)
+  if not 1 <= shards <= n:
+    raise ValueError(f"--shards must be between 1 and the {n} examples; got {shards}")
+  folder.mkdir(parents=True, exist_ok=True)
+  first = _fields(source[0])
+  layout = {name: {"shape": list(a.shape), "dtype": a.dtype.str} for name, a in first.items()}
+  bounds = [i * n // shards for i in range(shards + 1)]
+  names = [f"data-{i:05d}-of-{shards:05d}.array_record" for i in range(shards)]
+  bar = tqdm.tqdm(total=n, unit="ex", desc="prepare-data", disable=not progress)
+  for shard, name in enumerate(names):
+    writer = ArrayRecordWriter(os.fspath(folder / name), "group_size:1")
+    try:
+      for i in range(bounds[shard], bounds[shard + 1]):
+        example = source[i]
+        fields = _fields(example)
+        for field, spec in layout.items():
+          a = fields.get(field)
+          if a is None or list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
+            raise ValueError(f"example {i}: {field} is {None if a is None else (a.shape, a.dtype)}"
+                             f"; example 0's is {tuple(spec['shape'])} {spec['dtype']}")
+        label = np.int64(example.get("label", 0)).astype("<i8").tobytes()
+        writer.write(label + b"".join(np.ascontiguousarray(fields[f]).tobytes() for f in layout))
+        bar.update()
+    finally:
+      writer.close()
+  bar.close()
+  meta = {"format": FORMAT, "count": n, "num_classes": int(getattr(source, "num_classes", 0)),
+          "fields": layout,
+          "shards": [{"file": name, "count": bounds[i + 1] - bounds[i],
+                      "bytes": _size(folder / name)} for i, name in enumerate(names)]}
+  (folder / META).write_text(json.dumps(meta, indent=1))
+  return meta
+
+
+class ArrayRecordSource:
+  """The examples of a folder written by `write` (`ddpm prepare-data`): {"x", "label"[,
+  "cond"]}. Every shard is checked when the source opens (present, of the size written,
+  readable, of its record count), and a bad one is named in a one-line error."""
+
+  def __init__(self, path: str):
+    import grain
+    folder = paths.resolve(path, "config.data.path")
+    if not (folder / META).exists():
+      raise FileNotFoundError(f"config.data.path {path!r} holds no {META}: not a dataset "
+                              "written by `ddpm prepare-data` (or its preparation stopped)")
+    meta = json.loads((folder / META).read_text())
+    if meta.get("format") != FORMAT:
+      raise ValueError(f"config.data.path {path!r}: {META} is not of format {FORMAT}")
+    files = []
+    for shard in meta["shards"]:
+      file = folder / shard["file"]
+      if not file.exists():
+        raise FileNotFoundError(f"config.data.path {path!r}: shard {shard['file']} is missing")
+      size = _size(file)
+      if size != shard["bytes"]:
+        raise ValueError(f"config.data.path {path!r}: shard {shard['file']} is damaged ({size} "
+                         f"bytes; {shard['bytes']} were written)")
+      try:
+        count = len(grain.sources.ArrayRecordDataSource([os.fspath(file)]))
+      except Exception as e:  # noqa: BLE001 (the reader's own error, named)
+        raise ValueError(f"config.data.path {path!r}: shard {shard['file']} is damaged "
+                         f"({paths.first_line(e)})") from None
+      if count != shard["count"]:
+        raise ValueError(f"config.data.path {path!r}: shard {shard['file']} holds {count} "
+                         f"records; {shard['count']} were written")
+      files.append(os.fspath(file))
+    self.records = grain.sources.ArrayRecordDataSource(files)
+    self.num_classes = meta["num_classes"]
+    self.fields = [(name, tuple(spec["shape"]), np.dtype(spec["dtype"]))
+                   for name, spec in meta["fields"].items()]
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index: int) -> dict:
+    record = self.records[int(index)]
+    example = {"label": int(np.frombuffer(record, "<i8", 1)[0])}
+    offset = 8
+    for name, shape, dtype in self.fields:
+      size = int(np.prod(shape)) * dtype.itemsize
+      example[name] = np.frombuffer(record, dtype, offset=offset,
+                                    count=int(np.prod(shape))).reshape(shape)
+      offset += size
+    return example
+
+  def read_batch(self, indices) -> dict:
+    """The examples `indices` stacked ({"x" [n, ...], "label" [n][, "cond"]}), read at once."""
+    records = self.records.__getitems__([int(i) for i in indices])
+    raw = np.frombuffer(b"".join(records), np.uint8).reshape(len(records), -1)
+    batch = {"label": raw[:, :8].copy().view("<i8")[:, 0]}
+    offset = 8
+    for name, shape, dtype in self.fields:
+      size = int(np.prod(shape)) * dtype.itemsize
+      batch[name] = raw[:, offset:offset + size].copy().view(dtype).reshape(len(raw), *shape)
+      offset += size
+    return batch

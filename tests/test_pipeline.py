@@ -1,0 +1,122 @@
+"""The data pipeline at scale: ArrayRecord shards (`ddpm prepare-data`), batches read at once,
+`ddpm bench-data`, and the launch scripts' dry runs."""
+
+import json
+import os
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _tiny import CONFIGS
+from diffusion import cli
+from diffusion.config import data_spec, load_config
+from diffusion.data import DigitsSource, ImageFolderSource, Loader
+from diffusion.data.arrayrecord import ArrayRecordSource, write
+from diffusion.data.loader import collate
+
+REPO = os.path.join(os.path.dirname(__file__), os.pardir)
+DIGITS = os.path.join(CONFIGS, "digits.py")
+
+
+def image_folder(path, n=40, size=(9, 11)):
+  rng = np.random.default_rng(0)
+  path.mkdir()
+  for i in range(n):
+    Image.fromarray(rng.integers(0, 255, (*size, 3), np.uint8)).save(path / f"{i:03d}.png")
+  return path
+
+
+def test_prepare_data_writes_the_examples_of_the_source(tmp_path, capsys):
+  folder = image_folder(tmp_path / "images")
+  out = tmp_path / "shards"
+  assert cli.main(["prepare-data", "--config", DIGITS, "--out", str(out), "--shards", "3",
+                   "--config.data.name=folder", f"--config.data.path={folder}",
+                   "--config.data.channels=3"]) == 0
+  assert "40 examples in 3 shards" in capsys.readouterr().out
+  images, records = ImageFolderSource(str(folder), 8, 3), ArrayRecordSource(str(out))
+  assert len(records) == 40 and records.num_classes == 0
+  for i in (0, 17, 39):
+    np.testing.assert_array_equal(records[i]["x"], images[i]["x"])
+  batch = records.read_batch([39, 0, 17])
+  np.testing.assert_array_equal(batch["x"], np.stack([images[i]["x"] for i in (39, 0, 17)]))
+  # Labels, and data of any shape and dtype (float point sets), written as they come.
+  digits = DigitsSource()
+  write(digits, str(tmp_path / "digits"), shards=2, progress=False)
+  again = ArrayRecordSource(str(tmp_path / "digits"))
+  assert again.num_classes == 10 and again[1234]["label"] == digits[1234]["label"]
+  points = {"x": np.random.default_rng(1).normal(size=(16, 3)).astype(np.float32), "label": 0}
+  write([points] * 4, str(tmp_path / "points"), shards=1, progress=False)
+  np.testing.assert_array_equal(ArrayRecordSource(str(tmp_path / "points"))[3]["x"], points["x"])
+  # Training reads the shards as any source.
+  assert cli.main(["train", "--config", DIGITS, "--workdir", str(tmp_path / "run"),
+                   "--config.data.name=arrayrecord", f"--config.data.path={tmp_path / 'digits'}",
+                   "--config.model.ch=16", "--config.model.ch_mult=(1,)",
+                   "--config.model.attn_resolutions=()", "--config.train.num_steps=1",
+                   "--config.train.num_samples=0", "--config.train.batch_size=8"]) == 0
+
+
+def test_damaged_or_missing_shards_are_named(tmp_path, capsys):
+  write(DigitsSource(), str(tmp_path / "d"), shards=3, progress=False)
+  with pytest.raises(ValueError, match="holds a dataset already"):
+    write(DigitsSource(), str(tmp_path / "d"), shards=3, progress=False)
+  shard = tmp_path / "d" / "data-00001-of-00003.array_record"
+  content = shard.read_bytes()
+  shard.write_bytes(content[:-100])
+  with pytest.raises(ValueError, match=r"shard data-00001-of-00003.array_record is damaged"):
+    ArrayRecordSource(str(tmp_path / "d"))
+  shard.write_bytes(content[:1000] + b"\0" * (len(content) - 1000))
+  with pytest.raises(ValueError, match=r"shard data-00001-of-00003.array_record is damaged"):
+    ArrayRecordSource(str(tmp_path / "d"))
+  shard.unlink()
+  assert cli.main(["train", "--config", DIGITS, "--workdir", str(tmp_path / "run"),
+                   "--config.data.name=arrayrecord", f"--config.data.path={tmp_path / 'd'}"]) == 2
+  assert re.search(r"shard data-00001-of-00003.array_record is missing$",
+                   capsys.readouterr().err.strip())
+  with pytest.raises(FileNotFoundError, match="holds no dataset.json"):
+    ArrayRecordSource(str(tmp_path))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+class PerExample:
+  """A source without read_batch: the loader reads it example by example."""
+
+  def __init__(self, source):
+    self.source, self.num_classes = source, source.num_classes
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    return self.source[i]
+
+
+def test_batches_read_at_once_equal_batches_read_example_by_example():
+  config = load_config(DIGITS)
+  spec = data_spec(config)
+  digits = DigitsSource()
+  at_once = Loader(digits, 64, seed=2, random_flip=True, spec=spec).batches(start=1480)
+  one_by_one = Loader(PerExample(digits), 64, seed=2, random_flip=True, spec=spec)
+  for n in range(2):  # across the end of the epoch
+    a = next(at_once)
+    b = collate([one_by_one.example(1480 + 64 * n + i) for i in range(64)])
+    assert a["x"].dtype == b["x"].dtype == np.uint8
+    for key in ("x", "label"):
+      np.testing.assert_array_equal(a[key], b[key])
+    assert not np.array_equal(a["x"], np.stack([digits[0]["x"]] * 64))
+
+
+def test_bench_data_reports_each_worker_count(tmp_path, capsys):
+  out = tmp_path / "bench.json"
+  assert cli.main(["bench-data", "--config", DIGITS, "--workers", "0,1", "--batches", "3",
+                   "--json", str(out), "--step-images-per-s", "1e9"]) == 0
+  table = capsys.readouterr().out
+  assert "DigitsSource: 1,500 examples, batch 64" in table
+  assert "the data pipeline bounds training" in table
+  result = json.loads(out.read_text())
+  assert [r["workers"] for r in result["runs"]] == [0, 1]
+  assert all(r["images_per_s"] > 0 for r in result["runs"])
+  assert cli.main(["bench-data", "--config", DIGITS, "--workers", "one"]) == 2
+  assert "--workers must be comma-separated ints" in capsys.readouterr().err
