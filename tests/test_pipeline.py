@@ -120,3 +120,39 @@ def test_bench_data_reports_each_worker_count(tmp_path, capsys):
   assert all(r["images_per_s"] > 0 for r in result["runs"])
   assert cli.main(["bench-data", "--config", DIGITS, "--workers", "one"]) == 2
   assert "--workers must be comma-separated ints" in capsys.readouterr().err
+
+
+def dry_run(*argv, **env):
+  run = subprocess.run(["bash", *argv], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, **env))
+  assert run.returncode == 0, run.stderr
+  import shlex
+  return [shlex.split(line) for line in run.stdout.splitlines()]
+
+
+def test_launchers_print_what_they_would_run():
+  """Pods and clusters cannot be reached here: the launchers' dry runs show their commands."""
+  lines = dry_run(os.path.join(REPO, "launch", "local.sh"), "--dry-run", "3", "ddpm", "train",
+                  "--workdir", "runs/a b", DDPM_PORT="23456")
+  assert [line[:5] for line in lines] == [
+      ["env", "DDPM_COORDINATOR_ADDRESS=localhost:23456", "DDPM_NUM_PROCESSES=3",
+       f"DDPM_PROCESS_ID={i}", "JAX_PLATFORMS=cpu"] for i in range(3)]
+  assert all(line[5:] == ["ddpm", "train", "--workdir", "runs/a b"] for line in lines)
+
+  copy, start = dry_run(os.path.join(REPO, "launch", "tpu_pod.sh"), "--dry-run", "tpu-1",
+                        "us-central2-b", "experiments/configs/cifar10.py", "gs://bucket/run",
+                        "--config.mesh.fsdp=4")
+  assert copy[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "--recurse"]
+  assert "--worker=all" in copy and "tpu-1:ddpm-jax" in copy
+  assert start[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in start
+  remote = next(a for a in start if a.startswith("--command="))[len("--command="):]
+  assert "pip install -q '.[gcs]'" in remote  # a bucket workdir needs the gcs extra
+  assert remote.endswith("--workdir gs://bucket/run --config.mesh.fsdp=4 ")
+  assert subprocess.run(["bash", "-n", "-c", remote]).returncode == 0  # it parses
+
+  lines = dry_run(os.path.join(REPO, "launch", "slurm.sbatch"), "--dry-run",
+                  "--config.model.dtype=bfloat16", CONFIG="c.py", WORKDIR="/shared/run")
+  assert ["#SBATCH", "--signal=TERM@120"] in lines
+  assert lines[-1] == ["srun", "--kill-on-bad-exit=1", "python", "-m", "diffusion", "train",
+                       "--config", "c.py", "--workdir", "/shared/run",
+                       "--config.model.dtype=bfloat16"]
