@@ -325,7 +325,8 @@ def bench(model: Denoiser, config, batch: int, *, samplers=("ddpm", "ddim", "dpm
   device = jax.devices()[0]
   result = {"platform": device.platform, "device": device.device_kind,
             "devices": jax.device_count(), "dtype": model.dtype, "batch": batch,
-            "shape": list(data_shape(config))}
+            "shape": list(data_shape(config)),
+            "remat": bool(getattr(model.module, "remat", False))}
   result["train"] = bench_training(model, config, batch, steps=train_steps)
   peak = peak or peak_tflops(device.device_kind, result["dtype"])
   result["peak_tflops_per_device"] = peak
@@ -353,7 +354,8 @@ def bench(model: Denoiser, config, batch: int, *, samplers=("ddpm", "ddim", "dpm
 def format_bench(result: dict[str, Any]) -> str:
   torch_ = result.get("torch")
   head = (f"{result['platform']} {result['device']} × {result['devices']}, {result['dtype']}, "
-          f"batch {result['batch']} of {tuple(result['shape'])}")
+          f"{'remat, ' if result.get('remat') else ''}batch {result['batch']} of "
+          f"{tuple(result['shape'])}")
   if torch_:
     head += f"; PyTorch {torch_['torch']} on {torch_['device']} ({torch_['threads']} threads)"
   lines = [head, f"{'':<24} {'ours':>10} {'PyTorch':>10} {'ratio':>7}"]

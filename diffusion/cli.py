@@ -36,6 +36,8 @@ def _bench_setup(args: argparse.Namespace, steps: int | None = None):
   model_config = dict(config.model)
   if args.dtype:
     model_config["dtype"] = args.dtype
+  if getattr(args, "remat", False):
+    model_config["remat"] = True
   model = models.build(model_config, data_shape(config))
   names = tuple(n.strip() for n in getattr(args, "samplers", "").split(",") if n.strip())
   for name in names:
@@ -290,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   bench.add_argument("--peak-tflops", type=float,
                      help="the device's peak TFLOP/s for the FLOP utilisation (known for "
                           "H100/H200/A100/TPUs)")
+  bench.add_argument("--remat", action="store_true",
+                     help="rematerialise the network's blocks (memory for compute; the table "
+                          "shows the memory each choice takes)")
   bench.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
   bench.add_argument("--layers", action="store_true",
                      help="also time conv/GroupNorm/swish at each level's shape, JAX vs PyTorch")

@@ -93,6 +93,34 @@ def test_sampling_with_an_equivariant_network_is_rotation_invariant_in_distribut
   assert np.abs(second_moment(anisotropic, {"params": {}}) - np.eye(3)).max() > 0.2
 
 
+UNET = dict(name="unet", ch=16, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,),
+            num_groups=4)
+
+
+@pytest.mark.parametrize("settings, shape", [(UNET, (8, 8, 1)), (DIT, (8, 8, 3)),
+                                             (EGNN, (10, 3))])
+def test_every_network_takes_remat_and_bfloat16(settings, shape):
+  """config.model.remat recomputes activations in the backward pass: the same gradient, with
+  the blocks' forward products in the gradient's program again; bfloat16 computes in bf16."""
+  x = jax.random.normal(jax.random.key(0), (2, *shape))
+  t = jnp.array([10, 700])
+  model = models.build(settings, shape)
+  params = jax.jit(model.init)(jax.random.key(1), x, t)["params"]
+  params = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), params)
+  grads, hlo = {}, {}
+  for remat in (False, True):
+    model = models.build({**settings, "remat": remat}, shape)
+    loss = lambda p: jnp.sum(model({"params": p}, x, t) ** 2)
+    grads[remat] = jax.jit(jax.grad(loss))(params)
+    hlo[remat] = jax.jit(jax.grad(loss)).lower(params).as_text()
+  a, b = (np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads[r])]) for r in (True, False))
+  assert np.linalg.norm(a - b) < 1e-4 * np.linalg.norm(b)  # the order of float sums differs
+  products = lambda text: text.count("stablehlo.convolution") + text.count("stablehlo.dot_general")
+  assert products(hlo[True]) > products(hlo[False]) > 0, (products(hlo[True]), products(hlo[False]))
+  bf16 = models.build({**settings, "dtype": "bfloat16"}, shape)
+  assert "bf16" in jax.jit(lambda p: bf16({"params": p}, x, t)).lower(params).as_text()
+
+
 def test_adapters_call_the_network_the_same_way():
   class Net(nn.Module):
     @nn.compact

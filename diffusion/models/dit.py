@@ -92,6 +92,7 @@ class DiT(nn.Module):
     cond_channels: > 0 for a conditioning input concatenated to x_t.
     learned_variance: output 2C channels.
     dtype: computation dtype; parameters stay float32.
+    remat: rematerialise each block in the backward pass (memory for compute).
   """
   patch_size: int = 2
   hidden_size: int = 384
@@ -102,6 +103,7 @@ class DiT(nn.Module):
   cond_channels: int = 0
   learned_variance: bool = False
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None,
@@ -121,8 +123,9 @@ class DiT(nn.Module):
     if self.num_classes:
       c = c + nn.Embed(self.num_classes + 1, self.hidden_size, dtype=self.dtype,
                        name="class_embed")(y)
+    block = nn.remat(Block) if self.remat else Block
     for i in range(self.depth):
-      h = Block(self.num_heads, self.mlp_ratio, self.dtype, name=f"block_{i}")(h, c)
+      h = block(self.num_heads, self.mlp_ratio, self.dtype, name=f"block_{i}")(h, c)
 
     shift, scale = jnp.split(nn.Dense(2 * self.hidden_size, kernel_init=nn.initializers.zeros,
                                       dtype=self.dtype, name="final_adaLN")(nn.silu(c)), 2, -1)
@@ -134,7 +137,7 @@ class DiT(nn.Module):
 
 
 _FIELDS = {"patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "num_classes",
-           "cond_channels", "learned_variance", "dtype"}
+           "cond_channels", "learned_variance", "dtype", "remat"}
 
 
 @register("dit")

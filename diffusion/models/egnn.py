@@ -46,6 +46,7 @@ class EGNN(nn.Module):
     max_separation: chain separations |i - j| beyond this share one feature.
     num_classes: > 0 for class conditioning, with the null class num_classes.
     dtype: computation dtype.
+    remat: rematerialise each layer in the backward pass (memory for compute).
   """
   hidden: int = 64
   depth: int = 4
@@ -53,6 +54,7 @@ class EGNN(nn.Module):
   max_separation: int = 8
   num_classes: int = 0
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None) -> jax.Array:
@@ -68,30 +70,38 @@ class EGNN(nn.Module):
     separation = jnp.minimum(jnp.abs(index[:, None] - index[None, :]), self.max_separation)
     edge = (jax.nn.one_hot(separation, self.max_separation + 1) if self.chain
             else jnp.zeros((n, n, 0)))
-    not_self = 1.0 - jnp.eye(n)
     start = x
+    step = nn.remat(EGNN._layer, static_argnums=(1,)) if self.remat else EGNN._layer
     for layer in range(self.depth):
-      diff = x[:, :, None] - x[:, None, :]  # [B, N, N, 3]: x_i - x_j
-      dist2 = jnp.sum(diff ** 2, axis=-1, keepdims=True)
-      # φ_e's first layer on [h_i, h_j, d², a_ij] as a sum of per-node, per-edge and distance
-      # terms: the same function, with the matrix products done per node, not per pair.
-      dense = lambda name, bias=False: nn.Dense(self.hidden, use_bias=bias, dtype=self.dtype,
-                                                name=f"edge_{layer}_{name}")
-      pre = (dense("i", bias=True)(h)[:, :, None] + dense("j")(h)[:, None, :]
-             + dense("d")(dist2) + (dense("a")(edge)[None] if self.chain else 0.0))
-      m = nn.silu(nn.Dense(self.hidden, dtype=self.dtype, name=f"edge_{layer}_out")(nn.silu(pre)))
-      m = m * not_self[None, :, :, None]
-      weight = _mlp(self.hidden, f"coord_{layer}", self.dtype, out=1, zero=True)(m)
-      # sqrt(d² + 1e-8): the gradient of sqrt at a point's zero distance to itself is finite.
-      direction = diff / (jnp.sqrt(dist2 + 1e-8) + 1.0)
-      x = x + jnp.sum(direction * weight.astype(jnp.float32), axis=2) / max(n - 1, 1)
-      h = h + _mlp(self.hidden, f"node_{layer}", self.dtype)(
-          jnp.concatenate([h, jnp.sum(m, axis=2)], axis=-1))
+      x, h = step(self, layer, x, h, edge)
     out = x - start
     return (out - jnp.mean(out, axis=1, keepdims=True)).astype(jnp.float32)
 
+  def _layer(self, layer: int, x: jax.Array, h: jax.Array, edge: jax.Array):
+    """Message-passing layer `layer`: (x [B, N, 3], h [B, N, hidden]) -> both updated."""
+    n = x.shape[1]
+    not_self = 1.0 - jnp.eye(n)
+    diff = x[:, :, None] - x[:, None, :]  # [B, N, N, 3]: x_i - x_j
+    dist2 = jnp.sum(diff ** 2, axis=-1, keepdims=True)
+    # φ_e's first layer on [h_i, h_j, d², a_ij] as a sum of per-node, per-edge and distance
+    # terms: the same function, with the matrix products done per node, not per pair.
+    dense = lambda name, bias=False: nn.Dense(self.hidden, use_bias=bias, dtype=self.dtype,
+                                              name=f"edge_{layer}_{name}")
+    pre = (dense("i", bias=True)(h)[:, :, None] + dense("j")(h)[:, None, :]
+           + dense("d")(dist2) + (dense("a")(edge)[None] if self.chain else 0.0))
+    out = nn.Dense(self.hidden, dtype=self.dtype, name=f"edge_{layer}_out")
+    m = nn.silu(out(nn.silu(pre)))
+    m = m * not_self[None, :, :, None]
+    weight = _mlp(self.hidden, f"coord_{layer}", self.dtype, out=1, zero=True)(m)
+    # sqrt(d² + 1e-8): the gradient of sqrt at a point's zero distance to itself is finite.
+    direction = diff / (jnp.sqrt(dist2 + 1e-8) + 1.0)
+    x = x + jnp.sum(direction * weight.astype(jnp.float32), axis=2) / max(n - 1, 1)
+    h = h + _mlp(self.hidden, f"node_{layer}", self.dtype)(
+        jnp.concatenate([h, jnp.sum(m, axis=2)], axis=-1))
+    return x, h
 
-_FIELDS = {"hidden", "depth", "chain", "max_separation", "num_classes", "dtype"}
+
+_FIELDS = {"hidden", "depth", "chain", "max_separation", "num_classes", "dtype", "remat"}
 
 
 @register("egnn")
