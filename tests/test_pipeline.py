@@ -156,3 +156,16 @@ def test_launchers_print_what_they_would_run():
   assert lines[-1] == ["srun", "--kill-on-bad-exit=1", "python", "-m", "diffusion", "train",
                        "--config", "c.py", "--workdir", "/shared/run",
                        "--config.model.dtype=bfloat16"]
+
+
+def test_the_package_imports_without_grain_and_array_record():
+  """An accelerator machine that lacks them still runs `ddpm bench` and training's other parts:
+  Grain and ArrayRecord are imported only when the loader or the shards are used."""
+  code = ("import sys; sys.modules['grain'] = None; sys.modules['array_record'] = None\n"
+          "import diffusion, diffusion.benchmark, diffusion.cli, diffusion.training\n"
+          "import diffusion.data.arrayrecord, diffusion.data.throughput\n"
+          "from diffusion.data import DigitsSource, Loader\n"
+          "Loader(DigitsSource(), 8, seed=0).example(3)\n")
+  run = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+  assert run.returncode == 0, run.stderr[-2000:]

@@ -1,5 +1,5 @@
 """A dataset as ArrayRecord shards: written once by `ddpm prepare-data`, read as a random-access
-source (Grain's `ArrayRecordDataSource`).
+source (an ArrayRecord reader per shard; a batch costs one read call per shard).
 
 Any source of the library (an image folder, a TFDS split, NumPy arrays, the
 digits, the synthetic sets) is written as it comes out of the source: images
@@ -60,7 +60,8 @@ def write(source, out: str, *, shards: int = 8, progress: bool = True) -> dict:
   names = [f"data-{i:05d}-of-{shards:05d}.array_record" for i in range(shards)]
   bar = tqdm.tqdm(total=n, unit="ex", desc="prepare-data", disable=not progress)
   for shard, name in enumerate(names):
-    writer = ArrayRecordWriter(os.fspath(folder / name), "group_size:1")
+    # One record a chunk, uncompressed: a random read is one seek, with nothing to inflate.
+    writer = ArrayRecordWriter(os.fspath(folder / name), "group_size:1,uncompressed")
     try:
       for i in range(bounds[shard], bounds[shard + 1]):
         example = source[i]
@@ -90,7 +91,6 @@ class ArrayRecordSource:
   readable, of its record count), and a bad one is named in a one-line error."""
 
   def __init__(self, path: str):
-    import grain
     folder = paths.resolve(path, "config.data.path")
     if not (folder / META).exists():
       raise FileNotFoundError(f"config.data.path {path!r} holds no {META}: not a dataset "
@@ -98,7 +98,7 @@ class ArrayRecordSource:
     meta = json.loads((folder / META).read_text())
     if meta.get("format") != FORMAT:
       raise ValueError(f"config.data.path {path!r}: {META} is not of format {FORMAT}")
-    files = []
+    self.files = []
     for shard in meta["shards"]:
       file = folder / shard["file"]
       if not file.exists():
@@ -108,36 +108,49 @@ class ArrayRecordSource:
         raise ValueError(f"config.data.path {path!r}: shard {shard['file']} is damaged ({size} "
                          f"bytes; {shard['bytes']} were written)")
       try:
-        count = len(grain.sources.ArrayRecordDataSource([os.fspath(file)]))
+        count = _open(os.fspath(file)).num_records()
       except Exception as e:  # noqa: BLE001 (the reader's own error, named)
         raise ValueError(f"config.data.path {path!r}: shard {shard['file']} is damaged "
                          f"({paths.first_line(e)})") from None
       if count != shard["count"]:
-        raise ValueError(f"config.data.path {path!r}: shard {shard['file']} holds {count} "
-                         f"records; {shard['count']} were written")
-      files.append(os.fspath(file))
-    self.records = grain.sources.ArrayRecordDataSource(files)
+        raise ValueError(f"config.data.path {path!r}: shard {shard['file']} is damaged (it "
+                         f"holds {count} records; {shard['count']} were written)")
+      self.files.append(os.fspath(file))
+    self.starts = np.cumsum([0] + [shard["count"] for shard in meta["shards"]])
     self.num_classes = meta["num_classes"]
     self.fields = [(name, tuple(spec["shape"]), np.dtype(spec["dtype"]))
                    for name, spec in meta["fields"].items()]
+    self._readers = {}
+
+  def __getstate__(self):  # readers are opened again in each worker process
+    return {**self.__dict__, "_readers": {}}
 
   def __len__(self) -> int:
-    return len(self.records)
+    return int(self.starts[-1])
+
+  def _records(self, indices) -> list[bytes]:
+    """The records of `indices`, in their order: one read call per shard."""
+    indices = np.asarray(indices, np.int64)
+    if np.any((indices < 0) | (indices >= len(self))):
+      raise IndexError(f"index out of range for {len(self)} examples")
+    shards = np.searchsorted(self.starts, indices, side="right") - 1
+    records = [b""] * len(indices)
+    for shard in np.unique(shards):
+      rows = np.flatnonzero(shards == shard)
+      if shard not in self._readers:
+        self._readers[shard] = _open(self.files[shard])
+      read = self._readers[shard].read([int(i) for i in indices[rows] - self.starts[shard]])
+      for row, record in zip(rows, read):
+        records[row] = record
+    return records
 
   def __getitem__(self, index: int) -> dict:
-    record = self.records[int(index)]
-    example = {"label": int(np.frombuffer(record, "<i8", 1)[0])}
-    offset = 8
-    for name, shape, dtype in self.fields:
-      size = int(np.prod(shape)) * dtype.itemsize
-      example[name] = np.frombuffer(record, dtype, offset=offset,
-                                    count=int(np.prod(shape))).reshape(shape)
-      offset += size
-    return example
+    return {k: v[0] if k != "label" else int(v[0])
+            for k, v in self.read_batch([index]).items()}
 
   def read_batch(self, indices) -> dict:
     """The examples `indices` stacked ({"x" [n, ...], "label" [n][, "cond"]}), read at once."""
-    records = self.records.__getitems__([int(i) for i in indices])
+    records = self._records(indices)
     raw = np.frombuffer(b"".join(records), np.uint8).reshape(len(records), -1)
     batch = {"label": raw[:, :8].copy().view("<i8")[:, 0]}
     offset = 8
@@ -146,3 +159,8 @@ class ArrayRecordSource:
       batch[name] = raw[:, offset:offset + size].copy().view(dtype).reshape(len(raw), *shape)
       offset += size
     return batch
+
+
+def _open(file: str):
+  from array_record.python.array_record_module import ArrayRecordReader
+  return ArrayRecordReader(file, "readahead_buffer_size:0")

@@ -143,8 +143,10 @@ class Examples:
             out["cond"] = np.asarray(batch["cond"])
           if self.random_flip:
             flip = np.asarray([orders[int(e)][1][w] for e, w in zip(epochs, within)])
-            out = {k: np.where(flip.reshape(-1, *[1] * (v.ndim - 1)), np.flip(v, axis=-2), v)
-                   if k != "label" else v for k, v in out.items()}
+            for key in ("x", "cond"):
+              if key in out:
+                out[key] = out[key].copy()
+                out[key][flip] = np.flip(out[key][flip], axis=-2)
           return {**out, "errors": []}
     return collate([self(s) for s in samples])
 
