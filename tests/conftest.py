@@ -2,7 +2,8 @@
 
 XLA's CPU backend spends most of a test's time compiling; the tests compile
 with LLVM optimisation off (the same programs, less optimised machine code)
-and share a persistent compilation cache with the `ddpm` processes they start.
+and share a persistent compilation cache, across pytest-xdist's workers and with the `ddpm`
+processes they start.
 """
 
 import os
@@ -11,7 +12,13 @@ import tempfile
 os.environ["XLA_FLAGS"] = " ".join([
     os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
     "--xla_backend_optimization_level=0"])
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="ddpm-test-jit-"))
+# One cache for the whole session: pytest-xdist's workers (same test run id) share it.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _RUN:
+  os.makedirs(os.path.join(tempfile.gettempdir(), f"ddpm-test-jit-{_RUN}"), exist_ok=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"ddpm-test-jit-{_RUN}") if _RUN
+                      else tempfile.mkdtemp(prefix="ddpm-test-jit-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 # The digits classifier of the digits measures is trained into a cache of the test session's own.
 os.environ.setdefault("DDPM_CACHE_DIR", tempfile.mkdtemp(prefix="ddpm-test-cache-"))
