@@ -170,7 +170,7 @@ def losses(workdir):
 
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, reference_run):
   # Killed and resumed mid-epoch with Grain worker processes; the reference reads with threads.
-  workers = "--config.data.num_workers=2"
+  workers = "--config.data.num_workers=1"
   process = run_ddpm(tmp_path, workers)
   metrics = tmp_path / "metrics.jsonl"
   while not (metrics.exists() and metrics.read_text().strip()):
@@ -196,11 +196,14 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, reference_run
 
 
 def test_two_processes_equal_one(tmp_path, reference_run):
+  """2 processes of 2 devices, the state split over a (data 2, fsdp 2) mesh, Grain workers:
+  the 8-device data-parallel run to float tolerance."""
   env = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace(
       "device_count=8", "device_count=2"))
   run = subprocess.run(
       [os.path.join(REPO, "launch", "local.sh"), "2", sys.executable, "-m", "diffusion", "train",
-       "--config", DIGITS, "--workdir", str(tmp_path), *LONG, "--config.data.num_workers=1"],
+       "--config", DIGITS, "--workdir", str(tmp_path), *LONG, "--config.data.num_workers=1",
+       "--config.mesh.fsdp=2", "--config.mesh.min_shard_size=256"],
       capture_output=True, text=True, env=env, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   assert run.stdout.count("step 24 of 24") == 1  # only process 0 reports

@@ -1,4 +1,5 @@
-"""A deterministic, resumable, process-sharded batch loader over a random-access source.
+"""A deterministic, resumable, process-sharded batch loader over a random-access source: a Grain
+pipeline whose elements are whole batches, read by threads or worker processes.
 
 A source is anything with `len(source)` and `source[i]` -> {"x": NumPy array
 of the data's shape, "label": int (optional), "cond": array (optional)}.
