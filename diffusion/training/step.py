@@ -1,4 +1,4 @@
-"""The data-parallel train step (Algorithm 1): `(state, batch, key) -> (state, metrics)`.
+"""The sharded train step (Algorithm 1): `(state, batch, key) -> (state, metrics)`.
 
 Written for the global batch and compiled with `jax.jit` over the mesh: the
 state is replicated or split over the "fsdp" axis (`state_shardings`), the
