@@ -39,3 +39,10 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 def rng():
   import numpy as np
   return np.random.default_rng(0)
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: one worker a core, and at least three. The tests spend a good part of their
+  time waiting (background checkpoint saves, processes they start, their collectives), which a
+  third worker fills on a two-core machine; `--maxprocesses` still caps the count."""
+  return max(3, os.cpu_count() or 1)
