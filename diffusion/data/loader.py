@@ -58,6 +58,14 @@ def check_example(example, index: int, spec: DataSpec) -> dict:
 ON_ERROR = ("raise", "skip")
 
 
+def config_options(config) -> dict:
+  """The `Loader` keywords a config's `data` section sets: augmentations, workers, on_error."""
+  data = config.data
+  return {"random_flip": data.get("random_flip", False),
+          "random_rotation": data.get("random_rotation", False),
+          "num_workers": data.get("num_workers", 0), "on_error": data.get("on_error", "raise")}
+
+
 class Examples:
   """Stream sample number -> example: the per-example transform the loader's workers run
   (picklable: it holds the source and the settings, nothing else).
@@ -129,8 +137,11 @@ class Examples:
     read_batch = getattr(self.source, "read_batch", None)
     if read_batch is not None and self.spec is not None and not self.random_rotation:
       epochs, within = np.divmod(np.asarray(samples, np.int64), len(self.source))
-      orders = {int(e): self._epoch(int(e)) for e in np.unique(epochs)}
-      index = np.asarray([orders[int(e)][0][w] for e, w in zip(epochs, within)])
+      index, flip = np.empty_like(within), np.empty(len(within), bool)
+      for epoch in np.unique(epochs):  # a batch spans one epoch, or two at an epoch's end
+        rows = epochs == epoch
+        perm, flips = self._epoch(int(epoch))
+        index[rows], flip[rows] = perm[within[rows]], flips[within[rows]]
       try:
         batch = read_batch(index)
       except Exception:  # noqa: BLE001 (read example by example: the error names the example)
@@ -143,7 +154,6 @@ class Examples:
           if batch.get("cond") is not None:
             out["cond"] = np.asarray(batch["cond"])
           if self.random_flip:
-            flip = np.asarray([orders[int(e)][1][w] for e, w in zip(epochs, within)])
             for key in ("x", "cond"):
               if key in out:
                 out[key] = out[key].copy()

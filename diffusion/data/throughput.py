@@ -9,7 +9,7 @@ import os
 import time
 
 from diffusion.config import data_spec
-from diffusion.data.loader import Loader
+from diffusion.data.loader import Loader, config_options
 from diffusion.data.sources import make_source
 
 
@@ -28,8 +28,7 @@ def bench_data(config, *, workers=(0, 1, 2), threads: int = 8, batches: int = 20
             "threads": threads, "cpus": os.cpu_count(), "runs": []}
   for count in workers:
     loader = Loader(source, batch, config.seed, spec=spec, num_threads=threads,
-                    num_workers=count, random_flip=config.data.get("random_flip", False),
-                    random_rotation=config.data.get("random_rotation", False))
+                    **{**config_options(config), "num_workers": count})
     try:
       stream = loader.batches()
       start = time.perf_counter()

@@ -28,7 +28,7 @@ from diffusion._checks import LEARNED_VARIANCES
 from diffusion.config import data_spec, schedule_from_config, validate as validate_config
 from diffusion.data import Loader, make_source
 from diffusion.data.folders import check_indexes
-from diffusion.data.loader import check_example
+from diffusion.data.loader import check_example, config_options
 from diffusion.distributed import gather, mesh_from_config, mesh_sizes
 from diffusion.models import variables_of
 from diffusion.previews import save_preview
@@ -287,11 +287,8 @@ def _train(config, workdir: epath.Path, source, model) -> int:
   main = jax.process_index() == 0
   check_indexes(source, workdir / "data_index", resuming=step > 0, write=main)
   loader = Loader(source, cfg.batch_size, config.seed, spec=spec,
-                  random_flip=config.data.get("random_flip", False),
-                  random_rotation=config.data.get("random_rotation", False),
                   process_index=jax.process_index(), process_count=jax.process_count(),
-                  num_workers=config.data.get("num_workers", 0),
-                  on_error=config.data.get("on_error", "raise"))
+                  **config_options(config))
   writer = MetricWriter(workdir, enabled=main)
   progress = Progress(step, cfg.num_steps, cfg.batch_size, enabled=main)
   hosts = HostReport(workdir, step, loader.local_batch, jax.process_index(), jax.process_count())
