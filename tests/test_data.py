@@ -151,6 +151,20 @@ def test_worker_processes_give_the_stream_of_threads_from_any_position(tmp_path)
     a, b = next(threads), next(workers)
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
+  # The workers are other processes: they read the examples, this process does not.
+  readers = next(Loader(Pids(), 4, seed=0, num_workers=2).batches())["label"]
+  assert os.getpid() not in readers
+
+
+class Pids:
+  """Examples whose label is the id of the process that read them."""
+  num_classes = 0
+
+  def __len__(self):
+    return 8
+
+  def __getitem__(self, index):
+    return {"x": np.zeros((2,), np.float32), "label": os.getpid()}
 
 
 def test_resize_and_crop_keeps_the_center():
