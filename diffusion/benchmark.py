@@ -175,9 +175,11 @@ def _peak_memory(compiled) -> dict[str, float]:
   return out
 
 
-def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5) -> dict[str, Any]:
+def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5,
+                   hlo: bool = False) -> dict[str, Any]:
   """The real training step (`training.step.make_train_step`: loss, gradient all-reduce, Adam,
-  EMA) on a global batch of `batch` random examples of the config's data over every device."""
+  EMA) on a global batch of `batch` random examples of the config's data over every device.
+  `hlo`: also return the optimised program's text (under "hlo")."""
   from diffusion.config import data_spec, schedule_from_config
   from diffusion.distributed import make_mesh
   from diffusion.training.state import base_key, create_state
@@ -220,20 +222,25 @@ def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5) -> di
   # has not split it yet) and, taken before compilation, also the matmuls and convolutions
   # that a GPU compile turns into library calls.
   flops = _flops(lowered)
-  return {"step_s": step_s, "images_per_s": batch / step_s, "compile_s": compile_s,
-          "gflops_per_image": flops / batch / 1e9, "tflops_per_s": flops / step_s / 1e12,
-          **_peak_memory(compiled)}
+  result = {"step_s": step_s, "images_per_s": batch / step_s, "compile_s": compile_s,
+            "gflops_per_image": flops / batch / 1e9, "tflops_per_s": flops / step_s / 1e12,
+            **_peak_memory(compiled)}
+  if hlo:
+    result["hlo"] = compiled.as_text()
+  return result
 
 
 def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
-                samplers: dict[str, int] | None = None,
-                sample_batch: int | None = None) -> dict[str, Any]:
+                samplers: dict[str, int] | None = None, sample_batch: int | None = None,
+                compile: bool = False) -> dict[str, Any]:
   """The same network as diffusers' `UNet2DModel` in PyTorch, the reference implementation
   people would use instead: a training step (DDPMScheduler.add_noise, MSE on ε, backward,
   AdamW, EMA) and each sampler's chain (DDPMScheduler / DDIMScheduler /
   DPMSolverMultistepScheduler), on the CPU or on one CUDA device, under bfloat16 autocast
   when the model computes in bfloat16. PyTorch keeps float32 matmuls in full precision
-  (TF32 off), where XLA's default precision on NVIDIA GPUs uses TF32."""
+  (TF32 off), where XLA's default precision on NVIDIA GPUs uses TF32. `train_steps` = 0 skips
+  the training step; `compile` runs the network through `torch.compile` (its compile time,
+  in the first calls, is reported as "compile_s")."""
   import torch
   from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                          UNet2DModel)
@@ -241,6 +248,7 @@ def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
   device = "cuda" if torch.cuda.is_available() else "cpu"
   size, channels = config.data.image_size, config.data.channels
   net = UNet2DModel(**diffusers_config(model, size, channels)).to(device)
+  module = torch.compile(net) if compile else net
   autocast = torch.autocast(device, dtype=torch.bfloat16,
                             enabled=jnp.dtype(model.dtype) == jnp.bfloat16)
   kwargs = {}
@@ -256,7 +264,7 @@ def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
     inputs = x if cond is None else torch.cat([x, cond[:n]], dim=1)
     extra = {k: v[:n] for k, v in kwargs.items()}
     with autocast:
-      return net(inputs, t, **extra).sample[:, :channels].float()
+      return module(inputs, t, **extra).sample[:, :channels].float()
   d = config.diffusion
   scheduler_kwargs = dict(num_train_timesteps=d.num_steps, beta_start=d.beta_start,
                           beta_end=d.beta_end, beta_schedule="linear")
@@ -278,17 +286,23 @@ def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
       torch._foreach_lerp_(ema, params, 1 - 0.9999)
 
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-  net.train()
-  train_step()
-  sync()
-  start = time.perf_counter()
-  for _ in range(train_steps):
-    train_step()
-  sync()
-  step_s = (time.perf_counter() - start) / train_steps
   result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "train_step": {"step_s": step_s, "images_per_s": batch / step_s}, "samplers": {}}
+            "compiled": compile, "samplers": {}}
+  if train_steps:
+    net.train()
+    start = time.perf_counter()
+    train_step()
+    sync()
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(train_steps):
+      train_step()
+    sync()
+    step_s = (time.perf_counter() - start) / train_steps
+    result["train_step"] = {"step_s": step_s, "images_per_s": batch / step_s, "first_s": first_s}
+    if torch.cuda.is_available():
+      result["train_step"]["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
   net.eval()
   makers = {"ddpm": lambda: DDPMScheduler(**scheduler_kwargs),
             "ddim": lambda: DDIMScheduler(**scheduler_kwargs),
