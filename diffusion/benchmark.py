@@ -222,12 +222,30 @@ def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5,
   # has not split it yet) and, taken before compilation, also the matmuls and convolutions
   # that a GPU compile turns into library calls.
   flops = _flops(lowered)
+  if not np.isfinite(flops):  # some GPU builds give no count: count the CPU lowering instead
+    flops = _cpu_step_flops(model, config, data, sample)
   result = {"step_s": step_s, "images_per_s": batch / step_s, "compile_s": compile_s,
             "gflops_per_image": flops / batch / 1e9, "tflops_per_s": flops / step_s / 1e12,
             **_peak_memory(compiled)}
   if hlo:
     result["hlo"] = compiled.as_text()
   return result
+
+
+def _cpu_step_flops(model, config, data, sample) -> float:
+  """XLA's FLOP count of the same training step lowered for one CPU device (shapes only: nothing
+  is allocated or compiled), for backends whose cost analysis is missing."""
+  from jax.sharding import NamedSharding
+  from diffusion.config import schedule_from_config
+  from diffusion.distributed import BATCH, make_mesh
+  from diffusion.training.state import abstract_state, base_key
+  from diffusion.training.step import make_train_step
+  mesh = make_mesh(jax.devices("cpu")[:1])
+  state = abstract_state(model, config, mesh, sample)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=NamedSharding(mesh, BATCH))
+           for k, v in data.items()}
+  step = make_train_step(model, schedule_from_config(config), config, mesh)
+  return _flops(step.lower(state, batch, base_key(0, "train")))
 
 
 def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
