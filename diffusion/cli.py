@@ -115,8 +115,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
   import jax
   from diffusion import distributed
   from diffusion.training import train
-  distributed.initialize()
   config = _config_with_overrides(args.config, overrides)
+  distributed.use_cpu_cores(config.train.batch_size)
+  distributed.initialize()
   step = train(config, args.workdir)
   if jax.process_index() == 0:
     print(f"{args.workdir}: step {step} of {config.train.num_steps}")
@@ -179,6 +180,7 @@ def _config_with_overrides(path: str, overrides: list[str]):
 def _sample(args: argparse.Namespace) -> None:
   """`ddpm sample`: N samples from the EMA parameters of the newest checkpoint."""
   from diffusion import distributed, sample_run
+  distributed.use_cpu_cores()
   distributed.initialize()
   sample_run.sample_to_files(
       args.workdir, args.num, args.out, seed=args.seed, batch=args.batch, step=args.step,

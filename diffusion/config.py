@@ -13,6 +13,7 @@ import numpy as np
 from diffusion import _checks
 from diffusion.dataspec import DataSpec, from_data_config
 from diffusion.losses import LOSSES
+from diffusion.samplers import SAMPLERS
 from diffusion.schedules import BETA_SCHEDULES, Schedule
 
 
@@ -65,6 +66,7 @@ RANGES = {
     "diffusion.vlb_weight": _real(0, math.inf),
     "optim.lr": _real(0, math.inf, open_low=True),
     "optim.warmup_steps": _int(0),
+    "optim.decay_steps": _int(0),
     "optim.grad_clip": _real(0, math.inf),
     "optim.b1": _real(0, 1, open_high=True),
     "optim.b2": _real(0, 1, open_high=True),
@@ -78,6 +80,7 @@ RANGES = {
     "train.sample_every": _int(1),
     "train.keep_checkpoints": _int(1),
     "train.num_samples": _int(0),
+    "train.sample_steps": _int(0),
     "train.ema_decay": _real(0, 1),
     "train.label_dropout": _real(0, 1),
 }
@@ -113,6 +116,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
                      f"variance must be learned_range or learned, not {d.variance!r}")
   _checks.choice(config.data.get("on_error", "raise"), ("raise", "skip"), "config.data.on_error")
+  _checks.choice(train.get("sample_sampler", "ddpm"), SAMPLERS, "config.train.sample_sampler")
+  decay, warmup = config.optim.get("decay_steps", 0), config.optim.get("warmup_steps", 0)
+  if decay and decay <= warmup:
+    raise ValueError(f"config.optim.decay_steps ({decay}) must exceed config.optim.warmup_steps "
+                     f"({warmup}), or be 0 for no decay")
   k = train.get("steps_per_dispatch", 1)
   if train.num_steps % k:
     raise ValueError(f"config.train.steps_per_dispatch ({k}) must divide config.train.num_steps "
@@ -127,6 +135,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 # What may change when a run resumes: how it executes, not what it computes.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.num_samples",
+                  "train.sample_sampler", "train.sample_steps",
                   "train.steps_per_dispatch", "model.dtype", "model.remat", "data.data_dir",
                   "data.num_workers", "data.on_error", "mesh.data", "mesh.fsdp",
                   "mesh.min_shard_size")
@@ -146,10 +155,10 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
   than RESUMABLE_KEYS, each as "key: saved -> new"."""
   old, new = _flatten(saved), _flatten(json.loads(config.to_json()))
   missing = object()
+  value = lambda tree, key: tree.get(key, ABSENT_MEANS.get(key, missing))
   differences = [f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
                  for key in sorted(set(old) | set(new))
-                 if key not in RESUMABLE_KEYS + _SPEC_KEYS
-                 and old.get(key, missing) != new.get(key, missing)]
+                 if key not in RESUMABLE_KEYS + _SPEC_KEYS and value(old, key) != value(new, key)]
   # The data's shape and units compare as what they mean: a run saved before config.data.shape
   # existed (image_size and channels only) resumes under a config that spells the same shape.
   before, after = from_data_config(saved.get("data", {})), data_spec(config)
@@ -157,6 +166,9 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
     differences.insert(0, f"data: {before} -> {after}")
   return differences
 
+
+# Keys added after runs were saved without them, and the value their absence means.
+ABSENT_MEANS = {"optim.decay_steps": 0}
 
 _SPEC_KEYS = ("data.shape", "data.kind", "data.dtype", "data.scale", "data.image_size",
               "data.channels")

@@ -61,20 +61,37 @@ def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0,
                  desc: str = "sample") -> np.ndarray:
   """Samples [len(labels), *shape] in the data's units of a run's Denoiser (labels: classes,
   ignored by an unconditional model), drawn `batch` at a time over every device with a
-  progress bar."""
+  progress bar (samples/s, ETA). The next batch is dispatched before the last one is copied
+  to the host, so the devices do not wait for the copy; the samples are written into one
+  array as they arrive."""
   num = len(labels)
   mesh = make_mesh()
   spec = data_spec(config)
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps,
                         eta=eta, spacing=spacing, guidance=guidance)
   variables, key, batch = replicate(variables, mesh), base_key(seed, "sample"), batch_size(batch)
-  chunks = []
-  for first in tqdm.tqdm(range(0, num, batch), desc=desc, unit="batch",
-                         disable=jax.process_index() != 0):
+  bar = tqdm.tqdm(total=num, desc=desc, unit="sample", disable=jax.process_index() != 0)
+  out, pending = None, None
+
+  def collect(first, n, result):
+    nonlocal out
+    x = spec.from_model(gather(result))[:n]
+    if out is None:
+      out = np.empty((num, *x.shape[1:]), x.dtype)
+    out[first:first + n] = x
+    bar.update(n)
+
+  for first in range(0, num, batch):
     n = min(batch, num - first)
     padded = np.resize(labels[first:first + n], n + (-n) % jax.device_count())
-    chunks.append(spec.from_model(gather(sample(variables, key, first, padded)))[:n])
-  return np.concatenate(chunks)
+    result = sample(variables, key, first, padded)  # dispatched, not waited for
+    if pending:
+      collect(*pending)
+    pending = (first, n, result)
+  if pending:
+    collect(*pending)
+  bar.close()
+  return out if out is not None else np.zeros((0, *spec.shape), np.float32)
 
 
 def write_samples(out: str, samples: np.ndarray, labels: np.ndarray, num_classes: int,

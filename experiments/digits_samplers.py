@@ -42,10 +42,11 @@ def main(argv=None):
   parser.add_argument("--rows", nargs="+", default=["ddpm:1000", "ddim:50:0", "dpm++:20"])
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--batch", type=int, default=500)
+  parser.add_argument("--step", type=int, help="a checkpoint's step (default: the newest)")
   parser.add_argument("--out", help="a JSON file for the figures")
   args = parser.parse_args(argv)
   rows = [parse_row(r) for row in args.rows for r in (DDIM_TABLE if row == "ddim-table" else [row])]
-  config, model, variables, step = load_run(args.workdir)
+  config, model, variables, step = load_run(args.workdir, args.step)
   evaluator = DigitsEvaluator.load()
   labels = class_labels(model, config, args.num, None, default="cycle")
   results = [{"row": "held-out test split", **digits_metrics(

@@ -189,3 +189,25 @@ def test_registry_names_factories_and_import_paths():
 def test_bad_networks_are_named(settings, shape, message):
   with pytest.raises(ValueError, match=message):
     models.build(settings, shape)
+
+
+def test_attention_picks_cudnn_only_where_it_pays_and_equals_softmax_attention():
+  """cuDNN for half-precision heads of <= 128 channels on a GPU, XLA elsewhere; the result is
+  softmax(q k^T / sqrt(D)) v, computed here in NumPy."""
+  from diffusion.models.attention import attention, flax_attention_fn, implementation
+  assert implementation(jnp.bfloat16, 64, "gpu") == "cudnn"
+  assert implementation(jnp.float16, 128, "cuda") == "cudnn"
+  assert implementation(jnp.bfloat16, 256, "gpu") is None  # the U-Net's head: XLA was faster
+  assert implementation(jnp.float32, 64, "gpu") is None
+  assert implementation(jnp.bfloat16, 60, "gpu") is None
+  assert implementation(jnp.bfloat16, 64, "cpu") is None
+  assert implementation(jnp.bfloat16, 64, "tpu") is None
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.standard_normal((2, n, 3, 8)).astype(np.float32) for n in (5, 7, 7))
+  logits = np.einsum("blhd,bshd->bhls", q, k) / np.sqrt(8)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  expected = np.einsum("bhls,bshd->blhd", weights, v)
+  np.testing.assert_allclose(attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(flax_attention_fn(q, k, v, dropout_rate=0.1, deterministic=True),
+                             expected, rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from _tiny import CONFIGS, tiny_overrides
 from diffusion import cli
+from diffusion.sampling import make_sampler
 from diffusion.training import Checkpoints
 
 DIGITS = os.path.join(CONFIGS, "digits.py")
@@ -38,9 +39,15 @@ def final_state(workdir, parts=("params",)):
   return step, state
 
 
-def test_train_on_digits_then_sample(tmp_path, capsys):
+def test_train_on_digits_then_sample(tmp_path, capsys, monkeypatch):
+  from diffusion.training import loop
+  grids = []
+  monkeypatch.setattr(loop, "make_sampler", lambda *a, **kw: grids.append(kw) or
+                      make_sampler(*a, **kw))
   workdir = tmp_path / "run"
-  assert train(workdir) == 0
+  assert train(workdir, "--config.train.sample_sampler=ddim",
+               "--config.train.sample_steps=3") == 0
+  assert grids == [{"sampler": "ddim", "steps": 3}]  # the grids' sampler is the config's
   assert "step 6 of 6" in capsys.readouterr().out
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [line["step"] for line in lines] == [2, 4, 6]

@@ -1,5 +1,6 @@
 """The sharded train step, its state, and checkpoints."""
 
+import json
 import os
 
 import flax.linen as nn
@@ -306,3 +307,33 @@ def test_learned_variances_hybrid_loss_v_prediction_and_classes():
   assert {"loss", "mse", "vb"} <= set(metrics) and np.isfinite(metrics["loss"])
   assert metrics["loss"] > metrics["mse"] > 0 and int(metrics["skipped"]) == 0
   assert jax.device_get(state).params["class_embed"]["embedding"].shape == (11, 64)
+
+
+def test_cosine_decay_of_the_learning_rate_and_its_checks():
+  """optim.decay_steps = D: linear warm-up to lr over W steps, then lr (1 + cos(pi (s - W) /
+  (D - W))) / 2 down to 0 at D, computed here with math.cos; 0 keeps the constant lr. A decay
+  that ends before the warm-up is a config error, and a run saved before the key existed
+  resumes under decay_steps = 0 only."""
+  import math
+  import ml_collections
+  from diffusion.config import load_config, resume_differences, validate
+  from diffusion.training.state import learning_rate
+  optim = ml_collections.ConfigDict({"lr": 2e-3, "warmup_steps": 100, "decay_steps": 1100})
+  lr = learning_rate(optim)
+  for s in (0, 50, 100, 350, 600, 1099, 1100, 2000):
+    expected = (2e-3 * s / 100 if s < 100 else
+                2e-3 * (1 + math.cos(math.pi * min(s - 100, 1000) / 1000)) / 2)
+    assert float(lr(s)) == pytest.approx(expected, rel=1e-5, abs=1e-9), s
+  optim.decay_steps = 0
+  assert float(learning_rate(optim)(5000)) == pytest.approx(2e-3)
+  config = load_config("experiments/configs/digits.py")
+  config.optim.decay_steps = 100
+  with pytest.raises(ValueError, match=r"config.optim.decay_steps \(100\) must exceed "
+                                       r"config.optim.warmup_steps \(200\)"):
+    validate(config)
+  saved = json.loads(config.to_json())
+  del saved["optim"]["decay_steps"]
+  config.optim.decay_steps = 0
+  assert resume_differences(saved, config) == []
+  config.optim.decay_steps = 3000
+  assert resume_differences(saved, config) == ["optim.decay_steps: '(absent)' -> 3000"]

@@ -222,8 +222,9 @@ class Loader:
     examples = self.examples
     batches = grain.MapDataset.range(0, count).map(
         lambda n: examples.batch(n * b + offset + rows))
-    ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads,
-                                                   prefetch_buffer_size=self.prefetch))
+    # An element is a whole batch, so no more threads than batches in flight can work at once.
+    ds = batches.to_iter_dataset(grain.ReadOptions(
+        num_threads=min(self.num_threads, self.prefetch), prefetch_buffer_size=self.prefetch))
     if self.num_workers:
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers,
                                                        per_worker_buffer_size=self.prefetch))

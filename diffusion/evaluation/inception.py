@@ -271,16 +271,26 @@ class InceptionFeatures:
     sharding = jax.sharding.NamedSharding(self.mesh, BATCH)
     variables = jax.device_put(self.variables, jax.sharding.NamedSharding(
         self.mesh, jax.sharding.PartitionSpec()))
-    features = []
-    for start in tqdm.tqdm(range(0, len(images), self.batch_size), desc="inception",
-                           unit="batch", disable=not progress):
+    features = np.empty((len(images), 2048), np.float64)
+    bar = tqdm.tqdm(total=len(images), desc="inception", unit="image", disable=not progress)
+    pending = None
+    for start in range(0, len(images), self.batch_size):
       batch = images[start:start + self.batch_size]
       n = len(batch)
       batch = batch[np.arange(n + (-n) % self.mesh.size) % n]
-      f, _ = self._apply(variables, jax.device_put(batch, sharding))
-      features.append(np.asarray(f, np.float64)[:n])
-    features = np.concatenate(features)
+      f, _ = self._apply(variables, jax.device_put(batch, sharding))  # dispatched
+      if pending:  # the previous batch's copy overlaps this one's computation
+        self._collect(features, bar, *pending)
+      pending = (start, n, f)
+    if pending:
+      self._collect(features, bar, *pending)
+    bar.close()
     return features, features @ self._fc
+
+  @staticmethod
+  def _collect(features, bar, start, n, f):
+    features[start:start + n] = np.asarray(f, np.float64)[:n]
+    bar.update(n)
 
 
 def main(argv=None) -> int:

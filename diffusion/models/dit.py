@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion.models.attention import flax_attention_fn
 from diffusion.models.denoiser import Denoiser, linen
 from diffusion.models.registry import register
 from diffusion.models.unet import timestep_embedding
@@ -74,7 +75,8 @@ class Block(nn.Module):
     norm = lambda name: nn.LayerNorm(use_bias=False, use_scale=False, epsilon=1e-6,
                                      dtype=self.dtype, name=name)
     h = modulate(norm("norm1")(x), shift1, scale1)
-    h = nn.MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype, name="attn")(h, h)
+    h = nn.MultiHeadDotProductAttention(self.num_heads, dtype=self.dtype,
+                                        attention_fn=flax_attention_fn, name="attn")(h, h)
     x = x + gate1[:, None] * h
     h = modulate(norm("norm2")(x), shift2, scale2)
     h = nn.Dense(int(dim * self.mlp_ratio), dtype=self.dtype, name="mlp_in")(h)

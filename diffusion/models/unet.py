@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion.models.attention import attention
+
 
 class GroupNorm(nn.Module):
   """Group normalisation over [B, *spatial, C] (statistics per example and group), with the
@@ -147,7 +149,7 @@ class AttnBlock(nn.Module):
     q, k, v = (nn.Dense(channels, dtype=self.dtype, name=name)(h)
                .reshape(batch, -1, heads, channels // heads)
                for name in ("q", "k", "v"))
-    h = jax.nn.dot_product_attention(q, k, v).reshape(batch, -1, channels)
+    h = attention(q, k, v).reshape(batch, -1, channels)
     h = nn.Dense(channels, dtype=self.dtype, name="proj_out")(h)
     return x + h.reshape(x.shape)
 

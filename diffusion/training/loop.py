@@ -279,7 +279,8 @@ def _train(config, workdir: epath.Path, source, model) -> int:
   step = saved = int(state.step)
   step_fn = make_train_step(model, schedule, config, mesh,
                             state_sharding=jax.tree.map(lambda a: a.sharding, state))
-  sampler = make_sampler(model, config, shape, mesh)
+  sampler = make_sampler(model, config, shape, mesh, sampler=cfg.get("sample_sampler", "ddpm"),
+                         steps=cfg.get("sample_steps", 0) or None)
   sample_key, train_key = base_key(config.seed, "sample"), base_key(config.seed, "train")
   grid = lambda: _sample_grid(sampler, variables_of(state.ema_params, state.model_state), model,
                               spec, config, source, workdir / "samples" / f"step_{step:08d}.png",

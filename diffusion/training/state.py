@@ -38,7 +38,12 @@ class TrainState:
 
 
 def learning_rate(config) -> optax.Schedule:
-  """lr · min(1, step / warmup_steps), as in the authors' code."""
+  """lr · min(1, step / warmup_steps), as in the authors' code; with decay_steps = D > 0 the lr
+  then follows a half cosine from lr at step warmup_steps to 0 at step D (and stays 0):
+  lr · (1 + cos(π (step − W) / (D − W))) / 2."""
+  decay = config.get("decay_steps", 0)
+  if decay:  # config.validate checks decay > warmup_steps
+    return optax.warmup_cosine_decay_schedule(0.0, config.lr, config.warmup_steps, decay, 0.0)
   if config.warmup_steps <= 0:
     return optax.constant_schedule(config.lr)
   return optax.warmup_constant_schedule(0.0, config.lr, config.warmup_steps)

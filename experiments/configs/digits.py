@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 1e-3
   config.optim.warmup_steps = 200
+  config.optim.decay_steps = 0  # > 0: cosine decay of the lr to 0 at this step
   config.optim.grad_clip = 1.0
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
@@ -84,6 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3
   config.train.sample_every = 1500
   config.train.num_samples = 64
+  config.train.sample_sampler = "ddpm"  # the grids' sampler: ddpm, ddim or dpm++
+  config.train.sample_steps = 0  # 0: the sampler's default (ddpm: every step)
 
   # The device mesh: the train state (parameters, Adam moments, EMA) is split over `fsdp`
   # devices (ZeRO-3; 1 = pure data parallelism, the state whole on every device), batches
