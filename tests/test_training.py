@@ -337,3 +337,26 @@ def test_cosine_decay_of_the_learning_rate_and_its_checks():
   assert resume_differences(saved, config) == []
   config.optim.decay_steps = 3000
   assert resume_differences(saved, config) == ["optim.decay_steps: '(absent)' -> 3000"]
+
+
+def test_one_cpu_device_per_core_unless_told_otherwise():
+  """`use_cpu_cores` gives the CPU as many JAX devices as cores (capped, and dividing the batch);
+  an explicit XLA_FLAGS count wins. Each case in a fresh process: the count is fixed once JAX's
+  backends start."""
+  import subprocess
+  import sys
+  code = ("from diffusion import distributed; import jax; "
+          "n = distributed.use_cpu_cores({}); print(n, jax.device_count())")
+  cores = min(len(os.sched_getaffinity(0)), 8)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+  def run(batch, **extra):
+    out = subprocess.run([sys.executable, "-c", code.format(batch)], env={**env, **extra},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    return tuple(int(v) for v in out.stdout.split())
+
+  expected = max(d for d in range(1, cores + 1) if 64 % d == 0)
+  assert run(64) == ((expected, expected) if expected > 1 else (0, 1))
+  assert run(7 * 11 * 13) == (0, 1) or cores >= 7  # no count above 1 divides 1001 below 7
+  assert run(64, XLA_FLAGS="--xla_force_host_platform_device_count=3") == (0, 3)

@@ -4,9 +4,12 @@ Needs no download (the digits ship inside scikit-learn) and no accelerator:
 
   ddpm train --config experiments/configs/digits.py --workdir runs/digits
 
-trains for 3,000 steps (batch 64) and writes samples to runs/digits/samples/. The same
-command resumes an interrupted run. On a 2-core CPU it finishes in under ten
-minutes, sampling included.
+trains for 2,200 steps (batch 64, lr 4e-3 decayed to 0 along a half cosine) and writes
+sample grids (DPM-Solver++, 20 steps) to runs/digits/samples/. The same command resumes an
+interrupted run. On a 2-core CPU it takes about four minutes, sampling included (one JAX device
+per core). It samples as well as the earlier recipe of 3,000 steps at a constant lr 1e-3
+(digits-FID 4.07 / 3.53 with DDIM 50 / DPM-Solver++ 10 against 4.05 / 3.41; seed-to-seed
+noise about 0.4; docs/benchmarks.md).
 """
 
 import ml_collections
@@ -65,16 +68,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion.timestep_sampler = "uniform"
 
   config.optim = ml_collections.ConfigDict()
-  config.optim.lr = 1e-3
-  config.optim.warmup_steps = 200
-  config.optim.decay_steps = 0  # > 0: cosine decay of the lr to 0 at this step
+  config.optim.lr = 4e-3
+  config.optim.warmup_steps = 100
+  config.optim.decay_steps = 2200  # > 0: cosine decay of the lr to 0 at this step
   config.optim.grad_clip = 1.0
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.eps = 1e-8
 
   config.train = ml_collections.ConfigDict()
-  config.train.num_steps = 3000
+  config.train.num_steps = 2200
   config.train.batch_size = 64
   config.train.label_dropout = 0.0  # for classifier-free guidance, with num_classes > 0
   config.train.ema_decay = 0.999
@@ -83,10 +86,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 50
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3
-  config.train.sample_every = 1500
+  config.train.sample_every = 1100
   config.train.num_samples = 64
-  config.train.sample_sampler = "ddpm"  # the grids' sampler: ddpm, ddim or dpm++
-  config.train.sample_steps = 0  # 0: the sampler's default (ddpm: every step)
+  config.train.sample_sampler = "dpm++"  # the grids' sampler: ddpm, ddim or dpm++
+  config.train.sample_steps = 0  # 0: the sampler's default (ddpm: every step; dpm++: 20)
 
   # The device mesh: the train state (parameters, Adam moments, EMA) is split over `fsdp`
   # devices (ZeRO-3; 1 = pure data parallelism, the state whole on every device), batches

@@ -25,6 +25,8 @@ from diffusion.config import load_config
 
 def get_config() -> ml_collections.ConfigDict:
   config = load_config(os.path.join(os.path.dirname(__file__), "digits.py"))
+  config.optim.update(lr=1e-3, warmup_steps=200, decay_steps=0)  # the recipe measured here
+  config.train.sample_sampler = "ddpm"
   config.data.name = "sinusoids"
   config.data.shape = (64, 1)
   config.data.kind = "sequence"
