@@ -211,3 +211,32 @@ def test_attention_picks_cudnn_only_where_it_pays_and_equals_softmax_attention()
   np.testing.assert_allclose(attention(q, k, v), expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(flax_attention_fn(q, k, v, dropout_rate=0.1, deterministic=True),
                              expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_unet_program_convolves_in_bf16_and_fuses_its_elementwise_work():
+  """What an accelerator will run, read off XLA's programs for the gradient of a bf16 U-Net:
+  every convolution takes bf16 operands (forward and backward), the only float32 operand of a
+  matrix product is attention's probabilities (softmax in float32, its rows over the 4x4
+  positions), and the optimised program leaves no elementwise or reduction pass outside a
+  fusion: GroupNorm, swish and the residual adds run inside fused kernels."""
+  import re
+  model = models.build({"name": "unet", "ch": 8, "ch_mult": (1,), "num_res_blocks": 1,
+                        "attn_resolutions": (4,), "num_groups": 4, "dtype": "bfloat16"},
+                       (4, 4, 1))
+  x, t = jnp.zeros((2, 4, 4, 1)), jnp.zeros((2,), jnp.int32)
+  params = model.init(jax.random.key(0), x, t, None, None)["params"]
+  grad = jax.jit(jax.grad(lambda p: jnp.mean(model({"params": p}, x, t, None, None) ** 2)))
+  lowered = grad.lower(params)
+  text = lowered.as_text()
+  operands = lambda op: re.findall(
+      rf"stablehlo.{op}.*?:\s*\((tensor<[^>]*>), (tensor<[^>]*>)\)", text)
+  convolutions = operands("convolution")
+  assert len(convolutions) > 10 and all("bf16" in a and "bf16" in b for a, b in convolutions)
+  f32 = [a for pair in operands("dot_general") for a in pair if "f32" in a]
+  assert all(a.count("x16x") + a.startswith("tensor<16x") >= 2 for a in f32), f32
+  compiled = lowered.compile().as_text()
+  entry = compiled[compiled.index("\nENTRY"):]
+  entry = entry[:entry.index("\n}")]
+  kinds = set(re.findall(r"= \S+ ([a-z][\w-]*)\(", entry))
+  assert kinds <= {"fusion", "parameter", "convolution", "dot", "bitcast", "copy", "constant",
+                   "tuple", "get-tuple-element", "custom-call"}, kinds

@@ -327,7 +327,7 @@ def test_cosine_decay_of_the_learning_rate_and_its_checks():
   optim.decay_steps = 0
   assert float(learning_rate(optim)(5000)) == pytest.approx(2e-3)
   config = load_config("experiments/configs/digits.py")
-  config.optim.decay_steps = 100
+  config.optim.update(warmup_steps=200, decay_steps=100)
   with pytest.raises(ValueError, match=r"config.optim.decay_steps \(100\) must exceed "
                                        r"config.optim.warmup_steps \(200\)"):
     validate(config)
