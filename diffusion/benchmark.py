@@ -257,8 +257,8 @@ def bench_torch(model: UNet, config, batch: int, *, train_steps: int = 3,
   DPMSolverMultistepScheduler), on the CPU or on one CUDA device, under bfloat16 autocast
   when the model computes in bfloat16. PyTorch keeps float32 matmuls in full precision
   (TF32 off), where XLA's default precision on NVIDIA GPUs uses TF32. `train_steps` = 0 skips
-  the training step; `compile` runs the network through `torch.compile` (its compile time,
-  in the first calls, is reported as "compile_s")."""
+  the training step; `compile` runs the network through `torch.compile` (the first training
+  step, compilation included, is timed apart as "first_s")."""
   import torch
   from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
                          UNet2DModel)
