@@ -185,18 +185,23 @@ def _sample(args: argparse.Namespace) -> None:
   sample_run.sample_to_files(
       args.workdir, args.num, args.out, seed=args.seed, batch=args.batch, step=args.step,
       sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
-      guidance=args.guidance, class_label=args.class_label, layout=args.layout)
+      guidance=args.guidance, class_label=args.class_label, layout=args.layout, churn=args.churn)
 
 
 def _sampler_arguments(parser: argparse.ArgumentParser, guidance: bool = True) -> None:
-  parser.add_argument("--sampler", default="ddpm", help="ddpm (ancestral), ddim or dpm++")
+  parser.add_argument("--sampler", default="ddpm",
+                      help="ddpm (ancestral), ddim, dpm++, heun or edm-sde (EDM's samplers)")
   parser.add_argument("--steps", type=int,
-                      help="timesteps visited (default: all for ddpm, 50 for ddim, 20 for dpm++)")
+                      help="timesteps visited (default: all for ddpm, 50 for ddim, 20 for dpm++, "
+                           "18 for heun, 40 for edm-sde; heun and edm-sde evaluate the network "
+                           "2 steps - 1 times)")
   if not guidance:
     return
   parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η in [0, 1]")
-  parser.add_argument("--spacing", help="uniform, quadratic or logsnr (default: logsnr for "
-                                        "dpm++, else uniform)")
+  parser.add_argument("--spacing", help="uniform, quadratic, logsnr or karras (default: logsnr "
+                                        "for dpm++, karras for heun/edm-sde, else uniform)")
+  parser.add_argument("--churn", type=float,
+                      help="edm-sde's S_churn (default 30, EDM's for VP models)")
   parser.add_argument("--guidance", type=float,
                       help="classifier-free guidance scale w (class-conditional models)")
 

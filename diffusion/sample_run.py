@@ -25,7 +25,8 @@ def batch_size(requested: int) -> int:
 def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: int = 256,
                     step: int | None = None, sampler: str = "ddpm", steps: int | None = None,
                     eta: float = 0.0, spacing: str | None = None, guidance: float | None = None,
-                    class_label: int | None = None, layout: str = "npz") -> np.ndarray:
+                    class_label: int | None = None, layout: str = "npz",
+                    churn: float | None = None) -> np.ndarray:
   """Draws `num` samples from a run; writes them in `layout` and returns them [num, *shape]
   in the data's units: uint8 for images (NHWC, the FID evaluators' format) and uint8 volumes,
   float32 otherwise (e.g. Å for coordinates).
@@ -48,7 +49,7 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
                      "use --layout npz")
   labels = class_labels(model, config, num, class_label, default="cycle")
   samples = draw_samples(config, model, variables, labels, seed=seed, batch=batch, sampler=sampler,
-                         steps=steps, eta=eta, spacing=spacing, guidance=guidance,
+                         steps=steps, eta=eta, spacing=spacing, guidance=guidance, churn=churn,
                          desc=f"sample {sampler} (step {step})")
   if jax.process_index() == 0:
     write_samples(out, samples, labels, model.num_classes, layout, spec)
@@ -58,7 +59,7 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
 def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0, batch: int = 256,
                  sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
                  spacing: str | None = None, guidance: float | None = None,
-                 desc: str = "sample") -> np.ndarray:
+                 churn: float | None = None, desc: str = "sample") -> np.ndarray:
   """Samples [len(labels), *shape] in the data's units of a run's Denoiser (labels: classes,
   ignored by an unconditional model), drawn `batch` at a time over every device with a
   progress bar (samples/s, ETA). The next batch is dispatched before the last one is copied
@@ -68,7 +69,7 @@ def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0,
   mesh = make_mesh()
   spec = data_spec(config)
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps,
-                        eta=eta, spacing=spacing, guidance=guidance)
+                        eta=eta, spacing=spacing, guidance=guidance, churn=churn)
   variables, key, batch = replicate(variables, mesh), base_key(seed, "sample"), batch_size(batch)
   bar = tqdm.tqdm(total=num, desc=desc, unit="sample", disable=jax.process_index() != 0)
   out, pending = None, None

@@ -1,4 +1,5 @@
-"""Reverse chains over a chosen list of timesteps: ancestral DDPM, DDIM, DPM-Solver++(2M).
+"""Reverse chains over a chosen list of timesteps: ancestral DDPM, DDIM, DPM-Solver++(2M),
+and EDM's Heun and stochastic samplers (`edm.py`).
 
 Each chain is a pure function compiled as one `lax.scan`:
 
@@ -18,14 +19,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion import edm
 from diffusion.parameterization import x0_from_prediction
 from diffusion.reverse import ddim_step, p_sample
 from diffusion.schedules import Schedule, extract, respace_betas
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm++": 20}  # None: every step
-SPACINGS = ("uniform", "quadratic", "logsnr")
-DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpm++": "logsnr"}
+SAMPLERS = ("ddpm", "ddim", "dpm++", "heun", "edm-sde")
+# None: every step. Heun's 18 steps are EDM's 35 evaluations for CIFAR-10.
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm++": 20, "heun": 18, "edm-sde": 40}
+SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpm++": "logsnr", "heun": "karras",
+                   "edm-sde": "karras"}
+
+
+def evaluations(sampler: str, steps: int) -> int:
+  """Network evaluations of a chain of `steps` visited timesteps (unguided): 2 steps - 1 for
+  EDM's samplers (Heun's correction at every step but the last), else one per step."""
+  return 2 * steps - 1 if sampler in ("heun", "edm-sde") else steps
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -36,13 +46,19 @@ def spaced_steps(schedule: Schedule, count: int | None = None, spacing: str = "u
 
   "uniform" and "quadratic" (t_i ∝ i², denser near the data) are the DDIM
   paper's two (Song et al., App. D.2); "logsnr" spaces λ_t = log(α_t/σ_t)
-  evenly, as DPM-Solver recommends for pixel-space models. All include
-  `start` (default T - 1) and 0; count=None visits every step.
+  evenly, as DPM-Solver recommends for pixel-space models; "karras" is EDM's
+  σ spacing (Karras et al. eq. 5, ρ = 7) between σ_start and σ_0, rounded to
+  the model's σ_t = sqrt(1/ᾱ_t - 1) in log σ. All include
+  `start` (default T - 1) and 0, but "karras" starts at the step whose σ_t is
+  nearest EDM's σ_max = 80 where σ_start is higher (the linear schedule's
+  σ_999 is 157; x_T ~ N(0, I) is as good a start there); count=None visits every step.
   """
   num_steps = schedule.num_steps
   start = num_steps - 1 if start is None else start
   if not 0 <= start < num_steps:
     raise ValueError(f"the start step must lie in [0, {num_steps}); got {start}")
+  if spacing == "karras":  # EDM's chains start at σ_max = 80 (or σ_start, if lower)
+    start = int(np.abs(np.log(edm.sigmas(schedule)[:start + 1] / edm.SIGMA_MAX)).argmin())
   count = start + 1 if count is None else count
   if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= start + 1:
     raise ValueError(f"steps must be an int in [1, {start + 1}] (the number of timesteps up to "
@@ -57,6 +73,10 @@ def spaced_steps(schedule: Schedule, count: int | None = None, spacing: str = "u
                - np.asarray(schedule.log_one_minus_alphas_cumprod, np.float64))[:start + 1]
     targets = log_snr[0] + grid * (log_snr[-1] - log_snr[0])
     steps = np.abs(log_snr[None, :] - targets[:, None]).argmin(axis=1)
+  elif spacing == "karras":
+    table = np.log(edm.sigmas(schedule)[:start + 1])
+    targets = np.log(edm.karras_sigmas(count, np.exp(table[0]), np.exp(table[-1])))[::-1]
+    steps = np.abs(table[None, :] - targets[:, None]).argmin(axis=1)
   else:
     steps = np.round(start * (grid if spacing == "uniform" else grid ** 2)).astype(int)
   for i in range(1, count):  # neighbours merged by rounding: push them apart
@@ -171,9 +191,16 @@ def dpm_solver_pp_2m(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray
 
 def run(sampler: str, denoise_fn: Denoiser, betas: np.ndarray, schedule: Schedule,
         steps: np.ndarray, x: jax.Array, keys: jax.Array, *, eta: float = 0.0, prediction: str,
-        variance: str, clip_x0: bool = True) -> jax.Array:
-  """The chain named `sampler` ("ddpm", "ddim" or "dpm++") from x at steps[0] to x_0."""
+        variance: str, clip_x0: bool = True, churn: float | None = None) -> jax.Array:
+  """The chain named `sampler` (one of SAMPLERS) from x at steps[0] to x_0; `churn` is
+  EDM's S_churn for "edm-sde" (default `edm.CHURN`)."""
   options = dict(prediction=prediction, variance=variance, clip_x0=clip_x0)
+  if sampler == "heun":
+    return edm.heun(denoise_fn, schedule, steps, x, keys, prediction=prediction,
+                    clip_x0=clip_x0)
+  if sampler == "edm-sde":
+    return edm.edm_sde(denoise_fn, schedule, steps, x, keys, prediction=prediction,
+                       clip_x0=clip_x0, churn=edm.CHURN if churn is None else churn)
   if sampler == "ddpm":
     return ancestral(denoise_fn, betas, steps, x, keys, **options)
   if sampler == "ddim":

@@ -18,7 +18,8 @@ from diffusion.schedules import Schedule
 
 
 def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta: float,
-                  spacing: str | None, guidance: float | None) -> None:
+                  spacing: str | None, guidance: float | None, churn: float | None = None
+                  ) -> None:
   """The sampling options, checked before anything compiles."""
   model = as_denoiser(model)
   if sampler not in samplers.SAMPLERS:
@@ -27,6 +28,9 @@ def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta
     raise ValueError(f"--steps must be an int in [1, {num_steps}] (the model's T); got {steps!r}")
   if not 0.0 <= eta <= 1.0:
     raise ValueError(f"--eta must lie in [0, 1]; got {eta!r}")
+  if churn is not None and not (churn >= 0 and sampler == "edm-sde"):
+    raise ValueError(f"--churn is S_churn >= 0 of --sampler edm-sde; got {churn!r} with "
+                     f"--sampler {sampler}")
   if spacing is not None and spacing not in samplers.SPACINGS:
     raise ValueError(f"--spacing must be one of {', '.join(samplers.SPACINGS)}; got {spacing!r}")
   if guidance is not None and not model.num_classes:
@@ -64,14 +68,16 @@ def class_labels(model, config, num: int, class_label: int | None, *,
 
 def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: str = "ddpm",
                  steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
-                 guidance: float | None = None, start: int | None = None):
+                 guidance: float | None = None, start: int | None = None,
+                 churn: float | None = None):
   """A jitted sampler of the Denoiser `model` over the devices of `mesh`:
 
     sample(variables, key, first_index, labels=None, cond=None, x_start=None)
       -> float32 [N, *shape] in the model's units
 
-  runs `sampler` ("ddpm", "ddim" or "dpm++") over `steps` timesteps (default:
-  every step for ddpm, 50 for ddim, 20 for dpm++), spaced by `spacing`, from
+  runs `sampler` (one of `samplers.SAMPLERS`) over `steps` timesteps (default:
+  every step for ddpm, 50 for ddim, 20 for dpm++, 18 for heun, 40 for edm-sde;
+  `churn` is edm-sde's S_churn), spaced by `spacing`, from
   x_T ~ N(0, I) or from `x_start` at step `start`. `first_index` numbers the
   batch's first sample within the request; `labels` (int [N]) are classes for
   a class-conditional model, guided with scale `guidance` if given; `cond` is
@@ -84,7 +90,7 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
   d = config.diffusion
   model = as_denoiser(model, config.model)
   check_options(model, d.num_steps, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                guidance=guidance)
+                guidance=guidance, churn=churn)
   betas = betas_from_config(config)
   schedule = Schedule.from_betas(betas)
   count = samplers.DEFAULT_STEPS[sampler] if steps is None else steps
@@ -112,7 +118,7 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
         lambda k: jax.random.normal(k, shape))(init_keys))
     return spec.project(samplers.run(sampler, denoise, betas, schedule, visit, x, chain_keys,
                                      eta=eta, prediction=d.prediction, variance=d.variance,
-                                     clip_x0=d.get("clip_x0", True)))
+                                     clip_x0=d.get("clip_x0", True), churn=churn))
 
   run = over_samples(device_sample, mesh, 3)
 
