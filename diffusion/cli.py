@@ -123,6 +123,20 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"{args.workdir}: step {step} of {config.train.num_steps}")
 
 
+def _distill(args: argparse.Namespace, overrides: list[str]) -> None:
+  """`ddpm distill`: a few-step student of a trained run (or resumes one)."""
+  import jax
+  from diffusion import distributed
+  from diffusion.training.distill import distill
+  settings = _config_with_overrides(args.config, overrides)
+  distributed.use_cpu_cores(settings.train.batch_size)
+  distributed.initialize()
+  step = distill(args.workdir, args.out, settings, method=args.method, steps=args.steps,
+                 teacher_steps=args.teacher_steps, step=args.step)
+  if jax.process_index() == 0:
+    print(f"{args.out}: step {step}; sample with `ddpm sample --workdir {args.out}`")
+
+
 def _prepare_data(args: argparse.Namespace, overrides: list[str]) -> None:
   """`ddpm prepare-data`: the config's data written as ArrayRecord shards."""
   from diffusion.data import arrayrecord, make_source
@@ -189,8 +203,10 @@ def _sample(args: argparse.Namespace) -> None:
 
 
 def _sampler_arguments(parser: argparse.ArgumentParser, guidance: bool = True) -> None:
-  parser.add_argument("--sampler", default="ddpm",
-                      help="ddpm (ancestral), ddim, dpm++, heun or edm-sde (EDM's samplers)")
+  parser.add_argument("--sampler",
+                      help="ddpm (ancestral), ddim, dpm++, heun or edm-sde (EDM's samplers); "
+                           "default: ddpm, or a few-step model's own (ddim for a progressive "
+                           "student, consistency for a consistency model)")
   parser.add_argument("--steps", type=int,
                       help="timesteps visited (default: all for ddpm, 50 for ddim, 20 for dpm++, "
                            "18 for heun, 40 for edm-sde; heun and edm-sde evaluate the network "
@@ -327,6 +343,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   train.add_argument("--config", required=True, help="an experiments/configs/*.py file")
   train.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
 
+  distill = commands.add_parser(
+      "distill", help="distil a trained run into a few-step student (progressive or consistency)",
+      usage="ddpm distill --config FILE --workdir TEACHER --out STUDENT --method "
+            "progressive|consistency [--steps K] [--teacher-steps K0] [--config.KEY=VALUE ...]")
+  distill.add_argument("--config", required=True,
+                       help="a distillation config (experiments/configs/distill_*.py): the "
+                            "optim, train and distill sections; the rest is the teacher's")
+  distill.add_argument("--workdir", required=True, help="the teacher: a trained run")
+  distill.add_argument("--out", required=True, help="the student's run folder (resumed if there)")
+  distill.add_argument("--method", required=True, help="progressive or consistency")
+  distill.add_argument("--steps", type=int,
+                       help="progressive: the student's steps K (teacher steps / 2^m); "
+                            "consistency: the steps of its sample grids")
+  distill.add_argument("--teacher-steps", type=int,
+                       help="progressive: the teacher's DDIM steps K0 (default: the config's)")
+  distill.add_argument("--step", type=int, help="the teacher's checkpoint (default: the newest)")
+
   prepare = commands.add_parser(
       "prepare-data", help="write a config's data as ArrayRecord shards (the fastest source)",
       usage="ddpm prepare-data --config FILE --out DIR [--shards N] [--config.KEY=VALUE ...]")
@@ -396,7 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  with_overrides = {"train": _train, "prepare-data": _prepare_data, "bench-data": _bench_data}
+  with_overrides = {"train": _train, "prepare-data": _prepare_data, "bench-data": _bench_data,
+                    "distill": _distill}
   if args.command not in with_overrides and extra:
     parser.error(f"unrecognized arguments: {' '.join(extra)}")
   if args.command == "schedule" and (args.steps < 1 or args.rows < 1):
@@ -410,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   # their traceback, but for a full disk, which the user must mend.
   from diffusion.paths import StorageFull
   bad_input = ((ValueError, FileNotFoundError, FileExistsError, StorageFull)
-               if args.command == "train" else (ValueError, OSError, ImportError))
+               if args.command in ("train", "distill") else (ValueError, OSError, ImportError))
   try:
     if args.command in with_overrides:
       with_overrides[args.command](args, extra)

@@ -116,7 +116,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
                      f"variance must be learned_range or learned, not {d.variance!r}")
   _checks.choice(config.data.get("on_error", "raise"), ("raise", "skip"), "config.data.on_error")
-  _checks.choice(train.get("sample_sampler", "ddpm"), SAMPLERS, "config.train.sample_sampler")
+  _checks.choice(train.get("sample_sampler", "ddpm") or "ddpm", SAMPLERS,
+                 "config.train.sample_sampler")
   decay, warmup = config.optim.get("decay_steps", 0), config.optim.get("warmup_steps", 0)
   if decay and decay <= warmup:
     raise ValueError(f"config.optim.decay_steps ({decay}) must exceed config.optim.warmup_steps "
@@ -172,6 +173,19 @@ ABSENT_MEANS = {"optim.decay_steps": 0}
 
 _SPEC_KEYS = ("data.shape", "data.kind", "data.dtype", "data.scale", "data.image_size",
               "data.channels")
+
+
+def distill_method(config) -> str:
+  """config.distill.method: "progressive", "consistency" or "consistency_training" for a
+  few-step model (`training/objectives.py`), "" for a DDPM (or a config without the section)."""
+  return (config.get("distill") or {}).get("method", "")
+
+
+def default_sampler(config) -> str:
+  """The chain a run samples with unless told otherwise: its own for a few-step model (DDIM
+  over a progressive student's steps, a consistency model's chain), else ancestral DDPM."""
+  return {"progressive": "ddim", "consistency": "consistency",
+          "consistency_training": "consistency"}.get(distill_method(config), "ddpm")
 
 
 def data_spec(config: ml_collections.ConfigDict) -> DataSpec:

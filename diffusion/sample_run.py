@@ -6,7 +6,7 @@ import numpy as np
 import tqdm
 
 from diffusion import images, paths
-from diffusion.config import data_spec
+from diffusion.config import data_spec, default_sampler
 from diffusion.distributed import gather, make_mesh, replicate
 from diffusion.previews import save_preview
 from diffusion.sampling import class_labels, make_sampler
@@ -23,7 +23,7 @@ def batch_size(requested: int) -> int:
 
 
 def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: int = 256,
-                    step: int | None = None, sampler: str = "ddpm", steps: int | None = None,
+                    step: int | None = None, sampler: str | None = None, steps: int | None = None,
                     eta: float = 0.0, spacing: str | None = None, guidance: float | None = None,
                     class_label: int | None = None, layout: str = "npz",
                     churn: float | None = None) -> np.ndarray:
@@ -50,14 +50,14 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   labels = class_labels(model, config, num, class_label, default="cycle")
   samples = draw_samples(config, model, variables, labels, seed=seed, batch=batch, sampler=sampler,
                          steps=steps, eta=eta, spacing=spacing, guidance=guidance, churn=churn,
-                         desc=f"sample {sampler} (step {step})")
+                         desc=f"sample {sampler or default_sampler(config)} (step {step})")
   if jax.process_index() == 0:
     write_samples(out, samples, labels, model.num_classes, layout, spec)
   return samples
 
 
 def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0, batch: int = 256,
-                 sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0,
+                 sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
                  spacing: str | None = None, guidance: float | None = None,
                  churn: float | None = None, desc: str = "sample") -> np.ndarray:
   """Samples [len(labels), *shape] in the data's units of a run's Denoiser (labels: classes,

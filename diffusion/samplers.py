@@ -24,12 +24,14 @@ from diffusion.parameterization import x0_from_prediction
 from diffusion.reverse import ddim_step, p_sample
 from diffusion.schedules import Schedule, extract, respace_betas
 
-SAMPLERS = ("ddpm", "ddim", "dpm++", "heun", "edm-sde")
+# "consistency" is a consistency model's own chain (`consistency.sample`), for its runs only.
+SAMPLERS = ("ddpm", "ddim", "dpm++", "heun", "edm-sde", "consistency")
 # None: every step. Heun's 18 steps are EDM's 35 evaluations for CIFAR-10.
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm++": 20, "heun": 18, "edm-sde": 40}
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpm++": 20, "heun": 18, "edm-sde": 40,
+                 "consistency": 1}
 SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
 DEFAULT_SPACING = {"ddpm": "uniform", "ddim": "uniform", "dpm++": "logsnr", "heun": "karras",
-                   "edm-sde": "karras"}
+                   "edm-sde": "karras", "consistency": "karras"}
 
 
 def evaluations(sampler: str, steps: int) -> int:
@@ -207,6 +209,8 @@ def run(sampler: str, denoise_fn: Denoiser, betas: np.ndarray, schedule: Schedul
     return ddim(denoise_fn, schedule, steps, x, keys, eta=eta, **options)
   if sampler == "dpm++":
     return dpm_solver_pp_2m(denoise_fn, schedule, steps, x, keys, **options)
+  if sampler == "consistency":
+    raise ValueError("the consistency sampler needs a consistency model: consistency.sample")
   raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
 
 

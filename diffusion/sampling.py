@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffusion import samplers
-from diffusion.config import betas_from_config, data_spec
+from diffusion import consistency, progressive, samplers
+from diffusion.config import betas_from_config, data_spec, default_sampler, distill_method
 from diffusion.distributed import BATCH
 from diffusion.models import as_denoiser
 from diffusion.schedules import Schedule
@@ -66,7 +66,39 @@ def class_labels(model, config, num: int, class_label: int | None, *,
   return np.full(num, model.num_classes, np.int32)  # the null class
 
 
-def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: str = "ddpm",
+def student_steps(config, schedule: Schedule, sampler: str, steps: int | None,
+                  spacing: str | None, start: int | None) -> np.ndarray:
+  """The timesteps a few-step model (config.distill) visits, after checking that the options
+  fit it: a progressive student takes DDIM over its own K steps; a consistency model its own
+  chain of 1 to (its grid's points - 1) steps. Neither starts part-way (the applications)."""
+  method, d = distill_method(config), config.distill
+  if start is not None:
+    raise ValueError(f"this run is a few-step model (config.distill.method {method!r}), trained "
+                     "at a few noise levels only: the applications need a model of every "
+                     "timestep, e.g. its teacher's --workdir")
+  if spacing is not None:
+    raise ValueError(f"--spacing: a few-step model (config.distill.method {method!r}) visits "
+                     "its own timesteps")
+  if method == "progressive":
+    if sampler != "ddim":
+      raise ValueError(f"--sampler: a progressively distilled student samples with ddim over "
+                       f"its own {d.steps} steps; got {sampler!r}")
+    if steps not in (None, d.steps):
+      raise ValueError(f"--steps: this student was distilled to {d.steps} steps, so it samples "
+                       f"in exactly {d.steps}; got {steps}")
+    return progressive.student_steps(schedule.num_steps, d.teacher_steps, d.steps)
+  if sampler != "consistency":
+    raise ValueError(f"--sampler: a consistency model samples with its own chain "
+                     f"(--sampler consistency); got {sampler!r}")
+  most = d.num_points - 1 if method == "consistency" else d.s1
+  count = samplers.DEFAULT_STEPS["consistency"] if steps is None else steps
+  if not 1 <= count <= most:
+    raise ValueError(f"--steps must lie in [1, {most}] for this consistency model (it was "
+                     f"trained on {most + 1} noise levels); got {count}")
+  return consistency.sampling_steps(schedule, count)
+
+
+def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: str | None = None,
                  steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                  guidance: float | None = None, start: int | None = None,
                  churn: float | None = None):
@@ -75,7 +107,8 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
     sample(variables, key, first_index, labels=None, cond=None, x_start=None)
       -> float32 [N, *shape] in the model's units
 
-  runs `sampler` (one of `samplers.SAMPLERS`) over `steps` timesteps (default:
+  runs `sampler` (one of `samplers.SAMPLERS`; default: the run's own,
+  `config.default_sampler`) over `steps` timesteps (default:
   every step for ddpm, 50 for ddim, 20 for dpm++, 18 for heun, 40 for edm-sde;
   `churn` is edm-sde's S_churn), spaced by `spacing`, from
   x_T ~ N(0, I) or from `x_start` at step `start`. `first_index` numbers the
@@ -85,18 +118,27 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
   divisible by the number of devices. For point sets (`DataSpec.centred`)
   the chain runs in the subspace of zero centre of mass: x_T and every
   prediction (not the learned variances) are centred, and so are the samples (the network being
-  translation-invariant, this equals sampling with centred noise).
+  translation-invariant, this equals sampling with centred noise). A few-step
+  model (config.distill) visits its own timesteps (`student_steps`).
   """
   d = config.diffusion
   model = as_denoiser(model, config.model)
+  sampler = default_sampler(config) if sampler is None else sampler
   check_options(model, d.num_steps, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                 guidance=guidance, churn=churn)
   betas = betas_from_config(config)
   schedule = Schedule.from_betas(betas)
-  count = samplers.DEFAULT_STEPS[sampler] if steps is None else steps
-  if count is not None:
-    count = min(count, d.num_steps if start is None else start + 1)
-  visit = samplers.spaced_steps(schedule, count, spacing or samplers.DEFAULT_SPACING[sampler], start)
+  if distill_method(config):
+    visit = student_steps(config, schedule, sampler, steps, spacing, start)
+  elif sampler == "consistency":
+    raise ValueError("--sampler consistency needs a consistency model (config.distill.method "
+                     "consistency or consistency_training)")
+  else:
+    count = samplers.DEFAULT_STEPS[sampler] if steps is None else steps
+    if count is not None:
+      count = min(count, d.num_steps if start is None else start + 1)
+    visit = samplers.spaced_steps(schedule, count,
+                                  spacing or samplers.DEFAULT_SPACING[sampler], start)
   channels = shape[-1]
   spec = data_spec(config)
 
@@ -116,6 +158,10 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
       denoise = lambda x, t: model_fn(x, t, labels)
     x = x_start if x_start is not None else spec.project(jax.vmap(
         lambda k: jax.random.normal(k, shape))(init_keys))
+    if sampler == "consistency":
+      f = consistency.consistency_fn(denoise, schedule, config.distill.sigma_data)
+      return spec.project(consistency.sample(f, schedule, visit, x, chain_keys,
+                                             clip_x0=d.get("clip_x0", True)))
     return spec.project(samplers.run(sampler, denoise, betas, schedule, visit, x, chain_keys,
                                      eta=eta, prediction=d.prediction, variance=d.variance,
                                      clip_x0=d.get("clip_x0", True), churn=churn))

@@ -13,7 +13,7 @@ from diffusion.applications.enhance import enhance
 from diffusion.applications.inpaint import inpaint
 from diffusion import paths
 from diffusion.applications.imageio import is_array_file, read_array, read_example, read_images
-from diffusion.config import data_spec
+from diffusion.config import data_spec, distill_method
 from diffusion.dataspec import DataSpec
 from diffusion.distributed import make_mesh, replicate
 from diffusion.images import open_image, save_png, to_uint8
@@ -29,6 +29,10 @@ def _run(args, *, table: bool = False):
   preview PNG beside it; `table`: the output is a CSV whatever the data."""
   out = paths.resolve(args.out, "--out")
   config, model, variables, _ = load_run(args.workdir, args.step)
+  if distill_method(config) and args.command != "enhance":
+    raise ValueError(f"--workdir {args.workdir!r} is a few-step model (config.distill.method "
+                     f"{distill_method(config)!r}), trained at a few noise levels only: "
+                     f"ddpm {args.command} needs a model of every timestep, e.g. its teacher's")
   spec = data_spec(config)
   if not table and spec.kind != "image" and out.suffix != ".npz":
     raise ValueError(f"--out {args.out!r}: this run's data is {spec.kind} data; the output is "

@@ -101,22 +101,26 @@ class Checkpoints:
     """(state, data position) of checkpoint `step`, placed as `abstract_state`'s shardings.
 
     A checkpoint saved before the state had `model_state` (the network's
-    collections other than its parameters) restores with it empty.
+    collections other than its parameters) or `extra` (a distillation's
+    teacher and target) restores with them empty.
     """
+    saved = self.manager.item_metadata(step).state
+    missing = [f.name for f in dataclasses.fields(abstract_state)
+               if f.name in ("model_state", "extra") and f.name not in saved]
+    for name in missing:
+      if jax.tree.leaves(getattr(abstract_state, name)):
+        raise IncompatibleResume(f"checkpoint {step} holds no {name}, which this run needs: "
+                                 "train in another --workdir")
     target = abstract_state
-    legacy = "model_state" not in self.manager.item_metadata(step).state
-    if legacy:
-      if jax.tree.leaves(abstract_state.model_state):
-        raise IncompatibleResume(f"checkpoint {step} holds no model_state, which this network "
-                                 "needs: train in another --workdir")
+    if missing:
       target = {f.name: getattr(abstract_state, f.name)
-                for f in dataclasses.fields(abstract_state) if f.name != "model_state"}
+                for f in dataclasses.fields(abstract_state) if f.name not in missing}
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
         data=ocp.args.JsonRestore()))
-    state = (dataclasses.replace(abstract_state, **restored.state, model_state={}) if legacy
-             else restored.state)
+    state = (dataclasses.replace(abstract_state, **restored.state, **{n: {} for n in missing})
+             if missing else restored.state)
     return state, restored.data["position"]
 
   def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:

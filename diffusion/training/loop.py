@@ -37,6 +37,7 @@ from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.lock import WorkdirLock
 from diffusion.training.metrics import HostReport, MetricWriter, Progress
 from diffusion.training.state import abstract_state, base_key, create_state
+from diffusion.training import objectives
 from diffusion.training.step import make_train_step, shard_batch
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,9 @@ def _sample_grid(sampler, variables, model, spec, config, source, path, key):
     save_preview(path, x, spec)
 
 
-def _start(checkpoints, model, config, mesh, sample):
+def _start(checkpoints, model, config, mesh, sample, variables=None):
   """(state, data position): the newest readable checkpoint's, after checking that the config
-  fits it; else a fresh state at position 0."""
+  fits it; else a fresh state at position 0 (from `variables`, if given)."""
   abstract = abstract_state(model, config, mesh, sample)
 
   def read(step):
@@ -170,7 +171,7 @@ def _start(checkpoints, model, config, mesh, sample):
   found = checkpoints.newest(read)
   checkpoints.set_aside_damaged()
   if found is None:
-    return create_state(model, config, mesh, sample), 0
+    return create_state(model, config, mesh, sample, variables), 0
   step, (state, position) = found
   log.info("resuming from step %d of %s", step, os.fspath(checkpoints.directory))
   return state, position
@@ -219,7 +220,8 @@ def _hold(lock: WorkdirLock) -> None:
     raise error
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source=None) -> int:
+def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source=None,
+          variables=None) -> int:
   """Trains to config.train.num_steps (or until SIGTERM); returns the step reached.
 
   `model` (a `diffusion.models.Denoiser`, a Flax Linen or NNX module) and
@@ -228,7 +230,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
   names the network by config.model.name, or by the Denoiser's own name: for
   `ddpm sample` and the applications to rebuild a network passed here, make
   that an import path "package.module:factory" (else load it in Python with
-  `load_run(workdir, model=...)`).
+  `load_run(workdir, model=...)`). `variables` (e.g. a teacher's, for
+  `ddpm distill`) start a fresh run instead of the network's initialisation.
 
   Raises ValueError for bad input (the config, the data, a workdir in use or
   holding another run) before anything is written or compiled, and
@@ -236,6 +239,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
   """
   path = paths.resolve(workdir, "--workdir")
   validate_config(config)
+  objectives.check(config, schedule_from_config(config))
+  if objectives.method(config) in objectives.WITH_TEACHER and variables is None:
+    raise ValueError(f"config.distill.method {objectives.method(config)!r} distils a trained "
+                     "run: use `ddpm distill --workdir TEACHER --out STUDENT`")
   shape = data_spec(config).shape
   source = make_source(config.data) if source is None else source
   if model is None:
@@ -250,7 +257,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
   lock = WorkdirLock(path)
   _hold(lock)
   try:
-    return _train(config, path, source, model)
+    return _train(config, path, source, model, variables)
   except Exception as e:
     if paths.is_disk_full(e):
       raise paths.StorageFull(f"the storage of --workdir {os.fspath(path)!r} is full "
@@ -261,7 +268,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
     lock.release()
 
 
-def _train(config, workdir: epath.Path, source, model) -> int:
+def _train(config, workdir: epath.Path, source, model, variables=None) -> int:
   schedule = schedule_from_config(config)
   mesh = mesh_from_config(config)
   cfg, k = config.train, config.train.get("steps_per_dispatch", 1)
@@ -275,11 +282,11 @@ def _train(config, workdir: epath.Path, source, model) -> int:
 
   checkpoints = Checkpoints(workdir, every=cfg.checkpoint_every,
                             keep=cfg.get("keep_checkpoints", None))
-  state, position = _start(checkpoints, model, config, mesh, sample)
+  state, position = _start(checkpoints, model, config, mesh, sample, variables)
   step = saved = int(state.step)
   step_fn = make_train_step(model, schedule, config, mesh,
                             state_sharding=jax.tree.map(lambda a: a.sharding, state))
-  sampler = make_sampler(model, config, shape, mesh, sampler=cfg.get("sample_sampler", "ddpm"),
+  sampler = make_sampler(model, config, shape, mesh, sampler=cfg.get("sample_sampler") or None,
                          steps=cfg.get("sample_steps", 0) or None)
   sample_key, train_key = base_key(config.seed, "sample"), base_key(config.seed, "train")
   grid = lambda: _sample_grid(sampler, variables_of(state.ema_params, state.model_state), model,

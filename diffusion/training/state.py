@@ -32,6 +32,9 @@ class TrainState:
   loss_history: jax.Array  # float32 [T, HISTORY]: per-timestep losses, importance sampling
   loss_count: jax.Array    # int32 [T]: losses seen per timestep
   model_state: Any = dataclasses.field(default_factory=dict)  # the network's other collections
+  # Parameter trees beside the trained ones (`objectives.extra_names`): a distillation's frozen
+  # "teacher", a consistency model's "target" network. Empty for a DDPM run.
+  extra: Any = dataclasses.field(default_factory=dict)
 
   def replace(self, **changes) -> "TrainState":
     return dataclasses.replace(self, **changes)
@@ -67,30 +70,40 @@ def ema_decay(config, step: jax.Array) -> jax.Array:
   return decay
 
 
-def create_state(model, config, mesh: Mesh, sample: dict[str, jax.Array]) -> TrainState:
+def create_state(model, config, mesh: Mesh, sample: dict[str, jax.Array],
+                 variables: dict | None = None) -> TrainState:
   """A fresh state of the Denoiser `model`, created already placed on `mesh` as
   `state_shardings` says (no host copy of the parameters).
 
   `sample` holds one example batch: "x" [b, ..., C] and, for conditional
-  models, "y" [b] and/or "cond".
+  models, "y" [b] and/or "cond". `variables` ({"params": ..., other
+  collections}, e.g. a teacher's) replace the network's initial ones. The
+  trees of `objectives.extra_names(config)` start as copies of the parameters.
   """
+  from diffusion.training.objectives import extra_names
   model = as_denoiser(model, config.model)
   tx = make_optimizer(config.optim)
   num_steps = config.diffusion.num_steps
 
-  def init(key):
-    variables = model.init(key, sample["x"], jnp.zeros(sample["x"].shape[:1], jnp.int32),
-                           sample.get("y"), sample.get("cond"))
+  def init(key, given):
+    if given is None:
+      given = model.init(key, sample["x"], jnp.zeros(sample["x"].shape[:1], jnp.int32),
+                         sample.get("y"), sample.get("cond"))
+    variables = dict(given)
     params = variables.pop("params")
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
         ema_params=params, skipped=jnp.zeros((), jnp.int32),
         loss_history=jnp.zeros((num_steps, HISTORY), jnp.float32),
-        loss_count=jnp.zeros((num_steps,), jnp.int32), model_state=variables)
+        loss_count=jnp.zeros((num_steps,), jnp.int32), model_state=variables,
+        extra={name: params for name in extra_names(config)})
 
   key = base_key(config.seed, "init")
-  shardings = state_shardings(jax.eval_shape(init, key), mesh, config)
-  return jax.jit(init, out_shardings=shardings)(key)
+  if variables is not None:  # e.g. restored on one device: first onto the mesh, whole
+    variables = jax.device_put(variables, jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+  shardings = state_shardings(jax.eval_shape(init, key, variables), mesh, config)
+  return jax.jit(init, out_shardings=shardings)(key, variables)
 
 
 def base_key(seed: int, purpose: str) -> jax.Array:

@@ -28,6 +28,7 @@ from diffusion.distributed import BATCH
 from diffusion.losses import training_losses
 from diffusion.models import as_denoiser
 from diffusion.schedules import Schedule
+from diffusion.training import objectives
 from diffusion.training.state import HISTORY, TrainState, ema_decay, learning_rate, make_optimizer
 
 UNIFORM_MIX = 0.001  # improved DDPM keeps this much of the uniform distribution
@@ -81,6 +82,9 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
   placed as it came. With config.train.steps_per_dispatch = k > 1 the batch holds k
   stacked batches ([k, B, ...]) and k steps run in one `lax.scan`. For point
   sets, data, noise and the network's prediction are centred (`DataSpec.project`).
+  With config.distill.method set, the step minimises that objective
+  (`objectives.py`: progressive or consistency distillation, consistency
+  training) with the teacher and target parameters of `state.extra`.
   """
   d, train = config.diffusion, config.train
   model = as_denoiser(model, config.model)
@@ -90,6 +94,7 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
   conditional = model.num_classes > 0
   spec = data_spec(config)
   label_dropout = train.get("label_dropout", 0.0)
+  objective = objectives.make(config, schedule, spec.project) if objectives.method(config) else None
 
   def example_draws(key, label, probs, shape):
     """One example's t, ε and label, all of its randomness from `key`."""
@@ -102,7 +107,18 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
       label = jnp.where(jax.random.bernoulli(key_label, label_dropout), model.num_classes, label)
     return t[0], noise, label
 
+  def frozen(state, labels, cond):
+    def network(name):
+      def apply(x_t, t_):
+        variables = {"params": state.extra[name], **state.model_state}
+        out = model(variables, x_t, t_, labels if conditional else None, cond)
+        return jax.lax.stop_gradient(spec.project_output(out, x_t.shape[-1]))
+      return apply
+    return network
+
   def one_step(state: TrainState, batch, key):
+    if objective is not None:
+      state = objective.prepare(state, tx)
     data = batch["x"]
     size = data.shape[0]
     step_key = jax.random.fold_in(key, state.step)
@@ -110,6 +126,8 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
     probs = timestep_probs(state)
     t, noise, labels = jax.vmap(lambda k, y: example_draws(k, y, probs, data.shape[1:]))(
         keys, batch["label"])
+    if objective is not None:
+      labels = batch["label"]  # a distillation keeps every label (no guidance dropout)
     x0 = spec.project(spec.to_model(data))
     cond = spec.to_model(batch["cond"]) if "cond" in batch else None
     dropout_key = jax.random.fold_in(step_key, np.uint32(2**32 - 1))  # no example's index
@@ -123,6 +141,10 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
         updates.update(new)
         return spec.project_output(out, x_t.shape[-1])
 
+      if objective is not None:
+        losses = objective.losses(objectives.Nets(denoise, frozen(state, labels, cond)), x0,
+                                  keys, state.step)
+        return jnp.sum(losses["loss"]) / size, (losses, updates)
       losses = training_losses(denoise, schedule, x0, step_key, loss=d.loss,
                                prediction=d.prediction, variance=d.variance, t=t, noise=noise,
                                vlb_weight=d.get("vlb_weight", 0.001))
@@ -136,6 +158,8 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
     # The schedules follow the updates applied, as Optax's own count does: a skipped step
     # advances neither the learning rate's warm-up nor the EMA's.
     applied = state.step - state.skipped
+    if objective is not None:  # a progressive round restarts the schedules
+      applied = objective.local_step(state.step, applied)
 
     def update(_):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -145,23 +169,26 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
       history, count = state.loss_history, state.loss_count
       if importance:
         history, count = _record_losses(state, losses["t"], losses["loss"])
-      return params, opt_state, ema, history, count, {**state.model_state, **collections}
+      extra = state.extra
+      if objective is not None:
+        extra = objective.update_extra(state.extra, params, state.step)
+      return params, opt_state, ema, history, count, {**state.model_state, **collections}, extra
 
     def skip(_):
       return (state.params, state.opt_state, state.ema_params, state.loss_history,
-              state.loss_count, state.model_state)
+              state.loss_count, state.model_state, state.extra)
 
     # A branch, not a select per leaf: a skipped step costs nothing and a normal step does
     # not read every tree twice.
-    params, opt_state, ema, history, count, model_state = jax.lax.cond(finite, update, skip,
-                                                                       None)
+    params, opt_state, ema, history, count, model_state, extra = jax.lax.cond(
+        finite, update, skip, None)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
         skipped=state.skipped + (~finite).astype(jnp.int32),
-        loss_history=history, loss_count=count, model_state=model_state)
+        loss_history=history, loss_count=count, model_state=model_state, extra=extra)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr(applied),
                "skipped": (~finite).astype(jnp.int32)}
-    for name in ("mse", "vb"):
+    for name in ("mse", "vb", "round", "points"):
       if name in losses:
         metrics[name] = jnp.mean(losses[name])
     return new_state, metrics

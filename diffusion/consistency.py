@@ -1,0 +1,144 @@
+"""Consistency models (Song, Dhariwal, Chen & Sutskever 2023) on a discrete-time DDPM's σ's.
+
+In EDM's units (x = x_t / sqrt(ᾱ_t) = x_0 + σ_t n, `edm.py`) a consistency
+function maps any point of a probability-flow trajectory to its origin:
+
+  f_θ(x, σ) = c_skip(σ) x + c_out(σ) F_θ(sqrt(ᾱ_t) x, t),              (eq. 5)
+  c_skip(σ) = σ_d² / ((σ - σ_min)² + σ_d²),  c_out(σ) = σ_d (σ - σ_min) / sqrt(σ_d² + σ²),
+
+(App. C), so that f(x, σ_min) = x holds exactly (c_skip = 1, c_out = 0) at
+σ_min = σ_0, the model's smallest σ. F_θ is the DDPM's network (its input is
+x_t, as the teacher's), σ_d the data's std (0.5 in the paper).
+
+Training on N discretisation points σ_min = σ_{t_1} < ... < σ_{t_N} (EDM's
+ρ = 7 spacing rounded to the model's σ_t, `grid`): draw n, put x_{n+1} = x_0 +
+σ_{n+1} z, step back to σ_n (distillation: one Heun step of the teacher's ODE;
+training: x_0 + σ_n z, the same z) and pull f_θ(x_{n+1}) towards the target
+network's f_θ⁻(x̂_n) (eq. 7 and 10; θ⁻ an EMA of θ with decay μ).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion import edm, samplers
+from diffusion.schedules import Schedule
+
+METRICS = ("l2", "pseudo_huber")
+
+
+def coefficients(sigma: jax.Array, sigma_min: float, sigma_data: float):
+  """(c_skip, c_out) of the boundary-respecting parameterisation (App. C), sigma's shape."""
+  c_skip = sigma_data ** 2 / ((sigma - sigma_min) ** 2 + sigma_data ** 2)
+  c_out = sigma_data * (sigma - sigma_min) / jnp.sqrt(sigma_data ** 2 + sigma ** 2)
+  return c_skip, c_out
+
+
+def consistency_fn(net_fn, schedule: Schedule, sigma_data: float):
+  """f_θ(x, t) for x [B, ..., C] in EDM's units and t int [B] (σ = σ_t), from the network
+  `net_fn(x_t, t)` (its first C channels are F_θ)."""
+  table = jnp.asarray(edm.sigmas(schedule), jnp.float32)
+  sigma_min = table[0]
+
+  def f(x, t):
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    sigma = table[t].reshape(shape)
+    c_skip, c_out = coefficients(sigma, sigma_min, sigma_data)
+    x_t = x * schedule.sqrt_alphas_cumprod[t].reshape(shape)
+    out = net_fn(x_t.astype(x.dtype), t)[..., :x.shape[-1]].astype(x.dtype)
+    return (c_skip * x + c_out * out).astype(x.dtype)
+  return f
+
+
+def grid(schedule: Schedule, n: int) -> np.ndarray:
+  """The N discretisation timesteps t_1 = 0 < ... < t_N (σ_{t_N} ≈ EDM's σ_max = 80), int [N]."""
+  return samplers.spaced_steps(schedule, n, "karras")[::-1].copy()
+
+
+def grid_table(schedule: Schedule, max_n: int) -> np.ndarray:
+  """Row n holds `grid(schedule, n)` padded with its last entry, int32 [max_n + 1, max_n]
+  (rows 0 and 1 unused): the grids of a schedule of N, indexed by a traced N."""
+  table = np.zeros((max_n + 1, max_n), np.int32)
+  for n in range(2, max_n + 1):
+    g = grid(schedule, n)
+    table[n] = np.concatenate([g, np.full(max_n - n, g[-1])])
+  return table
+
+
+def num_points(k: jax.Array, total: int, s0: int, s1: int) -> jax.Array:
+  """N(k) = ceil(sqrt(k/K ((s1 + 1)² - s0²) + s0²) - 1) + 1 of consistency training (App. C),
+  k the training step, K = `total` steps: from s0 + 1 points up to s1 + 1. int32."""
+  k = jnp.asarray(k, jnp.float32)
+  return (jnp.ceil(jnp.sqrt(k / total * ((s1 + 1) ** 2 - s0 ** 2) + s0 ** 2) - 1) + 1
+          ).astype(jnp.int32)
+
+
+def target_decay(n: jax.Array, s0: int, mu0: float) -> jax.Array:
+  """μ(k) = exp(s0 log μ0 / N(k)) of consistency training (App. C)."""
+  return jnp.exp(s0 * np.log(mu0) / jnp.asarray(n, jnp.float32))
+
+
+def distance(a: jax.Array, b: jax.Array, metric: str = "l2") -> jax.Array:
+  """d(a, b) per example, [B]: "l2" the mean squared difference; "pseudo_huber" sqrt(‖a - b‖² +
+  c²) - c with c = 0.00054 sqrt(dim) (Song & Dhariwal 2023, improved consistency training)."""
+  diff = (a - b).astype(jnp.float32).reshape(a.shape[0], -1)
+  if metric == "l2":
+    return jnp.mean(diff ** 2, axis=1)
+  c = 0.00054 * np.sqrt(diff.shape[1])
+  return jnp.sqrt(jnp.sum(diff ** 2, axis=1) + c ** 2) - c
+
+
+def loss(student_f, target_f, schedule: Schedule, x0: jax.Array, noise: jax.Array,
+         t_lo: jax.Array, t_hi: jax.Array, *, teacher_d=None, metric: str = "l2"
+         ) -> jax.Array:
+  """d(f_θ(x_{n+1}, σ_{n+1}), f_θ⁻(x̂_n, σ_n)) per example, [B] (eq. 7 for distillation, eq. 10
+  for training; λ = 1).
+
+  x0, noise [B, ..., C]; t_lo, t_hi int [B]: the timesteps of σ_n < σ_{n+1}.
+  `teacher_d(x, t)` (EDM units) makes x̂_n one Heun step of the teacher's ODE
+  from x_{n+1} (consistency distillation); without it x̂_n = x_0 + σ_n z
+  (consistency training).
+  """
+  table = jnp.asarray(edm.sigmas(schedule), jnp.float32)
+  shape = (-1,) + (1,) * (x0.ndim - 1)
+  sigma_lo, sigma_hi = table[t_lo].reshape(shape), table[t_hi].reshape(shape)
+  x_hi = x0 + sigma_hi * noise
+  if teacher_d is None:
+    x_lo = x0 + sigma_lo * noise
+  else:
+    x_lo = jax.lax.stop_gradient(edm.heun_step(teacher_d, x_hi, t_hi, t_lo, sigma_hi,
+                                               sigma_lo))
+  return distance(student_f(x_hi, t_hi), jax.lax.stop_gradient(target_f(x_lo, t_lo)), metric)
+
+
+def sample(f, schedule: Schedule, steps: np.ndarray, x: jax.Array, keys: jax.Array,
+           *, clip_x0: bool = True) -> jax.Array:
+  """Multistep consistency sampling (Algorithm 1): x̂ = f(x_T, t_1st), then for each later
+  step t: x = x̂ + sqrt(σ_t² - σ_min²) z, x̂ = f(x, t). One network evaluation per step.
+
+  f: `consistency_fn`; steps: decreasing timesteps (> 0 after the first); x: x_t at steps[0]
+  in the DDPM's units. The noise of visit i of sample n comes from fold_in(keys[n], i).
+  """
+  steps = np.asarray(steps)
+  table = edm.sigmas(schedule)
+  n = x.shape[0]
+  x0 = f(edm.to_edm(schedule, x, int(steps[0])), jnp.full((n,), steps[0]))
+  clip = (lambda v: jnp.clip(v, -1, 1)) if clip_x0 else (lambda v: v)
+  x0 = clip(x0)
+
+  def body(x0, visit):
+    i, t, spread = visit
+    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:]))(keys)
+    return clip(f(x0 + spread.astype(x.dtype) * noise.astype(x.dtype), jnp.full((n,), t))), None
+
+  if len(steps) > 1:
+    spreads = np.sqrt(table[steps[1:]] ** 2 - table[0] ** 2)
+    visits = (jnp.arange(1, len(steps)), jnp.asarray(steps[1:]), jnp.asarray(spreads))
+    x0, _ = jax.lax.scan(body, x0, visits)
+  return x0
+
+
+def sampling_steps(schedule: Schedule, count: int) -> np.ndarray:
+  """The `count` decreasing timesteps of a multistep chain: EDM's ρ = 7 spacing from σ ≈ 80
+  over count + 1 points, less the last (σ_min, where f is the identity)."""
+  return samplers.spaced_steps(schedule, count + 1, "karras")[:-1].copy()

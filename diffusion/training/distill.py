@@ -1,0 +1,99 @@
+"""`ddpm distill`: a few-step student of a trained run, written as a run folder of its own.
+
+The student's config is the teacher's (data, network, diffusion) with the
+`optim`, `train` and `distill` sections of a distillation config
+(experiments/configs/distill_*.py); its network starts from the teacher's EMA
+parameters, which the state also keeps, frozen, as the teacher (`objectives.py`),
+so that the student's workdir resumes without the teacher's. `ddpm sample`
+reads the student's folder like any run and samples with its own chain.
+"""
+
+import logging
+import os
+
+import ml_collections
+
+from diffusion import paths
+from diffusion.config import distill_method
+from diffusion.training import objectives
+from diffusion.training.checkpoint import Checkpoints, load_run
+from diffusion.training.loop import train
+
+log = logging.getLogger(__name__)
+
+METHODS = ("progressive", "consistency")
+SECTIONS = ("optim", "train", "distill")
+
+
+def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.ConfigDict,
+                   method: str, steps: int | None = None, teacher_steps: int | None = None
+                   ) -> ml_collections.ConfigDict:
+  """The teacher's config with the `optim`, `train` and `distill` sections of `settings`,
+  `method` and the step counts filled in: a progressive student predicts v and trains
+  rounds x round_steps steps; a consistency model keeps the teacher's prediction type only as
+  the teacher's (its network's output is F of `consistency.py`)."""
+  if method not in METHODS:
+    raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+  for section in SECTIONS:
+    if section not in settings:
+      raise ValueError(f"the distillation config has no `{section}` section (see "
+                       "experiments/configs/distill_digits.py)")
+  config = ml_collections.ConfigDict(teacher.to_dict())
+  with config.unlocked():
+    for section in SECTIONS:
+      config[section] = ml_collections.ConfigDict(settings[section].to_dict())
+    d = config.distill
+    d.method = method
+    d.teacher_prediction = teacher.diffusion.prediction
+    if steps is not None:
+      d.steps = steps
+    if teacher_steps is not None:
+      d.teacher_steps = teacher_steps
+    config.train.label_dropout = 0.0
+    if method == "progressive":
+      config.diffusion.prediction = "v"
+      config.train.num_steps = objectives.progressive.rounds(d.teacher_steps, d.steps) * \
+          d.round_steps
+      config.train.sample_sampler = "ddim"
+      config.train.sample_steps = 0
+    else:
+      config.train.sample_sampler = "consistency"
+      if steps is not None:
+        config.train.sample_steps = steps
+  return config
+
+
+def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, method: str,
+            steps: int | None = None, teacher_steps: int | None = None,
+            step: int | None = None) -> int:
+  """Distils the run in `workdir` (its EMA parameters at `step`, default the newest) into a
+  student in `out` by `method` ("progressive" or "consistency"); resumes a student already
+  there. Returns the student's step. Bad input (a workdir that is no trained run, a student as
+  teacher, step counts that do not fit) raises ValueError naming the argument before anything
+  compiles."""
+  if os.fspath(paths.resolve(workdir, "--workdir")) == os.fspath(paths.resolve(out, "--out")):
+    raise ValueError("--out must differ from --workdir (the teacher's run is read, not written)")
+  if method not in METHODS:
+    raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+  if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+    raise ValueError(f"--steps must be a positive int; got {steps!r}")
+  config, model, variables, teacher_step = load_run(workdir, step)
+  if distill_method(config):
+    raise ValueError(f"--workdir {workdir!r} is itself a few-step model (config.distill.method "
+                     f"{distill_method(config)!r}): distil from its teacher")
+  student = student_config(config, settings, method, steps, teacher_steps)
+  with student.unlocked():
+    student.distill.teacher = f"{os.fspath(paths.resolve(workdir, '--workdir'))}@{teacher_step}"
+  existing = Checkpoints(out, read_only=True) if (paths.resolve(out, "--out") / "checkpoints"
+                                                   ).exists() else None
+  if existing is not None:
+    try:
+      if existing.all_steps():
+        saved = existing.restore_config()
+        with student.unlocked():  # a resumed student keeps the teacher it was started from
+          student.distill.teacher = saved.get("distill", {}).get("teacher",
+                                                                 student.distill.teacher)
+    finally:
+      existing.manager.close()
+  log.info("distilling %s (step %d) into %s: %s", workdir, teacher_step, out, method)
+  return train(student, out, variables=variables)
