@@ -67,7 +67,7 @@ def grid_table(schedule: Schedule, max_n: int) -> np.ndarray:
 
 def num_points(k: jax.Array, total: int, s0: int, s1: int) -> jax.Array:
   """N(k) = ceil(sqrt(k/K ((s1 + 1)² - s0²) + s0²) - 1) + 1 of consistency training (App. C),
-  k the training step, K = `total` steps: from s0 + 1 points up to s1 + 1. int32."""
+  k the training step, K = `total` steps: from s0 points up to s1 + 1. int32."""
   k = jnp.asarray(k, jnp.float32)
   return (jnp.ceil(jnp.sqrt(k / total * ((s1 + 1) ** 2 - s0 ** 2) + s0 ** 2) - 1) + 1
           ).astype(jnp.int32)

@@ -1,16 +1,18 @@
 """`ddpm sample`: samples of a trained run as .npz (arr_0 in the data's units, labels) with a
 preview beside it, or per-class PNG folders of images."""
 
+import os
+
 import jax
 import numpy as np
 import tqdm
 
-from diffusion import images, paths
+from diffusion import images, paths, progressive
 from diffusion.config import data_spec, default_sampler
 from diffusion.distributed import gather, make_mesh, replicate
 from diffusion.previews import save_preview
 from diffusion.sampling import class_labels, make_sampler
-from diffusion.training.checkpoint import load_run
+from diffusion.training.checkpoint import Checkpoints, load_run
 from diffusion.training.state import base_key
 
 LAYOUTS = ("npz", "folders")
@@ -42,7 +44,11 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   if layout not in LAYOUTS:
     raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
   paths.resolve(out, "--out")  # a scheme no backend serves fails before sampling
+  step, student = round_checkpoint(workdir, steps, step)
   config, model, variables, step = load_run(workdir, step)
+  if student is not None:
+    with config.unlocked():
+      config.distill.steps = student
   spec = data_spec(config)
   if layout == "folders" and spec.kind != "image":
     raise ValueError(f"--layout folders writes images; this run's data is {spec.kind} data: "
@@ -54,6 +60,44 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   if jax.process_index() == 0:
     write_samples(out, samples, labels, model.num_classes, layout, spec)
   return samples
+
+
+def round_checkpoint(workdir: str, steps: int | None, step: int | None
+                     ) -> tuple[int | None, int | None]:
+  """(checkpoint step, student steps) for `--steps K` of a progressive student: the checkpoint
+  at the end of the round that made the K-step student (each round halves the steps; the run
+  keeps every round's), or (step, None) for any other run or K."""
+  path = paths.resolve(workdir, "--workdir")
+  if steps is None or not (path / "checkpoints").exists():
+    return step, None
+  checkpoints = Checkpoints(path, read_only=True)
+  try:
+    kept = checkpoints.all_steps()
+    if not kept:
+      return step, None
+    config = checkpoints.restore_config(kept[-1])
+  finally:
+    checkpoints.manager.close()
+  d = config.get("distill") or {}
+  if d.get("method") != "progressive" or steps == d.get("steps"):
+    return step, None
+  made = progressive.rounds(d["teacher_steps"], d["steps"])
+  try:
+    r = progressive.rounds(d["teacher_steps"], steps)
+  except ValueError:
+    r = 0
+  if not 1 <= r <= made:
+    reachable = [d["teacher_steps"] >> i for i in range(1, made + 1)]
+    raise ValueError(f"--steps {steps}: this progressive run made students of {reachable} "
+                     "steps")
+  want = r * d["round_steps"]
+  if step is not None and step != want:
+    raise ValueError(f"--steps {steps} is the student of the round that ended at step {want}; "
+                     f"--step {step} holds another")
+  if want not in kept:
+    raise ValueError(f"--steps {steps}: the checkpoint of its round (step {want}) is not in "
+                     f"{os.fspath(path / 'checkpoints')} (kept: {kept})")
+  return want, steps
 
 
 def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0, batch: int = 256,

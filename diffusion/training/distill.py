@@ -56,6 +56,10 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
           d.round_steps
       config.train.sample_sampler = "ddim"
       config.train.sample_steps = 0
+      # Every round's student is kept: `ddpm sample --steps K` reads the round that made it.
+      if d.round_steps % config.train.checkpoint_every:
+        config.train.checkpoint_every = d.round_steps
+      config.train.keep_checkpoints = None
     else:
       config.train.sample_sampler = "consistency"
       if steps is not None:

@@ -179,10 +179,13 @@ def check(config, schedule: Schedule) -> None:
   if name == "progressive":
     progressive.rounds(d.teacher_steps, d.steps)
     progressive.base_grid(num_steps, d.teacher_steps)
-    if config.train.num_steps != progressive.rounds(d.teacher_steps, d.steps) * d.round_steps:
-      raise ValueError(f"config.train.num_steps must be rounds x config.distill.round_steps = "
-                       f"{progressive.rounds(d.teacher_steps, d.steps)} x {d.round_steps}; got "
-                       f"{config.train.num_steps}")
+    if not isinstance(d.round_steps, int) or d.round_steps < 1:
+      raise ValueError(f"config.distill.round_steps must be a positive int; got "
+                       f"{d.round_steps!r}")
+    total = progressive.rounds(d.teacher_steps, d.steps) * d.round_steps
+    if config.train.num_steps > total:
+      raise ValueError(f"config.train.num_steps must not exceed rounds x config.distill."
+                       f"round_steps = {total}; got {config.train.num_steps}")
     return
   if d.metric not in consistency.METRICS:
     raise ValueError(f"config.distill.metric must be one of {consistency.METRICS}; got "
@@ -197,8 +200,8 @@ def check(config, schedule: Schedule) -> None:
     if not 0 <= d.target_decay < 1:
       raise ValueError(f"config.distill.target_decay must lie in [0, 1); got {d.target_decay}")
   else:
-    if not 1 <= d.s0 <= d.s1 < most:
-      raise ValueError(f"config.distill.s0 and s1 must satisfy 1 <= s0 <= s1 < {most} (the "
+    if not 2 <= d.s0 <= d.s1 < most:
+      raise ValueError(f"config.distill.s0 and s1 must satisfy 2 <= s0 <= s1 < {most} (the "
                        f"model's timesteps up to σ = 80); got {d.s0} and {d.s1}")
     if not 0 < d.mu0 < 1:
       raise ValueError(f"config.distill.mu0 must lie in (0, 1); got {d.mu0}")

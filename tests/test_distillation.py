@@ -1,0 +1,268 @@
+"""Few-step models: progressive distillation, consistency distillation and training.
+
+The equations against independent computations (two DDIM steps, the exact
+consistency function of Gaussian data), then the engine: a student trained by
+the train step matches its teacher's chain, 8 devices compute what 1 does, and a
+resumed distillation is bit-exact, across a round's teacher swap.
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import diffusion
+from _tiny import tiny_config
+from diffusion import consistency, edm, models, progressive, samplers
+from diffusion.distributed import make_mesh
+from diffusion.reverse import ddim_step
+from diffusion.training import base_key, create_state, make_train_step, shard_batch, train
+from diffusion.training.checkpoint import Checkpoints, load_run
+from diffusion.training.distill import student_config
+
+SCHEDULE = diffusion.make_schedule("linear", 1000)
+
+
+def test_progressive_target_makes_one_student_step_land_on_two_teacher_steps():
+  """x̃ (Algorithm 2) put into one DDIM step from z_t gives the teacher's z'' exactly."""
+  key = jax.random.key(0)
+  z = jax.random.normal(key, (6, 4, 4, 2))
+  teacher = lambda x, t: jnp.tanh(x * 0.7 + t[:, None, None, None] / 500.0)  # any x̂_0
+  t = jnp.array([999, 600, 300, 100, 40, 10])
+  t_mid = jnp.array([800, 450, 200, 60, 20, 4])
+  t_next = jnp.array([600, 300, 100, -1, 10, -1])
+  x_tilde = progressive.target(SCHEDULE, teacher, z, t, t_mid, t_next)
+  # The teacher's two steps, written out: DDIM eq. (12) with η = 0, x̂_0 given.
+  def ddim(x0, z, t, s):
+    a = lambda u: jnp.where(u < 0, 1.0, SCHEDULE.alphas_cumprod[jnp.maximum(u, 0)])
+    shape = (-1, 1, 1, 1)
+    eps = (z - jnp.sqrt(a(t)).reshape(shape) * x0) / jnp.sqrt(1 - a(t)).reshape(shape)
+    return jnp.sqrt(a(s)).reshape(shape) * x0 + jnp.sqrt(1 - a(s)).reshape(shape) * eps
+  z_mid = ddim(teacher(z, t), z, t, t_mid)
+  z_next = ddim(teacher(z_mid, t_mid), z_mid, t_mid, t_next)
+  np.testing.assert_allclose(ddim(x_tilde, z, t, t_next), z_next, atol=2e-5)
+  student = ddim_step(SCHEDULE, x_tilde, z, t, t_next, None, prediction="x0", clip_x0=False)[0]
+  np.testing.assert_allclose(student, z_next, atol=2e-5)
+
+
+def test_progressive_grids_halve_down_to_the_student():
+  assert progressive.rounds(64, 1) == 6 and progressive.rounds(8, 4) == 1
+  for bad, name in (((64, 3), "--steps 3 cannot be reached"), ((64, 64), "--steps 64"),
+                    ((64, 0), "--steps must be a positive int")):
+    with pytest.raises(ValueError, match=name):
+      progressive.rounds(*bad)
+  with pytest.raises(ValueError, match=r"--teacher-steps must lie in \[1, 1000\]"):
+    progressive.base_grid(1000, 1024)
+  grid = progressive.base_grid(1000, 64)
+  assert grid[-1] == 999 and np.all(np.diff(grid) > 0) and len(set(grid)) == 64
+  for k in (32, 8, 1):
+    coarse = progressive.student_steps(1000, 64, k)
+    assert len(coarse) == k and coarse[0] == 999 and set(coarse) <= set(grid)
+  # Round r's student step i spans two steps of its teacher (2K steps) on the same grid.
+  for r in range(6):
+    stride, k = 2 ** r, 64 // 2 ** (r + 1)
+    teacher = list(progressive.student_steps(1000, 64, 2 * k)) + [-1]
+    i = jnp.arange(1, k + 1)
+    t, t_mid, t_next = progressive.round_timesteps(jnp.asarray(grid), stride, i)
+    for j in range(k):
+      at = teacher.index(int(t[j]))
+      assert (int(t_mid[j]), int(t_next[j])) == (teacher[at + 1], teacher[at + 2])
+
+
+def gaussian_consistency(x, t, mean=0.3, var=0.04):
+  """The exact consistency function of data N(mean, var): the ODE's map from σ_t to σ_min."""
+  table = jnp.asarray(edm.sigmas(SCHEDULE), jnp.float32)
+  sigma = table[t].reshape(-1, *(1,) * (x.ndim - 1))
+  return mean + jnp.sqrt((var + table[0] ** 2) / (var + sigma ** 2)) * (x - mean)
+
+
+def test_the_consistency_function_is_the_identity_at_sigma_min_exactly():
+  net = lambda x_t, t: 1e3 * jnp.sin(x_t) + t[:, None, None, None]  # anything finite
+  f = consistency.consistency_fn(net, SCHEDULE, sigma_data=0.5)
+  x = jax.random.normal(jax.random.key(1), (5, 3, 3, 2)) * 4
+  np.testing.assert_array_equal(f(x, jnp.zeros(5, jnp.int32)), x)  # bit for bit
+  assert float(jnp.abs(f(x, jnp.full(5, 1)) - x).max()) > 1e-3
+  c_skip, c_out = consistency.coefficients(jnp.asarray(edm.sigmas(SCHEDULE)), edm.sigmas(
+      SCHEDULE)[0], 0.5)
+  assert float(c_skip[-1]) < 1e-4 and abs(float(c_out[-1]) - 0.5) < 1e-3  # x̂_0 = F at high σ
+
+
+def test_consistency_losses_vanish_for_the_exact_consistency_function():
+  """With the exact f of Gaussian data and the exact teacher, the distillation loss is the
+  Heun step's error, small; one that drifts along the trajectory is not. Training's pairs
+  share one sample's noise, not an ODE trajectory: its loss is larger."""
+  mean, var = 0.3, 0.04
+  x0 = mean + np.sqrt(var) * jax.random.normal(jax.random.key(0), (4096, 1))
+  noise = jax.random.normal(jax.random.key(1), (4096, 1))
+  grid = consistency.grid(SCHEDULE, 18)
+  j = jax.random.randint(jax.random.key(2), (4096,), 0, 17)
+  t_lo, t_hi = jnp.asarray(grid)[j], jnp.asarray(grid)[j + 1]
+
+  def teacher_d(x, t):
+    sigma = jnp.asarray(edm.sigmas(SCHEDULE), jnp.float32)[t][:, None]
+    return mean + var / (var + sigma ** 2) * (x - mean)
+
+  biased = lambda x, t: gaussian_consistency(x, t) + 0.3 * t[:, None] / 1000  # drifts along σ
+  exact_cd = consistency.loss(gaussian_consistency, gaussian_consistency, SCHEDULE, x0, noise,
+                              t_lo, t_hi, teacher_d=teacher_d)
+  biased_cd = consistency.loss(biased, biased, SCHEDULE, x0, noise, t_lo, t_hi,
+                               teacher_d=teacher_d)
+  assert float(exact_cd.mean()) < 1e-5 and float(biased_cd.mean()) > 30 * float(exact_cd.mean())
+  ct = consistency.loss(gaussian_consistency, gaussian_consistency, SCHEDULE, x0, noise, t_lo,
+                        t_hi)
+  assert float(ct.mean()) > 10 * float(exact_cd.mean())  # one sample's noise, not the ODE's
+  n = consistency.num_points(jnp.array([0, 50, 100]), 100, 2, 150)
+  np.testing.assert_array_equal(n, [2, 107, 151])  # s0 .. s1 + 1 (Song et al. App. C)
+  np.testing.assert_allclose(consistency.target_decay(n[1], 2, 0.9), 0.9 ** (2 / 107), rtol=1e-6)
+
+
+def test_consistency_sampling_with_the_exact_function_draws_the_data():
+  x_T = jax.random.normal(jax.random.key(3), (20_000, 1))
+  keys = jax.random.split(jax.random.key(4), 20_000)
+  for count in (1, 2, 4):
+    steps = consistency.sampling_steps(SCHEDULE, count)
+    assert len(steps) == count and np.all(np.diff(steps) < 0) and steps[-1] > 0
+    x = np.asarray(consistency.sample(gaussian_consistency, SCHEDULE, steps, x_T, keys,
+                                      clip_x0=False))
+    assert abs(x.mean() - 0.3) < 0.01 and abs(x.std() / 0.2 - 1) < 0.03, (count, x.std())
+
+
+# The engine, with a network that can represent the answer exactly: per-timestep affine maps
+# out = a[t] x + b[t] of each coordinate. For data N(MEAN, VAR) per coordinate the optimal
+# ε-teacher is affine, and so is a v-student matching two teacher steps.
+T, SHAPE, MEAN, VAR = 20, (4, 1), 0.3, 0.04
+
+
+def affine(params, x, t):
+  return jnp.asarray(params["a"])[t] * x + jnp.asarray(params["b"])[t]
+
+
+def exact_teacher() -> dict:
+  schedule = diffusion.make_schedule("linear", T)
+  a, s = np.sqrt(schedule.alphas_cumprod), np.sqrt(1 - np.asarray(schedule.alphas_cumprod))
+  c1, c0 = s / (a * a * VAR + s * s), -a * MEAN * s / (a * a * VAR + s * s)
+  tile = lambda c: jnp.asarray(np.broadcast_to(c[:, None, None], (T, *SHAPE)), jnp.float32)
+  return {"params": {"a": tile(c1), "b": tile(c0)}}
+
+
+def affine_config(method="progressive", **distill):
+  teacher = tiny_config()
+  with teacher.unlocked():
+    teacher.data.shape = SHAPE
+    teacher.data.dtype = "float32"
+    teacher.model.name = "tests:affine"
+    teacher.diffusion.num_steps = T
+    teacher.diffusion.clip_x0 = False
+  settings = ml_collections.ConfigDict({
+      "distill": dict(teacher_steps=2, steps=1, round_steps=2, num_points=6, target_decay=0.9,
+                      sigma_data=0.5, metric="l2", s0=2, s1=6, mu0=0.9),
+      "optim": dict(lr=0.05, warmup_steps=0, decay_steps=0, grad_clip=0.0, b1=0.9, b2=0.999,
+                    eps=1e-8),
+      "train": dict(num_steps=4, batch_size=16, label_dropout=0.0, ema_decay=0.0,
+                    ema_warmup=False, steps_per_dispatch=1, log_every=1, checkpoint_every=1,
+                    keep_checkpoints=10, sample_every=1000, num_samples=0, sample_sampler="",
+                    sample_steps=0)})
+  settings.distill.update(distill)
+  if method == "consistency_training":
+    config = student_config(teacher, settings, "consistency")
+    with config.unlocked():
+      config.distill.method = method
+    return config
+  return student_config(teacher, settings, method)
+
+
+def gaussian_batches(n, batch=16, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{"x": (MEAN + np.sqrt(VAR) * rng.normal(size=(batch, *SHAPE))).astype(np.float32),
+           "label": np.zeros(batch, np.int32)} for _ in range(n)]
+
+
+def affine_model():
+  return models.function(affine, params=exact_teacher()["params"], name="tests:affine")
+
+
+def run_affine(config, mesh, batches):
+  model = affine_model()
+  state = create_state(model, config, mesh, {"x": jnp.zeros((1, *SHAPE))}, exact_teacher())
+  step = make_train_step(model, diffusion.Schedule.from_betas(diffusion.linear_betas(T)), config,
+                         mesh)
+  metrics = []
+  for batch in batches:
+    state, m = step(state, shard_batch(batch, mesh), base_key(config.seed, "train"))
+    metrics.append(m)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_a_progressive_student_matches_its_teachers_two_ddim_steps_on_fixed_noise():
+  config = affine_config(teacher_steps=2, steps=1, round_steps=300)
+  with config.unlocked():
+    config.train.batch_size = 256
+  state, metrics = run_affine(config, make_mesh(jax.devices()[:1]), gaussian_batches(300, 256))
+  schedule = diffusion.Schedule.from_betas(diffusion.linear_betas(T))
+  x_T = jax.random.normal(jax.random.key(7), (512, *SHAPE))
+  keys = jax.random.split(jax.random.key(8), 512)
+  teacher_params = exact_teacher()["params"]
+  teacher = lambda x, t: affine(teacher_params, x, t)
+  two = samplers.ddim(teacher, schedule, progressive.student_steps(T, 2, 2), x_T, keys,
+                      clip_x0=False)
+  student = lambda params: (lambda x, t: affine(params, x, t))
+  one = lambda params: samplers.ddim(student(params), schedule,
+                                     progressive.student_steps(T, 2, 1), x_T, keys,
+                                     prediction="v", clip_x0=False)
+  before = float(jnp.abs(one(teacher_params) - two).max())  # ε read as v
+  after = float(jnp.abs(one(state.params) - two).max())
+  assert after < 0.01 < 0.3 < before, (after, before)
+  assert metrics[-1]["loss"] < 1e-3 * metrics[0]["loss"]
+
+
+@pytest.mark.parametrize("method", ["progressive", "consistency", "consistency_training"])
+def test_eight_devices_give_the_distillation_of_one(method):
+  config = affine_config(method)
+  batches = gaussian_batches(3)
+  one, m1 = run_affine(config, make_mesh(jax.devices()[:1]), batches)
+  eight, m8 = run_affine(config, make_mesh(jax.devices()[:8]), batches)
+  np.testing.assert_allclose([m["loss"] for m in m8], [m["loss"] for m in m1], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((eight.params, eight.extra)),
+                  jax.tree.leaves((one.params, one.extra))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert sorted(one.extra) == {"progressive": ["teacher"], "consistency": ["target", "teacher"],
+                               "consistency_training": ["target"]}[method]
+  moved = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a),
+                                                                       jax.tree.leaves(b)))
+  assert moved(one.params, exact_teacher()["params"]) > 0
+  if method != "progressive":  # the target trails the student
+    assert 0 < moved(one.extra["target"], exact_teacher()["params"]) < moved(
+        one.params, exact_teacher()["params"])
+
+
+def test_a_resumed_progressive_distillation_is_bit_exact_across_a_round(tmp_path):
+  """Teacher 4 -> student 1 in two rounds of 2 steps: 3 steps and a resume to 4 (the round's
+  teacher swap at step 2 is in the first part) equal 4 steps straight."""
+  config = affine_config(teacher_steps=4, steps=1, round_steps=2)
+  source = [{"x": b["x"][0]} for b in gaussian_batches(64, 1, seed=3)]
+  straight = str(tmp_path / "straight")
+  train(config, straight, model=affine_model(), source=source, variables=exact_teacher())
+  parted = str(tmp_path / "parted")
+  with config.unlocked():
+    config.train.num_steps = 3
+  train(config, parted, model=affine_model(), source=source, variables=exact_teacher())
+  with config.unlocked():
+    config.train.num_steps = 4
+  train(config, parted, model=affine_model(), source=source, variables=exact_teacher())
+  states = []
+  for workdir in (straight, parted):
+    checkpoints = Checkpoints(workdir, read_only=True)
+    states.append({part: checkpoints.restore_part(part, 4) for part in
+                   ("params", "ema_params", "extra", "opt_state")})
+    checkpoints.manager.close()
+  for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+    np.testing.assert_array_equal(a, b)
+  # Round 2's teacher is round 1's student: the teacher moved off the ε-teacher at step 2.
+  checkpoints = Checkpoints(straight, read_only=True)
+  at2 = checkpoints.restore_part("ema_params", 2)
+  checkpoints.manager.close()
+  for a, b in zip(jax.tree.leaves(states[0]["extra"]["teacher"]), jax.tree.leaves(at2)):
+    np.testing.assert_array_equal(a, b)
+  config_, _, _, _ = load_run(straight, model=affine_model())
+  assert config_.distill.method == "progressive" and config_.diffusion.prediction == "v"
