@@ -6,6 +6,9 @@ the train step matches its teacher's chain, 8 devices compute what 1 does, and a
 resumed distillation is bit-exact, across a round's teacher swap.
 """
 
+import os
+import re
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -266,3 +269,72 @@ def test_a_resumed_progressive_distillation_is_bit_exact_across_a_round(tmp_path
     np.testing.assert_array_equal(a, b)
   config_, _, _, _ = load_run(straight, model=affine_model())
   assert config_.distill.method == "progressive" and config_.diffusion.prediction == "v"
+
+
+def test_ddpm_distill_and_sample_a_student_end_to_end(tmp_path, capsys):
+  """The CLI on the tiny digits run: bad input stops before anything compiles; a progressive
+  student of 4 -> 1 steps in two rounds; sampling each round's student; what students refuse."""
+  from _tiny import CONFIGS, tiny_overrides
+  from diffusion import cli
+  teacher, student = tmp_path / "teacher", tmp_path / "student"
+  assert cli.main(["train", "--config", os.path.join(CONFIGS, "digits.py"), "--workdir",
+                   str(teacher), *tiny_overrides()]) == 0
+  distill = lambda *args: cli.main(["distill", "--config", os.path.join(
+      CONFIGS, "distill_digits.py"), "--workdir", str(teacher), "--out", str(student),
+      "--config.train.batch_size=16", "--config.train.log_every=1",
+      "--config.train.num_samples=8", *args])
+  capsys.readouterr()
+  for args, message in (
+      (["--method", "progressive", "--workdir", str(tmp_path / "none")],
+       "holds no checkpoints/: not a training run"),
+      (["--method", "progressive", "--teacher-steps", "8", "--steps", "3"],
+       "--steps 3 cannot be reached by halving --teacher-steps 8: choose one of \\[1, 2, 4\\]"),
+      (["--method", "progressive", "--teacher-steps", "64"],
+       r"--teacher-steps must lie in \[1, 20\]"),
+      (["--method", "distillation"], "--method must be one of progressive, consistency"),
+      (["--method", "consistency", "--config.distill.num_points=50"],
+       r"config.distill.num_points must lie in \[2, 20\]")):
+    assert distill(*args) == 2, args
+    assert re.search(message, capsys.readouterr().err), (args, message)
+  assert not student.exists()  # nothing written
+
+  assert distill("--method", "progressive", "--teacher-steps", "4", "--steps", "1",
+                 "--config.distill.round_steps=2") == 0
+  assert "step 4" in capsys.readouterr().out
+  sample = lambda *args: cli.main(["sample", "--workdir", str(student), "--num", "8", "--out",
+                                   str(tmp_path / "s.npz"), *args])
+  for steps in ("1", "2"):  # each round's student, from the checkpoint at its round's end
+    assert sample("--steps", steps) == 0
+  assert np.load(tmp_path / "s.npz")["arr_0"].shape == (8, 8, 8, 1)
+  for args, message in ((["--steps", "4"], r"made students of \[2, 1\] steps"),
+                        (["--sampler", "ddpm"], "samples with ddim over its own 1 steps"),
+                        (["--spacing", "uniform"], "visits its own timesteps")):
+    assert sample(*args) == 2
+    assert re.search(message, capsys.readouterr().err), args
+  assert cli.main(["denoise", "--workdir", str(student), "--image", "x.png", "--sigma", "0.1",
+                   "--out", str(tmp_path / "d.png")]) == 2
+  assert "needs a model of every timestep" in capsys.readouterr().err
+  assert cli.main(["distill", "--config", os.path.join(CONFIGS, "distill_digits.py"),
+                   "--workdir", str(student), "--out", str(tmp_path / "again"), "--method",
+                   "consistency"]) == 2
+  assert "is itself a few-step model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["consistency", "consistency_training"])
+def test_a_consistency_model_samples_with_its_own_chain(method):
+  from diffusion.sampling import make_sampler
+  config = affine_config(method)
+  mesh = make_mesh(jax.devices()[:2])
+  most = {"consistency": 5, "consistency_training": 6}[method]  # N - 1, s1
+  variables = exact_teacher()
+  for steps in (1, most):
+    sample = make_sampler(affine_model(), config, SHAPE, mesh, steps=steps)
+    x = np.asarray(sample(variables, jax.random.key(0), 0, np.zeros(4, np.int32)))
+    assert x.shape == (4, *SHAPE) and np.all(np.isfinite(x))
+  for options, message in (({"steps": most + 1}, rf"--steps must lie in \[1, {most}\]"),
+                           ({"sampler": "ddim"}, "samples with its own chain"),
+                           ({"start": 5}, "the applications need a model of every timestep")):
+    with pytest.raises(ValueError, match=message):
+      make_sampler(affine_model(), config, SHAPE, mesh, **options)
+  with pytest.raises(ValueError, match="needs a consistency model"):
+    make_sampler(affine_model(), tiny_config(), (8, 8, 1), mesh, sampler="consistency")

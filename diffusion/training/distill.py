@@ -28,7 +28,8 @@ SECTIONS = ("optim", "train", "distill")
 def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.ConfigDict,
                    method: str, steps: int | None = None, teacher_steps: int | None = None
                    ) -> ml_collections.ConfigDict:
-  """The teacher's config with the `optim`, `train` and `distill` sections of `settings`,
+  """The teacher's config with the `optim`, `train` and `distill` sections of `settings` (and
+  the keys of its `model` section, if any, e.g. dropout),
   `method` and the step counts filled in: a progressive student predicts v and trains
   rounds x round_steps steps; a consistency model keeps the teacher's prediction type only as
   the teacher's (its network's output is F of `consistency.py`)."""
@@ -42,6 +43,12 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
   with config.unlocked():
     for section in SECTIONS:
       config[section] = ml_collections.ConfigDict(settings[section].to_dict())
+    if "model" in settings:  # e.g. a student without the teacher's dropout
+      for key, value in settings.model.items():
+        if key not in config.model:
+          raise ValueError(f"the distillation config's model.{key} is no key of the teacher's "
+                           "network config")
+        config.model[key] = value
     d = config.distill
     d.method = method
     d.teacher_prediction = teacher.diffusion.prediction
