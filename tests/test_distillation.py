@@ -338,3 +338,24 @@ def test_a_consistency_model_samples_with_its_own_chain(method):
       make_sampler(affine_model(), config, SHAPE, mesh, **options)
   with pytest.raises(ValueError, match="needs a consistency model"):
     make_sampler(affine_model(), tiny_config(), (8, 8, 1), mesh, sampler="consistency")
+
+
+@pytest.mark.parametrize("settings, teacher, method", [
+    ("distill_digits", "digits", "progressive"), ("distill_digits", "digits", "consistency"),
+    ("distill_cifar10", "cifar10", "progressive"),
+    ("consistency_cifar10", "cifar10", "consistency")])
+def test_the_distillation_configs_fit_their_teachers(settings, teacher, method):
+  from _tiny import CONFIGS
+  from diffusion.config import load_config, schedule_from_config, validate
+  from diffusion.training import objectives
+  config = student_config(load_config(os.path.join(CONFIGS, f"{teacher}.py")),
+                          load_config(os.path.join(CONFIGS, f"{settings}.py")), method)
+  validate(config)
+  objectives.check(config, schedule_from_config(config))
+  assert config.distill.method == method and config.distill.teacher_prediction == "eps"
+  if method == "progressive":
+    rounds = progressive.rounds(config.distill.teacher_steps, config.distill.steps)
+    assert config.train.num_steps == rounds * config.distill.round_steps
+    assert config.diffusion.prediction == "v" and config.train.keep_checkpoints is None
+  if teacher == "cifar10":
+    assert config.model.dropout == 0.0 and config.model.ch == 128  # the teacher's network

@@ -47,6 +47,7 @@ def validate(config, model, source) -> None:
   """Errors a run would meet late, raised before anything compiles: the config's own
   (`config.validate`), then how it fits the network (a Denoiser), the data and the devices."""
   validate_config(config)
+  objectives.check(config, schedule_from_config(config))
   _check_fit(config, models.as_denoiser(model, config.model), source)
 
 
