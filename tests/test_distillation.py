@@ -357,5 +357,6 @@ def test_the_distillation_configs_fit_their_teachers(settings, teacher, method):
     rounds = progressive.rounds(config.distill.teacher_steps, config.distill.steps)
     assert config.train.num_steps == rounds * config.distill.round_steps
     assert config.diffusion.prediction == "v" and config.train.keep_checkpoints is None
+    assert config.optim.decay_steps == config.distill.round_steps  # each round anneals
   if teacher == "cifar10":
     assert config.model.dropout == 0.0 and config.model.ch == 128  # the teacher's network

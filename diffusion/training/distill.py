@@ -31,7 +31,7 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
   """The teacher's config with the `optim`, `train` and `distill` sections of `settings` (and
   the keys of its `model` section, if any, e.g. dropout),
   `method` and the step counts filled in: a progressive student predicts v and trains
-  rounds x round_steps steps; a consistency model keeps the teacher's prediction type only as
+  rounds x round_steps steps, its lr annealed to 0 in each round; a consistency model keeps the teacher's prediction type only as
   the teacher's (its network's output is F of `consistency.py`)."""
   if method not in METHODS:
     raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -61,6 +61,9 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
       config.diffusion.prediction = "v"
       config.train.num_steps = objectives.progressive.rounds(d.teacher_steps, d.steps) * \
           d.round_steps
+      # Each round anneals its lr to 0 (the paper: linearly; here along a half cosine): the
+      # optimizer restarts at every round, and with it the schedule.
+      config.optim.decay_steps = d.round_steps
       config.train.sample_sampler = "ddim"
       config.train.sample_steps = 0
       # Every round's student is kept: `ddpm sample --steps K` reads the round that made it.

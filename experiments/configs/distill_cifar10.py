@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 5e-5
   config.optim.warmup_steps = 0
-  config.optim.decay_steps = 50_000  # each round's anneal (the optimizer restarts per round)
+  config.optim.decay_steps = 50_000  # set by ddpm distill: each round anneals to 0
   config.optim.grad_clip = 1.0
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999

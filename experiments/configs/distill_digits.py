@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 5e-4
   config.optim.warmup_steps = 0
-  config.optim.decay_steps = 500  # progressive: each round's cosine (the optimizer restarts)
+  config.optim.decay_steps = 3000  # consistency: cosine to 0 (progressive: in every round)
   config.optim.grad_clip = 1.0
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
