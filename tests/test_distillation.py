@@ -292,10 +292,14 @@ def test_ddpm_distill_and_sample_a_student_end_to_end(tmp_path, capsys):
       (["--method", "progressive", "--teacher-steps", "64"],
        r"--teacher-steps must lie in \[1, 20\]"),
       (["--method", "distillation"], "--method must be one of progressive, consistency"),
-      (["--method", "consistency", "--config.distill.num_points=50"],
-       r"config.distill.num_points must lie in \[2, 20\]")):
+      (["--method", "consistency"], "config.distill has no num_points, target_decay, "
+       "sigma_data, metric, which method 'consistency' needs")):
     assert distill(*args) == 2, args
     assert re.search(message, capsys.readouterr().err), (args, message)
+  assert cli.main(["distill", "--config", os.path.join(CONFIGS, "consistency_digits.py"),
+                   "--workdir", str(teacher), "--out", str(student), "--method", "consistency",
+                   "--config.distill.num_points=50"]) == 2
+  assert re.search(r"config.distill.num_points must lie in \[2, 20\]", capsys.readouterr().err)
   assert not student.exists()  # nothing written
 
   assert distill("--method", "progressive", "--teacher-steps", "4", "--steps", "1",
@@ -314,9 +318,11 @@ def test_ddpm_distill_and_sample_a_student_end_to_end(tmp_path, capsys):
   assert cli.main(["denoise", "--workdir", str(student), "--image", "x.png", "--sigma", "0.1",
                    "--out", str(tmp_path / "d.png")]) == 2
   assert "needs a model of every timestep" in capsys.readouterr().err
-  assert cli.main(["distill", "--config", os.path.join(CONFIGS, "distill_digits.py"),
+  assert cli.main(["evaluate", "--workdir", str(student), "--bpd"]) == 2
+  assert "is a few-step model" in capsys.readouterr().err
+  assert cli.main(["distill", "--config", os.path.join(CONFIGS, "consistency_digits.py"),
                    "--workdir", str(student), "--out", str(tmp_path / "again"), "--method",
-                   "consistency"]) == 2
+                   "consistency", "--config.distill.num_points=50"]) == 2
   assert "is itself a few-step model" in capsys.readouterr().err
 
 
@@ -341,7 +347,7 @@ def test_a_consistency_model_samples_with_its_own_chain(method):
 
 
 @pytest.mark.parametrize("settings, teacher, method", [
-    ("distill_digits", "digits", "progressive"), ("distill_digits", "digits", "consistency"),
+    ("distill_digits", "digits", "progressive"), ("consistency_digits", "digits", "consistency"),
     ("distill_cifar10", "cifar10", "progressive"),
     ("consistency_cifar10", "cifar10", "consistency")])
 def test_the_distillation_configs_fit_their_teachers(settings, teacher, method):

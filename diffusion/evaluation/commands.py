@@ -117,8 +117,12 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   from diffusion.distributed import make_mesh, replicate
   from diffusion.training.checkpoint import load_run
   from diffusion.training.state import base_key
-  from diffusion.config import data_spec
+  from diffusion.config import data_spec, distill_method
   config, model, variables, step = load_run(workdir, step)
+  if distill_method(config):
+    raise ValueError(f"--bpd sums the bound over every timestep; --workdir {workdir!r} is a "
+                     f"few-step model (config.distill.method {distill_method(config)!r}): "
+                     "evaluate its teacher, or its samples with --samples")
   if data_spec(config).dtype != "uint8":
     raise ValueError("--bpd is defined on 8-bit data (images, volumes); this run's data is "
                      f"{data_spec(config).dtype}")

@@ -29,6 +29,11 @@ from diffusion.schedules import Schedule
 
 METHODS = ("", "progressive", "consistency", "consistency_training")
 WITH_TEACHER = ("progressive", "consistency")
+# The keys of config.distill each method reads, and a config that has them.
+KEYS = {"progressive": (("teacher_steps", "steps", "round_steps"), "distill_digits.py"),
+        "consistency": (("num_points", "target_decay", "sigma_data", "metric"),
+                        "consistency_digits.py"),
+        "consistency_training": (("s0", "s1", "mu0", "sigma_data", "metric"), "digits_ct.py")}
 
 
 method = distill_method
@@ -174,6 +179,11 @@ def check(config, schedule: Schedule) -> None:
   if not name:
     return
   d, num_steps = config.distill, schedule.num_steps
+  keys, example = KEYS[name]
+  missing = [k for k in keys if k not in d]
+  if missing:
+    raise ValueError(f"config.distill has no {', '.join(missing)}, which method {name!r} needs "
+                     f"(see experiments/configs/{example})")
   if config.diffusion.get("timestep_sampler", "uniform") != "uniform":
     raise ValueError("config.diffusion.timestep_sampler must be 'uniform' with config.distill")
   if name == "progressive":
