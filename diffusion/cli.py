@@ -348,8 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       usage="ddpm distill --config FILE --workdir TEACHER --out STUDENT --method "
             "progressive|consistency [--steps K] [--teacher-steps K0] [--config.KEY=VALUE ...]")
   distill.add_argument("--config", required=True,
-                       help="a distillation config (experiments/configs/distill_*.py): the "
-                            "optim, train and distill sections; the rest is the teacher's")
+                       help="a distillation config (experiments/configs/distill_digits.py, "
+                            "consistency_digits.py, ...): its optim, train and distill sections; "
+                            "the rest is the teacher's")
   distill.add_argument("--workdir", required=True, help="the teacher: a trained run")
   distill.add_argument("--out", required=True, help="the student's run folder (resumed if there)")
   distill.add_argument("--method", required=True, help="progressive or consistency")

@@ -2,10 +2,12 @@
 
 The student's config is the teacher's (data, network, diffusion) with the
 `optim`, `train` and `distill` sections of a distillation config
-(experiments/configs/distill_*.py); its network starts from the teacher's EMA
-parameters, which the state also keeps, frozen, as the teacher (`objectives.py`),
-so that the student's workdir resumes without the teacher's. `ddpm sample`
-reads the student's folder like any run and samples with its own chain.
+(experiments/configs/distill_digits.py, consistency_digits.py, ...); its network
+starts from the teacher's EMA parameters, which the state also keeps, frozen,
+as the teacher (`objectives.py`): a resumed distillation continues from its own
+checkpoints, bit for bit, whatever the teacher's run has done since (the
+command reads the teacher's config again). `ddpm sample` reads the student's
+folder like any run and samples with its own chain.
 """
 
 import logging
@@ -29,10 +31,10 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
                    method: str, steps: int | None = None, teacher_steps: int | None = None
                    ) -> ml_collections.ConfigDict:
   """The teacher's config with the `optim`, `train` and `distill` sections of `settings` (and
-  the keys of its `model` section, if any, e.g. dropout),
-  `method` and the step counts filled in: a progressive student predicts v and trains
-  rounds x round_steps steps, its lr annealed to 0 in each round; a consistency model keeps the teacher's prediction type only as
-  the teacher's (its network's output is F of `consistency.py`)."""
+  the keys of its `model` section, if any, e.g. dropout), `method` and the step counts filled
+  in. A progressive student predicts v and trains rounds x round_steps steps, its lr annealed
+  to 0 in each round; a consistency model keeps the teacher's prediction type as the
+  teacher's only (its network's output is F of `consistency.py`)."""
   if method not in METHODS:
     raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
   for section in SECTIONS:
