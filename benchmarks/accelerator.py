@@ -134,11 +134,11 @@ def part_train_max(sizes: dict, smoke: bool) -> dict:
 
 
 def _torch_train(path, dtype, batch, sizes, smoke, compile=False) -> dict:
-  from diffusion import benchmark
+  from diffusion.torch_reference import bench_torch
   config = _config(path, dtype, smoke)
   model = _model(config)
-  return benchmark.bench_torch(model.module, config, batch, train_steps=sizes["train_steps"],
-                               compile=compile)["train_step"]
+  return bench_torch(model.module, config, batch, train_steps=sizes["train_steps"],
+                     compile=compile)["train_step"]
 
 
 def part_torch_train(sizes: dict, smoke: bool) -> dict:
@@ -163,11 +163,11 @@ def part_sample(sizes: dict, smoke: bool) -> dict:
 
 
 def part_torch_sample(sizes: dict, smoke: bool) -> dict:
-  from diffusion import benchmark
+  from diffusion.torch_reference import bench_torch
   config = _config(CIFAR, "bfloat16", smoke)
   counts = {name: sizes["sample_steps"] for name in ("ddpm", "ddim", "dpm++")}
-  return benchmark.bench_torch(_model(config).module, config, sizes["sample_batch"],
-                               train_steps=0, samplers=counts)["samplers"]
+  return bench_torch(_model(config).module, config, sizes["sample_batch"], train_steps=0,
+                     samplers=counts)["samplers"]
 
 
 def part_inception(sizes: dict, smoke: bool) -> dict:

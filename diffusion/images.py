@@ -1,5 +1,5 @@
 """Images on the host: pixels to and from the model's [-1, 1] range, image files (local or in
-an object store) and a batch as one PNG grid."""
+an object store), a batch as one PNG grid, and any image as [size, size, channels] uint8."""
 
 import io
 import math
@@ -70,3 +70,42 @@ def open_image(path: epath.Path) -> Image.Image:
     image = Image.open(io.BytesIO(f.read()))
     image.load()
   return image
+
+
+def resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """Resizes the shorter side to `size` (bicubic, antialiased) and center-crops to size × size.
+
+  image: uint8 [H, W, C]; returns uint8 [size, size, C].
+  """
+  height, width = image.shape[:2]
+  if (height, width) == (size, size):
+    return image
+  scale = size / min(height, width)
+  new = (max(size, round(width * scale)), max(size, round(height * scale)))
+  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  array = np.asarray(pil.resize(new, Image.BICUBIC, reducing_gap=None))
+  array = array.reshape(array.shape[:2] + (image.shape[-1],))
+  top, left = (array.shape[0] - size) // 2, (array.shape[1] - size) // 2
+  return array[top:top + size, left:left + size]
+
+
+def with_channels(image: np.ndarray, channels: int) -> np.ndarray:
+  """uint8 [H, W] or [H, W, C] as [H, W, `channels`]: grey repeated, RGB(A) to grey, alpha dropped."""
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == channels:
+    return image
+  if image.shape[-1] == 1 and channels == 3:
+    return np.repeat(image, 3, axis=-1)
+  if image.shape[-1] in (3, 4) and channels == 1:
+    return np.asarray(Image.fromarray(image[..., :3]).convert("L"))[..., None]
+  if image.shape[-1] == 4 and channels == 3:
+    return image[..., :3]
+  raise ValueError(f"cannot turn an image of {image.shape[-1]} channels into {channels}")
+
+
+def image_array(image, channels: int, size: int) -> np.ndarray:
+  """A PIL image as uint8 [size, size, channels]: converted, resized and center-cropped."""
+  array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "P") else
+                                   "L" if image.mode in ("L", "I", "I;16", "1") else "RGB"))
+  return resize_and_crop(with_channels(array, channels), size)

@@ -19,7 +19,7 @@ import numpy as np
 from etils import epath
 
 from diffusion import paths
-from diffusion.images import IMAGE_EXTENSIONS, open_image
+from diffusion.images import IMAGE_EXTENSIONS, image_array, open_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +127,6 @@ class ImageFolderSource:
   def read(self, index: int) -> np.ndarray:
     """The image `index` as uint8 [size, size, channels]; a ValueError naming the file if it
     cannot be decoded."""
-    from diffusion.data.sources import image_array
     file = self.root / self.relative[index]
     try:
       image = open_image(file)

@@ -18,40 +18,10 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from diffusion import paths
+from diffusion.images import resize_and_crop, with_channels
 from diffusion.data.folders import ImageFolderSource, PairedFolderSource
 from diffusion.dataspec import from_data_config
 
-
-
-def resize_and_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """Resizes the shorter side to `size` (bicubic, antialiased) and center-crops to size × size.
-
-  image: uint8 [H, W, C]; returns uint8 [size, size, C].
-  """
-  height, width = image.shape[:2]
-  if (height, width) == (size, size):
-    return image
-  scale = size / min(height, width)
-  new = (max(size, round(width * scale)), max(size, round(height * scale)))
-  pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  array = np.asarray(pil.resize(new, Image.BICUBIC, reducing_gap=None))
-  array = array.reshape(array.shape[:2] + (image.shape[-1],))
-  top, left = (array.shape[0] - size) // 2, (array.shape[1] - size) // 2
-  return array[top:top + size, left:left + size]
-
-
-def _channels(image: np.ndarray, channels: int) -> np.ndarray:
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.shape[-1] == channels:
-    return image
-  if image.shape[-1] == 1 and channels == 3:
-    return np.repeat(image, 3, axis=-1)
-  if image.shape[-1] in (3, 4) and channels == 1:
-    return np.asarray(Image.fromarray(image[..., :3]).convert("L"))[..., None]
-  if image.shape[-1] == 4 and channels == 3:
-    return image[..., :3]
-  raise ValueError(f"cannot turn an image of {image.shape[-1]} channels into {channels}")
 
 
 DIGITS_SPLITS = ("train", "test", "all")
@@ -86,7 +56,7 @@ class DigitsSource:
     index = digits_split_indices(split)
     digits = load_digits()
     images = np.round(digits.images[index] * (255 / 16)).astype(np.uint8)[..., None]
-    self.images = np.stack([_channels(resize_and_crop(im, image_size), channels)
+    self.images = np.stack([with_channels(resize_and_crop(im, image_size), channels)
                             for im in images])
     self.labels = digits.target[index].astype(np.int64)
 
@@ -98,13 +68,6 @@ class DigitsSource:
 
   def read_batch(self, indices) -> dict:
     return {"x": self.images[indices], "label": self.labels[indices]}
-
-
-def image_array(image, channels: int, size: int) -> np.ndarray:
-  """A PIL image as uint8 [size, size, channels]: converted, resized and center-cropped."""
-  array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "P") else
-                                   "L" if image.mode in ("L", "I", "I;16", "1") else "RGB"))
-  return resize_and_crop(_channels(array, channels), size)
 
 
 class TfdsSource:
@@ -147,7 +110,7 @@ class TfdsSource:
     label = int(example[self.label_key]) if self.label_key in example else 0
     x = np.asarray(example[self.image_key])
     if self.image_size is not None:
-      x = resize_and_crop(_channels(x, self.channels), self.image_size)
+      x = resize_and_crop(with_channels(x, self.channels), self.image_size)
     return {"x": x, "label": label}
 
 

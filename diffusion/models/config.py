@@ -7,7 +7,6 @@ from typing import Any
 import jax.numpy as jnp
 
 from diffusion.models.denoiser import Denoiser, linen
-from diffusion.models.registry import register
 from diffusion.models.unet import UNet
 
 _FIELDS = {"ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "num_heads",
@@ -73,7 +72,6 @@ def unet_check(model: UNet) -> Callable[[tuple[int, ...]], None]:
   return check
 
 
-@register("unet")
 def unet(settings: dict, shape: tuple[int, ...]) -> Denoiser:
   """The DDPM U-Net (`unet.py`) for 1-D, 2-D or 3-D data, from the config's `model` section."""
   model = from_config(settings)

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 
 from diffusion.models.attention import flax_attention_fn
 from diffusion.models.denoiser import Denoiser, linen
-from diffusion.models.registry import register
 from diffusion.models.unet import timestep_embedding
 
 
@@ -110,7 +109,7 @@ class DiT(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None,
                cond: jax.Array | None = None) -> jax.Array:
-    batch, spatial, channels = x.shape[0], x.shape[1:-1], x.shape[-1]
+    spatial, channels = x.shape[1:-1], x.shape[-1]
     p, nd = self.patch_size, len(spatial)
     out_channels = channels * (2 if self.learned_variance else 1)
     if cond is not None:
@@ -142,7 +141,6 @@ _FIELDS = {"patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "num_
            "cond_channels", "learned_variance", "dtype", "remat"}
 
 
-@register("dit")
 def dit(settings: dict, shape: tuple[int, ...]) -> Denoiser:
   """A DiT from the `model` section (keys: the DiT's attributes; others are refused)."""
   settings = {k: v for k, v in settings.items() if v is not None}

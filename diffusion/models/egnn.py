@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from diffusion.models.denoiser import Denoiser, linen
-from diffusion.models.registry import register
 from diffusion.models.unet import timestep_embedding
 
 
@@ -104,7 +103,6 @@ class EGNN(nn.Module):
 _FIELDS = {"hidden", "depth", "chain", "max_separation", "num_classes", "dtype", "remat"}
 
 
-@register("egnn")
 def egnn(settings: dict, shape: tuple[int, ...]) -> Denoiser:
   """An EGNN from the `model` section, for point sets of shape (N, 3)."""
   unknown = sorted(set(settings) - _FIELDS - {"learned_variance", "cond_channels"})

@@ -19,10 +19,11 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from diffusion.models import config, dit, egnn
 from diffusion.models.denoiser import Denoiser, as_denoiser
 
 Factory = Callable[[dict, tuple[int, ...]], Any]
-_FACTORIES: dict[str, Factory] = {}
+_FACTORIES: dict[str, Factory] = {"unet": config.unet, "dit": dit.dit, "egnn": egnn.egnn}
 
 
 def register(name: str, factory: Factory | None = None):
@@ -37,18 +38,11 @@ def register(name: str, factory: Factory | None = None):
 
 
 def registered() -> list[str]:
-  _builtins()
   return sorted(_FACTORIES)
-
-
-def _builtins() -> None:
-  # The built-in networks register themselves on import.
-  from diffusion.models import config, dit, egnn  # noqa: F401
 
 
 def factory(name: str) -> Factory:
   """The factory of a registry name or of an import path "package.module:factory"."""
-  _builtins()
   if name in _FACTORIES:
     return _FACTORIES[name]
   if ":" in name:
