@@ -1,0 +1,40 @@
+"""The `ddpm` command (also `python -m diffusion`): each command's parser lives beside its runner
+(`runs.py`, `applications.py`, `bench.py`); this module parses and reports bad input."""
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from diffusion.cli import applications, bench, runs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="ddpm", description="Denoising diffusion probabilistic models in JAX.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  for module in (runs, applications, bench):
+    module.add_parsers(commands)
+  args, extra = parser.parse_known_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  if extra and not getattr(args, "takes_overrides", False):
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  args.overrides = extra
+  # Bad input: a one-line message and exit status 2. For the other commands that includes
+  # unreadable files (OSError); a training run's I/O failures (a failed checkpoint save) keep
+  # their traceback, but for a full disk, which the user must mend.
+  from diffusion.paths import StorageFull
+  bad_input = ((ValueError, FileNotFoundError, FileExistsError, StorageFull)
+               if getattr(args, "engine", False) else (ValueError, OSError, ImportError))
+  try:
+    args.run(args)
+  except bad_input as e:
+    print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

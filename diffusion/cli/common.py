@@ -1,0 +1,58 @@
+"""What several commands share: config overrides, the sampler options, a figures report."""
+
+import argparse
+import json
+import os
+
+
+def config_with_overrides(path: str, overrides: list[str]):
+  """The config file with `--config.a.b=value` overrides applied (ml_collections syntax)."""
+  from absl import flags
+  from ml_collections import config_flags
+  if not os.path.isfile(path):
+    raise SystemExit(f"ddpm: error: --config {path!r} does not exist")
+  bad = [o for o in overrides if not o.startswith("--config.")]
+  if bad:
+    raise SystemExit(f"ddpm: error: unrecognized arguments: {' '.join(bad)}")
+  values = flags.FlagValues()
+  argv = ["ddpm", f"--config={path}", *overrides]
+  config_flags.DEFINE_config_file("config", path, "experiment config", flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  try:
+    values(argv)
+  except flags.Error as e:
+    raise SystemExit(f"ddpm: error: {e}") from None
+  except (KeyError, AttributeError) as e:  # ml_collections, for a key the config lacks
+    message = e.args[0] if e.args else e
+    raise SystemExit(f"ddpm: error: the config has no such key: {message}") from None
+  return values.config
+
+
+def sampler_arguments(parser: argparse.ArgumentParser, guidance: bool = True) -> None:
+  """--sampler and --steps; with `guidance` also --eta, --spacing, --churn and --guidance."""
+  parser.add_argument("--sampler",
+                      help="ddpm (ancestral), ddim, dpm++, heun or edm-sde (EDM's samplers); "
+                           "default: ddpm, or a few-step model's own (ddim for a progressive "
+                           "student, consistency for a consistency model)")
+  parser.add_argument("--steps", type=int,
+                      help="timesteps visited (default: all for ddpm, 50 for ddim, 20 for dpm++, "
+                           "18 for heun, 40 for edm-sde; heun and edm-sde evaluate the network "
+                           "2 steps - 1 times)")
+  if not guidance:
+    return
+  parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η in [0, 1]")
+  parser.add_argument("--spacing", help="uniform, quadratic, logsnr or karras (default: logsnr "
+                                        "for dpm++, karras for heun/edm-sde, else uniform)")
+  parser.add_argument("--churn", type=float,
+                      help="edm-sde's S_churn (default 30, EDM's for VP models)")
+  parser.add_argument("--guidance", type=float,
+                      help="classifier-free guidance scale w (class-conditional models)")
+
+
+def report(args: argparse.Namespace, result: dict, table: str) -> None:
+  """Prints `table`; with --json also writes `result` (and the config's path) there."""
+  result["config"] = args.config
+  print(table)
+  if args.json:
+    from diffusion import paths
+    paths.write_bytes(paths.resolve(args.json, "--json"), json.dumps(result, indent=2).encode())

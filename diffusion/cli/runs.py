@@ -1,0 +1,164 @@
+"""`ddpm schedule | train | distill | prepare-data | sample | evaluate`: a run from data to figures."""
+
+import argparse
+
+import numpy as np
+
+from diffusion.cli.common import config_with_overrides, sampler_arguments
+from diffusion.schedules import BETA_SCHEDULES, make_schedule
+
+
+def schedule_command(args: argparse.Namespace) -> None:
+  """Prints the tables of a noise schedule at evenly spaced steps."""
+  if args.steps < 1 or args.rows < 1:
+    raise ValueError("--steps and --rows must be positive")
+  schedule = make_schedule(args.name, args.steps)
+  tables = {k: np.asarray(v, np.float64) for k, v in vars(schedule).items()}
+  snr_db = 10 * np.log10(tables["alphas_cumprod"] / (1 - tables["alphas_cumprod"]))
+  rows = sorted(set(np.linspace(0, args.steps - 1, args.rows).round().astype(int)))
+  print(f"{args.name} schedule, T = {args.steps} (t is 0-based: the paper's t + 1)")
+  print(f"{'t':>6} {'beta':>11} {'alpha_bar':>11} {'SNR dB':>8} {'sqrt(b~_t)':>11} {'sqrt(b_t)':>11}")
+  for t in rows:
+    print(f"{t:>6d} {tables['betas'][t]:>11.4e} {tables['alphas_cumprod'][t]:>11.4e} "
+          f"{snr_db[t]:>8.2f} {np.sqrt(tables['posterior_variance'][t]):>11.4e} "
+          f"{np.sqrt(tables['betas'][t]):>11.4e}")
+
+
+def train_command(args: argparse.Namespace) -> None:
+  """`ddpm train`: trains (or resumes) the run in --workdir."""
+  import jax
+  from diffusion import distributed
+  from diffusion.training import train
+  config = config_with_overrides(args.config, args.overrides)
+  distributed.use_cpu_cores(config.train.batch_size)
+  distributed.initialize()
+  step = train(config, args.workdir)
+  if jax.process_index() == 0:
+    print(f"{args.workdir}: step {step} of {config.train.num_steps}")
+
+
+def distill_command(args: argparse.Namespace) -> None:
+  """`ddpm distill`: a few-step student of a trained run (or resumes one)."""
+  import jax
+  from diffusion import distributed
+  from diffusion.training.distill import distill
+  settings = config_with_overrides(args.config, args.overrides)
+  distributed.use_cpu_cores(settings.train.batch_size)
+  distributed.initialize()
+  step = distill(args.workdir, args.out, settings, method=args.method, steps=args.steps,
+                 teacher_steps=args.teacher_steps, step=args.step)
+  if jax.process_index() == 0:
+    print(f"{args.out}: step {step}; sample with `ddpm sample --workdir {args.out}`")
+
+
+def prepare_data_command(args: argparse.Namespace) -> None:
+  """`ddpm prepare-data`: the config's data written as ArrayRecord shards."""
+  from diffusion.data import arrayrecord, make_source
+  config = config_with_overrides(args.config, args.overrides)
+  meta = arrayrecord.write(make_source(config.data), args.out, shards=args.shards)
+  print(f"{args.out}: {meta['count']:,} examples in {len(meta['shards'])} shards; train on them "
+        f"with --config.data.name=arrayrecord --config.data.path={args.out}")
+
+
+def sample_command(args: argparse.Namespace) -> None:
+  """`ddpm sample`: N samples from the EMA parameters of the newest checkpoint."""
+  from diffusion import distributed, sample_run
+  distributed.use_cpu_cores()
+  distributed.initialize()
+  sample_run.sample_to_files(
+      args.workdir, args.num, args.out, seed=args.seed, batch=args.batch, step=args.step,
+      sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
+      guidance=args.guidance, class_label=args.class_label, layout=args.layout, churn=args.churn)
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+  """`ddpm evaluate`: FID/KID/IS, the digits measures or bits/dim."""
+  from diffusion import distributed
+  from diffusion.evaluation.commands import evaluate
+  distributed.initialize()
+  evaluate(args)
+
+
+def add_parsers(commands) -> None:
+  """These commands' parsers, on the `ddpm` subparsers `commands`."""
+  parser = commands.add_parser("schedule", help="print the tables of a noise schedule")
+  parser.add_argument("name", choices=sorted(BETA_SCHEDULES))
+  parser.add_argument("--steps", type=int, default=1000, help="T (default 1000)")
+  parser.add_argument("--rows", type=int, default=11,
+                      help="how many evenly spaced steps to print")
+  parser.set_defaults(run=schedule_command)
+
+  parser = commands.add_parser(
+      "train", help="train (or resume) a run; --config.KEY=VALUE overrides the config",
+      usage="ddpm train --config FILE --workdir DIR [--config.KEY=VALUE ...]")
+  parser.add_argument("--config", required=True, help="an experiments/configs/*.py file")
+  parser.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
+  parser.set_defaults(run=train_command, takes_overrides=True, engine=True)
+
+  parser = commands.add_parser(
+      "distill", help="distil a trained run into a few-step student (progressive or consistency)",
+      usage="ddpm distill --config FILE --workdir TEACHER --out STUDENT --method "
+            "progressive|consistency [--steps K] [--teacher-steps K0] [--config.KEY=VALUE ...]")
+  parser.add_argument("--config", required=True,
+                      help="a distillation config (experiments/configs/distill_digits.py, "
+                           "consistency_digits.py, ...): its optim, train and distill sections; "
+                           "the rest is the teacher's")
+  parser.add_argument("--workdir", required=True, help="the teacher: a trained run")
+  parser.add_argument("--out", required=True, help="the student's run folder (resumed if there)")
+  parser.add_argument("--method", required=True, help="progressive or consistency")
+  parser.add_argument("--steps", type=int,
+                      help="progressive: the student's steps K (teacher steps / 2^m); "
+                           "consistency: the steps of its sample grids")
+  parser.add_argument("--teacher-steps", type=int,
+                      help="progressive: the teacher's DDIM steps K0 (default: the config's)")
+  parser.add_argument("--step", type=int, help="the teacher's checkpoint (default: the newest)")
+  parser.set_defaults(run=distill_command, takes_overrides=True, engine=True)
+
+  parser = commands.add_parser(
+      "prepare-data", help="write a config's data as ArrayRecord shards (the fastest source)",
+      usage="ddpm prepare-data --config FILE --out DIR [--shards N] [--config.KEY=VALUE ...]")
+  parser.add_argument("--config", required=True, help="the config whose data to write")
+  parser.add_argument("--out", required=True, help="a new local folder for the shards")
+  parser.add_argument("--shards", type=int, default=8, help="number of shard files")
+  parser.set_defaults(run=prepare_data_command, takes_overrides=True)
+
+  parser = commands.add_parser("sample", help="draw samples from a trained run")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--num", type=int, required=True, help="number of samples N")
+  parser.add_argument("--out", required=True, help="an .npz file (arr_0: uint8 NHWC)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--batch", type=int, default=256, help="samples per compiled call")
+  parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+  sampler_arguments(parser)
+  parser.add_argument("--class", dest="class_label", type=int,
+                      help="draw this class only (class-conditional models; default: all in turn)")
+  parser.add_argument("--layout", default="npz",
+                      help="npz (arr_0 and labels, plus a PNG grid) or folders (a PNG per sample "
+                           "in per-class folders, for data augmentation)")
+  parser.set_defaults(run=sample_command)
+
+  parser = commands.add_parser(
+      "evaluate", help="FID/KID/IS of samples, the digits measures, bits/dim of a data split",
+      description="ddpm evaluate --samples S.npz --inception W --reference R | --samples S.npz "
+                  "--digits | --workdir DIR --bpd")
+  parser.add_argument("--samples", help="samples: an .npz (arr_0 uint8 NHWC) or a folder of images")
+  parser.add_argument("--inception", help="the FID Inception's weights (pytorch-fid's "
+                      "pt_inception-2015-12-05-6726825d.pth or its .npz conversion)")
+  parser.add_argument("--reference", help="reference images (.npz or folder) or their saved "
+                      "statistics (.npz with mu, sigma)")
+  parser.add_argument("--save-reference", help="write the reference images' statistics here")
+  parser.add_argument("--digits", action="store_true",
+                      help="digits-FID/KID/IS with the project's digit classifier (8×8 digits)")
+  parser.add_argument("--digits-reference", default="train", help="digits split to compare with")
+  parser.add_argument("--synthetic", help="compare --samples (an .npz in the data's units) "
+                      "with a synthetic set's held-out split: phantoms, backbones or sinusoids")
+  parser.add_argument("--workdir", help="a training run (for --bpd)")
+  parser.add_argument("--bpd", action="store_true",
+                      help="NLL bound in bits/dim of a data split under the run's EMA network")
+  parser.add_argument("--split", default="test", help="data split for --bpd (default: test)")
+  parser.add_argument("--num", type=int, help="evaluate the first N images of the split")
+  parser.add_argument("--batch", type=int, default=64, help="images per compiled call")
+  parser.add_argument("--chunk", type=int, default=10, help="timesteps per network call (--bpd)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--out", help="also write the figures as JSON")
+  parser.set_defaults(run=evaluate_command)
