@@ -128,7 +128,7 @@ def sample(f, schedule: Schedule, steps: np.ndarray, x: jax.Array, keys: jax.Arr
 
   def body(x0, visit):
     i, t, spread = visit
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:]))(keys)
+    noise = edm.visit_noise(keys, i, x.shape[1:])
     return clip(f(x0 + spread.astype(x.dtype) * noise.astype(x.dtype), jnp.full((n,), t))), None
 
   if len(steps) > 1:

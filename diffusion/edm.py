@@ -61,6 +61,12 @@ def to_edm(schedule: Schedule, x_t: jax.Array, t: int) -> jax.Array:
   return x_t * schedule.sqrt_recip_alphas_cumprod[t].astype(x_t.dtype)
 
 
+def visit_noise(keys: jax.Array, i, shape: tuple[int, ...]) -> jax.Array:
+  """Standard normal noise [N, *shape] of visit i: sample n's from fold_in(keys[n], i), so a
+  sample's noise does not depend on the batch it is drawn in."""
+  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), shape))(keys)
+
+
 def heun_step(d, x: jax.Array, t: jax.Array, t_next: jax.Array, sigma: jax.Array,
               sigma_next: jax.Array) -> jax.Array:
   """One step of EDM's Algorithm 1 from σ = σ_t to σ_next = σ_{t_next} > 0 (2 evaluations):
@@ -142,7 +148,7 @@ def edm_sde(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.
   full = lambda v: jnp.full((n,), v)
 
   def churn_noise(x, i, sigma, sigma_hat):
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, i), x.shape[1:]))(keys)
+    noise = visit_noise(keys, i, x.shape[1:])
     spread = jnp.sqrt(jnp.maximum(sigma_hat ** 2 - sigma ** 2, 0.0)) * s_noise
     return x + spread.astype(x.dtype) * noise.astype(x.dtype)
 
