@@ -241,7 +241,8 @@ def test_eight_devices_give_the_distillation_of_one(method):
 
 def test_a_resumed_progressive_distillation_is_bit_exact_across_a_round(tmp_path):
   """Teacher 4 -> student 1 in two rounds of 2 steps: 3 steps and a resume to 4 (the round's
-  teacher swap at step 2 is in the first part) equal 4 steps straight."""
+  teacher swap at step 2 is in the first part; the resume is not given the teacher) equal 4
+  steps straight."""
   config = affine_config(teacher_steps=4, steps=1, round_steps=2)
   source = [{"x": b["x"][0]} for b in gaussian_batches(64, 1, seed=3)]
   straight = str(tmp_path / "straight")
@@ -252,7 +253,10 @@ def test_a_resumed_progressive_distillation_is_bit_exact_across_a_round(tmp_path
   train(config, parted, model=affine_model(), source=source, variables=exact_teacher())
   with config.unlocked():
     config.train.num_steps = 4
-  train(config, parted, model=affine_model(), source=source, variables=exact_teacher())
+  with pytest.raises(ValueError, match="distils a trained run"):  # a new run needs its teacher
+    train(config, str(tmp_path / "new"), model=affine_model(), source=source)
+  # The resume is given no teacher: the checkpoint holds it.
+  train(config, parted, model=affine_model(), source=source)
   states = []
   for workdir in (straight, parted):
     checkpoints = Checkpoints(workdir, read_only=True)
@@ -324,6 +328,15 @@ def test_ddpm_distill_and_sample_a_student_end_to_end(tmp_path, capsys):
                    "--workdir", str(student), "--out", str(tmp_path / "again"), "--method",
                    "consistency", "--config.distill.num_points=50"]) == 2
   assert "is itself a few-step model" in capsys.readouterr().err
+  # Without the teacher's folder, the student resumes from its own checkpoints.
+  teacher.rename(tmp_path / "moved")
+  assert distill("--method", "progressive", "--teacher-steps", "4", "--steps", "1",
+                 "--config.distill.round_steps=2") == 0
+  assert "step 4" in capsys.readouterr().out
+  assert cli.main(["distill", "--config", os.path.join(CONFIGS, "distill_digits.py"),
+                   "--workdir", str(student), "--out", str(tmp_path / "moved"), "--method",
+                   "progressive"]) == 2
+  assert "holds a training run, not a few-step student" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", ["consistency", "consistency_training"])

@@ -55,6 +55,17 @@ class Checkpoints:
                        "data": ocp.JsonCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()})
 
+  @staticmethod
+  def any_in(workdir: str | os.PathLike) -> bool:
+    """Whether `workdir` holds a complete checkpoint (opens nothing when it has no checkpoints/)."""
+    if not (paths.resolve(workdir, "--workdir") / "checkpoints").exists():
+      return False
+    checkpoints = Checkpoints(workdir, read_only=True)
+    try:
+      return bool(checkpoints.all_steps())
+    finally:
+      checkpoints.close()
+
   def latest_step(self) -> int | None:
     """The newest complete checkpoint, ignoring any left half-written."""
     return self.manager.latest_step()

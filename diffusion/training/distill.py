@@ -5,8 +5,8 @@ The student's config is the teacher's (data, network, diffusion) with the
 (experiments/configs/distill_digits.py, consistency_digits.py, ...); its network
 starts from the teacher's EMA parameters, which the state also keeps, frozen,
 as the teacher (`objectives.py`): a resumed distillation continues from its own
-checkpoints, bit for bit, whatever the teacher's run has done since (the
-command reads the teacher's config again). `ddpm sample` reads the student's
+checkpoints, bit for bit, whatever the teacher's run has done since, and
+without it if its folder is gone. `ddpm sample` reads the student's
 folder like any run and samples with its own chain.
 """
 
@@ -93,23 +93,42 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
     raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
   if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
     raise ValueError(f"--steps must be a positive int; got {steps!r}")
-  config, model, variables, teacher_step = load_run(workdir, step)
-  if distill_method(config):
-    raise ValueError(f"--workdir {workdir!r} is itself a few-step model (config.distill.method "
-                     f"{distill_method(config)!r}): distil from its teacher")
+  saved = _saved_config(out)
+  if saved is not None and not distill_method(saved):
+    raise ValueError(f"--out {out!r} holds a training run, not a few-step student: choose a new "
+                     "--out")
+  teacher_dir = paths.resolve(workdir, "--workdir")
+  if saved is not None and not (teacher_dir / "checkpoints").exists():
+    # The student's checkpoints hold its teacher (and everything else it needs).
+    log.info("%s is gone: resuming %s from its own checkpoints", workdir, out)
+    config, variables = _teacher_config(saved), None
+  else:
+    config, _, variables, teacher_step = load_run(workdir, step)
+    if distill_method(config):
+      raise ValueError(f"--workdir {workdir!r} is itself a few-step model (config.distill.method "
+                       f"{distill_method(config)!r}): distil from its teacher")
   student = student_config(config, settings, method, steps, teacher_steps)
-  with student.unlocked():
-    student.distill.teacher = f"{os.fspath(paths.resolve(workdir, '--workdir'))}@{teacher_step}"
-  existing = Checkpoints(out, read_only=True) if (paths.resolve(out, "--out") / "checkpoints"
-                                                   ).exists() else None
-  if existing is not None:
-    try:
-      if existing.all_steps():
-        saved = existing.restore_config()
-        with student.unlocked():  # a resumed student keeps the teacher it was started from
-          student.distill.teacher = saved.get("distill", {}).get("teacher",
-                                                                 student.distill.teacher)
-    finally:
-      existing.manager.close()
-  log.info("distilling %s (step %d) into %s: %s", workdir, teacher_step, out, method)
+  with student.unlocked():  # a resumed student keeps the teacher it was started from
+    student.distill.teacher = (saved.distill.get("teacher") if saved is not None
+                               else f"{os.fspath(teacher_dir)}@{teacher_step}")
+  log.info("distilling %s into %s: %s", student.distill.teacher, out, method)
   return train(student, out, variables=variables)
+
+
+def _saved_config(out: str) -> ml_collections.ConfigDict | None:
+  """The config of the newest checkpoint in `out`, or None if it holds none."""
+  if not (paths.resolve(out, "--out") / "checkpoints").exists():
+    return None
+  existing = Checkpoints(out, read_only=True)
+  try:
+    return existing.restore_config() if existing.all_steps() else None
+  finally:
+    existing.manager.close()
+
+
+def _teacher_config(student: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """What a student's saved config keeps of its teacher's: all but the sections that
+  `student_config` replaces, with the teacher's prediction type."""
+  config = ml_collections.ConfigDict(student.to_dict())
+  config.diffusion.prediction = student.distill.teacher_prediction
+  return config

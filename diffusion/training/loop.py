@@ -172,6 +172,9 @@ def _start(checkpoints, model, config, mesh, sample, variables=None):
   found = checkpoints.newest(read)
   checkpoints.set_aside_damaged()
   if found is None:
+    if variables is None and objectives.method(config) in objectives.WITH_TEACHER:
+      raise ValueError(f"no checkpoint of {os.fspath(checkpoints.directory)} could be read, and "
+                       "its teacher was not given: run `ddpm distill` with the teacher's --workdir")
     return create_state(model, config, mesh, sample, variables), 0
   step, (state, position) = found
   log.info("resuming from step %d of %s", step, os.fspath(checkpoints.directory))
@@ -241,7 +244,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
   path = paths.resolve(workdir, "--workdir")
   validate_config(config)
   objectives.check(config, schedule_from_config(config))
-  if objectives.method(config) in objectives.WITH_TEACHER and variables is None:
+  if (objectives.method(config) in objectives.WITH_TEACHER and variables is None
+      and not Checkpoints.any_in(path)):  # a resumed student's checkpoints hold its teacher
     raise ValueError(f"config.distill.method {objectives.method(config)!r} distils a trained "
                      "run: use `ddpm distill --workdir TEACHER --out STUDENT`")
   shape = data_spec(config).shape
