@@ -1,45 +1,25 @@
 """The applications on a DDPM trained on the digits: inpainting, denoising, anomaly detection,
-enhancement, class-conditional data augmentation, and their bad input."""
+class-conditional data augmentation, and their bad input (enhancement: test_enhancement.py)."""
 
 import csv
 import dataclasses
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from _tiny import CONFIGS, tiny_config
+from _digits_apps import psnr, save, train_in_a_process
+from _tiny import tiny_config
 from diffusion import cli
-from diffusion.applications import auroc, denoise, enhance
-from diffusion.data import DigitsSource, ImageFolderSource, PairedFolderSource, degrade
+from diffusion.applications import auroc, denoise
+from diffusion.data import DigitsSource, ImageFolderSource
 from diffusion.distributed import make_mesh, replicate
 from diffusion.images import to_float
 from diffusion.training.checkpoint import load_run
 from diffusion.training.state import base_key
-
-DIGITS = os.path.join(CONFIGS, "digits.py")
-
-
-def train_in_a_process(workdir, *overrides, timeout=900):
-  """`ddpm train` on the digits config shortened to T = 200 (betas scaled by 1000/T, as
-  improved DDPM does), batch 32, in a process of its own on one CPU device with XLA's usual
-  optimisation: the tests' settings (8 devices, unoptimised code) would make it twice as slow."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  run = subprocess.run([
-      sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir", str(workdir),
-      "--config.train.batch_size=32", "--config.diffusion.num_steps=200",
-      "--config.diffusion.beta_start=5e-4", "--config.diffusion.beta_end=0.1",
-      "--config.optim.warmup_steps=100", "--config.train.log_every=100",
-      "--config.train.num_samples=8", *overrides], env=env, capture_output=True, text=True,
-      timeout=timeout)
-  assert run.returncode == 0, run.stderr[-2000:]
-  return workdir
-
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
@@ -58,11 +38,6 @@ def digits_run(tmp_path_factory):
 def classifier():
   from diffusion.evaluation.digits import DigitsEvaluator
   return DigitsEvaluator.load()
-
-
-def save(path, image):
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
-  return str(path)
 
 
 def test_repaint_completes_half_digits_recognisably(digits_run, classifier):
@@ -106,11 +81,6 @@ def test_guidance_draws_the_requested_digit(digits_run, classifier):
     hits[guidance] = float(np.mean(classifier.probs(samples).argmax(axis=1) == labels))
   print("requested digit recognised, without and with guidance:", hits)
   assert hits[5.0] >= 0.9 and hits[5.0] > hits[None] + 0.3, hits
-
-
-def psnr(x, clean):
-  """Per image, x in [-1, 1], clean uint8."""
-  return 10 * np.log10(1 / np.mean(((x + 1) / 2 - clean / 255) ** 2, axis=(1, 2, 3)))
 
 
 def test_denoising_improves_psnr(digits_run):
@@ -226,54 +196,6 @@ def test_class_options_need_a_class_conditional_model():
   with pytest.raises(ValueError, match="--class needs a class-conditional model"):
     class_labels(model, config, 4, 3)
   np.testing.assert_array_equal(class_labels(model, config, 3, None), [0, 0, 0])
-
-
-def test_enhancement_trains_on_degraded_digits_and_restores_them(tmp_path):
-  """A model trained on blurred, darkened digits (120 steps, digits.py's lr 4e-3 decayed to 0)
-  restores 32 held-out ones: the PSNR gain over the degraded input is about 6.7 dB (measured;
-  8 dB after 200 steps at a constant lr 1e-3); at least 5 dB is required, and an improvement on
-  at least 90% of the images."""
-  workdir = train_in_a_process(
-      tmp_path / "run", "--config.train.num_steps=120", "--config.optim.warmup_steps=20",
-      "--config.optim.decay_steps=120", "--config.train.checkpoint_every=120",
-      "--config.train.sample_every=120", "--config.data.condition=degrade",
-      "--config.data.degradations=blur,low_light", "--config.model.cond_channels=1")
-  clean = DigitsSource(split="test").images[:32]
-  degraded = np.stack([degrade(image, ("blur", "low_light"), np.random.default_rng([7, i]))
-                       for i, image in enumerate(clean)])
-  config, model, params, _ = load_run(str(workdir))
-  mesh = make_mesh()
-  enhanced = enhance(model, replicate(params, mesh), config, degraded, mesh, base_key(0, "sample"),
-                     sampler="ddim", steps=10)
-  gain = psnr(enhanced, clean) - psnr(to_float(degraded), clean)
-  print(f"enhancement PSNR gain: {gain.mean():.2f} dB")
-  assert gain.mean() > 5 and np.mean(gain > 0) >= 0.9, gain
-  out = tmp_path / "enhanced.png"
-  assert cli.main(["enhance", "--workdir", str(workdir), "--image",
-                   save(tmp_path / "degraded.png", degraded[0]), "--out", str(out),
-                   "--sampler", "ddim", "--steps", "5"]) == 0
-  assert np.asarray(Image.open(out)).shape == (8, 8)
-
-
-def test_degradations_and_paired_folders(tmp_path):
-  image = DigitsSource(image_size=16, channels=3).images[3]
-  for kind in ("blur", "colour_cast", "low_light", "downscale"):
-    a = degrade(image, (kind,), np.random.default_rng(1))
-    assert a.shape == image.shape and a.dtype == np.uint8 and not np.array_equal(a, image)
-    np.testing.assert_array_equal(a, degrade(image, (kind,), np.random.default_rng(1)))
-  with pytest.raises(ValueError, match="unknown 'fog'"):
-    degrade(image, ("fog",), np.random.default_rng(0))
-  for split in ("input", "target"):
-    os.makedirs(tmp_path / split)
-    for name in ("a.png", "b.png"):
-      save(tmp_path / split / name, image if split == "target" else 255 - image)
-  pairs = PairedFolderSource(str(tmp_path), 16, 3)
-  target, label, cond = pairs[1]["x"], pairs[1]["label"], pairs[1]["cond"]
-  np.testing.assert_array_equal(target, image)
-  np.testing.assert_array_equal(cond, 255 - image)
-  os.remove(tmp_path / "input" / "b.png")
-  with pytest.raises(ValueError, match=r"unpaired: \['b.png'\]"):
-    PairedFolderSource(str(tmp_path), 16, 3)
 
 
 def test_class_conditional_samples_for_data_augmentation(digits_run, tmp_path):
