@@ -45,6 +45,30 @@ def initialize() -> None:
     jax.distributed.initialize()
 
 
+COMPILATION_CACHE_GIB = 4  # the default folder's bound (least recently used entries go first)
+
+
+def use_compilation_cache() -> str | None:
+  """Turns on JAX's persistent compilation cache, so that a resumed or repeated run loads its
+  compiled programs instead of compiling them again (a resume of the digits run on a 2-core CPU:
+  23 s -> 14 s; on a GPU, a minute per program of the CIFAR-10 network). Where: JAX's own
+  setting if made (JAX_COMPILATION_CACHE_DIR), else $DDPM_COMPILATION_CACHE (a folder or bucket
+  URI shared by a pod's hosts and restarts; "off" turns the cache off), else
+  `paths.cache_dir()`/xla, kept under COMPILATION_CACHE_GIB. Call before compiling anything;
+  returns the folder (None: off)."""
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  from diffusion import paths
+  folder = os.environ.get("DDPM_COMPILATION_CACHE")
+  if folder is not None and folder.strip().lower() in ("", "0", "off", "none", "false"):
+    return None
+  if not folder:
+    folder = os.path.join(paths.cache_dir(), "xla")
+    jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_GIB * 2**30)
+  jax.config.update("jax_compilation_cache_dir", folder)
+  return folder
+
+
 def use_cpu_cores(batch_size: int = 0, *, limit: int = 8) -> int:
   """On the CPU, one JAX device per core (at most `limit`, and a count that divides
   `batch_size` if given): XLA runs each device's program on its own thread, and the digits

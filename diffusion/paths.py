@@ -24,6 +24,13 @@ from etils import epath
 BACKENDS = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs"}
 
 
+def cache_dir() -> str:
+  """Where the library keeps what it can rebuild (the digits classifier, compiled programs):
+  $DDPM_CACHE_DIR, else ~/.cache/ddpm-jax."""
+  return os.environ.get("DDPM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                          "ddpm-jax")
+
+
 def is_remote(path: str | os.PathLike) -> bool:
   """True for an object-store URI such as gs://bucket/run."""
   return "://" in os.fspath(path)

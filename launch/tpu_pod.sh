@@ -26,7 +26,13 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 overrides=$(printf '%q ' "$@")
 extra=""
 case "$workdir" in gs://*) extra="[gcs]" ;; esac
-remote="set -e; cd ddpm-jax; python3 -m pip install -q -U 'jax[tpu]' && python3 -m pip install -q '.$extra'; python3 -m diffusion train --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") $overrides"
+# A compilation cache that survives preemption (a VM's own ~/.cache does not): e.g.
+# DDPM_COMPILATION_CACHE=gs://bucket/xla-cache, passed on to every worker.
+cache=""
+if [ -n "${DDPM_COMPILATION_CACHE:-}" ]; then
+  cache="DDPM_COMPILATION_CACHE=$(printf '%q' "$DDPM_COMPILATION_CACHE") "
+fi
+remote="set -e; cd ddpm-jax; python3 -m pip install -q -U 'jax[tpu]' && python3 -m pip install -q '.$extra'; ${cache}python3 -m diffusion train --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") $overrides"
 copy=(gcloud compute tpus tpu-vm scp --recurse --worker=all --zone="$zone" "$repo" "$name":ddpm-jax)
 start=(gcloud compute tpus tpu-vm ssh "$name" --worker=all --zone="$zone" --command="$remote")
 if [ "$dry" = 1 ]; then

@@ -4,6 +4,8 @@ sample with gs:// paths, and nothing lands on the local disk. Paths with no back
 import json
 import logging
 import os
+import subprocess
+import sys
 from http import HTTPStatus
 
 import numpy as np
@@ -90,6 +92,21 @@ def test_train_resume_and_sample_in_a_bucket(gcs, tmp_path, monkeypatch, capsys)
   assert samples.shape == (8, 8, 8, 1) and samples.dtype == np.uint8
   assert (epath.Path("gs://bucket/out/samples.png")).exists()
   assert os.listdir(tmp_path) == []  # no local folder named gs: (or anything else)
+
+  # A compilation cache in the bucket (a pod's hosts and restarts share it): the second
+  # process loads the sampler that the first compiled.
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(DDPM_COMPILATION_CACHE="gs://bucket/xla", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_DEBUG_LOG_MODULES="jax._src.compiler")
+  command = [sys.executable, "-m", "diffusion", "sample", "--workdir", "gs://bucket/run", "--num",
+             "8", "--out", "gs://bucket/out/cached.npz", "--sampler", "ddim", "--steps", "3"]
+  runs = [subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+          for _ in range(2)]
+  assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr[-2000:]
+  hit = "Persistent compilation cache hit for 'jit_device_sample'"
+  assert hit not in runs[0].stderr and hit in runs[1].stderr
+  assert any(p.name.endswith("-cache") for p in epath.Path("gs://bucket/xla").iterdir())
+  assert os.listdir(tmp_path) == []
 
 
 def test_paths_no_backend_serves_are_refused(tmp_path, capsys, monkeypatch):

@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   from diffusion.paths import StorageFull
   bad_input = ((ValueError, FileNotFoundError, FileExistsError, StorageFull)
                if getattr(args, "engine", False) else (ValueError, OSError, ImportError))
+  if not args.command.startswith("bench"):  # the benchmarks time compilation: never cached
+    from diffusion import distributed
+    distributed.use_compilation_cache()
   try:
     args.run(args)
   except bad_input as e:

@@ -29,6 +29,7 @@ from flax import traverse_util
 
 from diffusion.evaluation.frechet import (
     fid_from_features, inception_score, kernel_inception_distance, score_splits, statistics)
+from diffusion.paths import cache_dir
 
 VERSION = 1  # bump when the network or its training changes: old caches are then retrained
 IMAGE_SHAPE = (8, 8, 1)
@@ -45,12 +46,6 @@ class DigitClassifier(nn.Module):
     x = nn.relu(nn.Conv(64, (3, 3))(x))
     features = nn.relu(nn.Dense(self.features)(x.reshape(x.shape[0], -1)))
     return nn.Dense(10)(features), features
-
-
-def cache_dir() -> str:
-  """$DDPM_CACHE_DIR, else ~/.cache/ddpm-jax."""
-  return os.environ.get("DDPM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                          "ddpm-jax")
 
 
 def _shifted(images: np.ndarray) -> np.ndarray:
