@@ -65,6 +65,11 @@ def use_compilation_cache() -> str | None:
   if not folder:
     folder = os.path.join(paths.cache_dir(), "xla")
     jax.config.update("jax_compilation_cache_max_size", COMPILATION_CACHE_GIB * 2**30)
+  where = paths.resolve(folder, "DDPM_COMPILATION_CACHE" if os.environ.get(
+      "DDPM_COMPILATION_CACHE") else "DDPM_CACHE_DIR")  # a backend for its scheme, or a ValueError
+  if where.exists() and not where.is_dir():
+    raise ValueError(f"the compilation cache {folder!r} is a file, not a folder: set "
+                     "DDPM_COMPILATION_CACHE to a folder (or to off)")
   jax.config.update("jax_compilation_cache_dir", folder)
   return folder
 

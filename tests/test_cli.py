@@ -34,6 +34,29 @@ def test_python_dash_m_and_bad_arguments():
   assert unknown.returncode == 2 and "invalid choice: 'exp'" in unknown.stderr
 
 
+def test_a_compilation_cache_that_cannot_serve_is_named(tmp_path, monkeypatch, capsys):
+  """DDPM_COMPILATION_CACHE is checked before anything runs (the tests' own cache, JAX's
+  setting, is put aside meanwhile): one line naming it, exit status 2."""
+  import jax
+  from diffusion import distributed
+  (tmp_path / "file").write_text("")
+  saved = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", None)
+  try:
+    for value, message in (("foo://x", "DDPM_COMPILATION_CACHE 'foo://x': no storage backend "
+                            "serves foo://"),
+                           (str(tmp_path / "file"), "is a file, not a folder")):
+      monkeypatch.setenv("DDPM_COMPILATION_CACHE", value)
+      assert cli.main(["sample", "--workdir", str(tmp_path), "--num", "1", "--out", "o.npz"]) == 2
+      assert message in capsys.readouterr().err
+      assert jax.config.jax_compilation_cache_dir is None
+    monkeypatch.setenv("DDPM_COMPILATION_CACHE", "off")
+    assert distributed.use_compilation_cache() is None
+    assert jax.config.jax_compilation_cache_dir is None
+  finally:
+    jax.config.update("jax_compilation_cache_dir", saved)
+
+
 @pytest.mark.parametrize("argv", [[], ["--help"]])
 def test_usage(argv, capsys):
   with pytest.raises(SystemExit):

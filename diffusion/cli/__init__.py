@@ -28,10 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   from diffusion.paths import StorageFull
   bad_input = ((ValueError, FileNotFoundError, FileExistsError, StorageFull)
                if getattr(args, "engine", False) else (ValueError, OSError, ImportError))
-  if not args.command.startswith("bench"):  # the benchmarks time compilation: never cached
-    from diffusion import distributed
-    distributed.use_compilation_cache()
   try:
+    if not args.command.startswith("bench"):  # the benchmarks time compilation: never cached
+      from diffusion import distributed
+      distributed.use_compilation_cache()
     args.run(args)
   except bad_input as e:
     print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
