@@ -73,9 +73,31 @@ def num_points(k: jax.Array, total: int, s0: int, s1: int) -> jax.Array:
           ).astype(jnp.int32)
 
 
+def num_points_doubling(k: jax.Array, total: int, s0: int, s1: int) -> jax.Array:
+  """N(k) = min(s0 2^floor(k / K'), s1) + 1 with K' = floor(K / (floor(log2 floor(s1 / s0)) + 1))
+  of improved consistency training (Song & Dhariwal 2023, eq. 8), K = `total` steps. int32."""
+  stages = int(np.floor(np.log2(s1 // s0))) + 1
+  doublings = jnp.minimum(jnp.asarray(k) // max(total // stages, 1), 30)
+  return (jnp.minimum(jnp.left_shift(s0, doublings), s1) + 1).astype(jnp.int32)
+
+
 def target_decay(n: jax.Array, s0: int, mu0: float) -> jax.Array:
-  """μ(k) = exp(s0 log μ0 / N(k)) of consistency training (App. C)."""
+  """μ(k) = exp(s0 log μ0 / N(k)) of consistency training (App. C); 0 for μ0 = 0 (improved
+  consistency training: the target is the student itself, without its gradient)."""
+  if mu0 == 0:
+    return jnp.zeros(jnp.shape(n), jnp.float32)
   return jnp.exp(s0 * np.log(mu0) / jnp.asarray(n, jnp.float32))
+
+
+def lognormal_logits(sigmas: jax.Array, n: jax.Array, p_mean: float = -1.1,
+                     p_std: float = 2.0) -> jax.Array:
+  """log p(j) of the pair (σ_j, σ_{j+1}) of a grid `sigmas` [M] (increasing; its first n
+  entries are the grid) under improved consistency training's discretised lognormal (eq. 9):
+  p(j) ∝ erf((log σ_{j+1} - P_mean) / (sqrt(2) P_std)) - erf((log σ_j - P_mean) / (sqrt(2)
+  P_std)) for j < n - 1; -inf from j = n - 1 on. [M - 1]."""
+  cdf = jax.scipy.special.erf((jnp.log(sigmas) - p_mean) / (np.sqrt(2.0) * p_std))
+  mass = jnp.maximum(cdf[1:] - cdf[:-1], 0.0)
+  return jnp.where(jnp.arange(len(mass)) < n - 1, jnp.log(mass), -jnp.inf)
 
 
 def distance(a: jax.Array, b: jax.Array, metric: str = "l2") -> jax.Array:

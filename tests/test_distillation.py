@@ -6,6 +6,7 @@ the train step matches its teacher's chain, 8 devices compute what 1 does, and a
 resumed distillation is bit-exact, across a round's teacher swap.
 """
 
+import math
 import os
 import re
 
@@ -20,7 +21,7 @@ from _tiny import tiny_config
 from diffusion import consistency, edm, models, progressive, samplers
 from diffusion.distributed import make_mesh
 from diffusion.reverse import ddim_step
-from diffusion.training import base_key, create_state, make_train_step, shard_batch, train
+from diffusion.training import base_key, create_state, make_train_step, objectives, shard_batch, train
 from diffusion.training.checkpoint import Checkpoints, load_run
 from diffusion.training.distill import student_config
 
@@ -118,6 +119,48 @@ def test_consistency_losses_vanish_for_the_exact_consistency_function():
   n = consistency.num_points(jnp.array([0, 50, 100]), 100, 2, 150)
   np.testing.assert_array_equal(n, [2, 107, 151])  # s0 .. s1 + 1 (Song et al. App. C)
   np.testing.assert_allclose(consistency.target_decay(n[1], 2, 0.9), 0.9 ** (2 / 107), rtol=1e-6)
+
+
+def test_improved_consistency_trainings_curriculum_noise_levels_and_weights():
+  """Song & Dhariwal 2023: N doubles from s0 in equal stages up to s1 + 1 (eq. 8; their CIFAR-10
+  run: 11 points at the start, 1,281 at the end of 400,000 steps, 8 stages of 50,000); pairs
+  drawn with the lognormal's mass between their σ's (eq. 9); each loss weighted by 1 / Δσ."""
+  def doubling(k, total, s0, s1):  # eq. 8, in integers
+    stages = math.floor(math.log2(s1 // s0)) + 1
+    return min(s0 * 2 ** (k // (total // stages)), s1) + 1
+  steps = [0, 49_999, 50_000, 100_000, 350_000, 399_999]
+  n = consistency.num_points_doubling(jnp.array(steps), 400_000, 10, 1280)
+  np.testing.assert_array_equal(n, [11, 11, 21, 41, 1281, 1281])
+  steps = np.arange(0, 700, 7)
+  np.testing.assert_array_equal(consistency.num_points_doubling(jnp.array(steps), 700, 10, 320),
+                                [doubling(k, 700, 10, 320) for k in steps])
+  assert float(consistency.target_decay(jnp.int32(21), 10, 0.0)) == 0.0
+
+  sigmas = np.array([0.01, 0.1, 0.5, 1.0, 5.0, 80.0, 80.0])  # a grid of 6, padded
+  logits = consistency.lognormal_logits(jnp.asarray(sigmas), jnp.int32(6), -1.1, 2.0)
+  cdf = [math.erf((math.log(s) + 1.1) / (math.sqrt(2) * 2.0)) for s in sigmas]
+  mass = np.diff(cdf)[:5]
+  np.testing.assert_allclose(jax.nn.softmax(logits)[:5], mass / mass.sum(), rtol=1e-5)
+  assert np.isneginf(np.asarray(logits[5:])).all()
+  assert np.argmax(np.asarray(logits)) == 1  # σ in [0.1, 0.5]: around exp(P_mean) = 0.33
+
+  config = affine_config("consistency_training", weighting="inverse_gap", noise="lognormal")
+  schedule = diffusion.make_schedule("linear", T)
+  objective = objectives.make(config, schedule)
+  frozen = lambda name: (lambda x, t: jnp.zeros_like(x))
+  nets = objectives.Nets(student=lambda x, t: jnp.ones_like(x), frozen=frozen)
+  x0 = jnp.asarray(gaussian_batches(1, 64)[0]["x"])
+  out = objective.losses(nets, x0, jax.random.split(jax.random.key(0), 64), jnp.int32(3))
+  grid_sigmas = edm.sigmas(schedule)[consistency.grid(schedule, int(out["points"][0]))]
+  gaps = 1 / np.diff(grid_sigmas)
+  ratios = np.asarray(out["loss"] / out["distance"])
+  assert all(np.isclose(gaps, r, rtol=1e-4).any() for r in ratios), (ratios, gaps)
+  assert len(set(np.round(ratios, 3))) > 1  # several pairs drawn
+  for key, value in (("curriculum", "cubic"), ("noise", "gaussian"), ("weighting", "snr"),
+                     ("p_std", 0.0), ("mu0", 1.0)):
+    bad = affine_config("consistency_training", **{key: value})
+    with pytest.raises(ValueError, match=f"config.distill.{key} must"):
+      objectives.check(bad, schedule)
 
 
 def test_consistency_sampling_with_the_exact_function_draws_the_data():
@@ -219,9 +262,16 @@ def test_a_progressive_student_matches_its_teachers_two_ddim_steps_on_fixed_nois
   assert metrics[-1]["loss"] < 1e-3 * metrics[0]["loss"]
 
 
-@pytest.mark.parametrize("method", ["progressive", "consistency", "consistency_training"])
+IMPROVED = dict(mu0=0.0, curriculum="doubling", noise="lognormal", weighting="inverse_gap",
+                metric="pseudo_huber")
+
+
+@pytest.mark.parametrize("method", ["progressive", "consistency", "consistency_training",
+                                    "improved_consistency_training"])
 def test_eight_devices_give_the_distillation_of_one(method):
-  config = affine_config(method)
+  improved = method.startswith("improved")
+  method = method.removeprefix("improved_")
+  config = affine_config(method, **(IMPROVED if improved else {}))
   batches = gaussian_batches(3)
   one, m1 = run_affine(config, make_mesh(jax.devices()[:1]), batches)
   eight, m8 = run_affine(config, make_mesh(jax.devices()[:8]), batches)
@@ -234,7 +284,9 @@ def test_eight_devices_give_the_distillation_of_one(method):
   moved = lambda a, b: max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(a),
                                                                        jax.tree.leaves(b)))
   assert moved(one.params, exact_teacher()["params"]) > 0
-  if method != "progressive":  # the target trails the student
+  if improved:  # μ0 = 0: the target is the student
+    assert moved(one.extra["target"], one.params) == 0
+  elif method != "progressive":  # the target trails the student
     assert 0 < moved(one.extra["target"], exact_teacher()["params"]) < moved(
         one.params, exact_teacher()["params"])
 

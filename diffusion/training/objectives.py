@@ -7,7 +7,10 @@
 - "consistency": consistency distillation from a frozen teacher, with a
   target network θ⁻ (EMA of θ with decay `target_decay`);
 - "consistency_training": consistency training from data alone, N(k) and
-  μ(k) growing as in Song et al. App. C.
+  μ(k) growing as in Song et al. App. C, or with improved consistency training's
+  choices (Song & Dhariwal 2023): `curriculum` "doubling", `noise` "lognormal"
+  (`p_mean`, `p_std`), `weighting` "inverse_gap" (λ = 1 / (σ_{n+1} - σ_n), for
+  distillation too), μ0 = 0 and the "pseudo_huber" metric.
 
 The state carries the frozen or slowly moving parameter trees in
 `TrainState.extra` ("teacher", "target"). Every random draw of example i
@@ -64,13 +67,17 @@ class Objective:
   local_step: Callable[[jax.Array, jax.Array], jax.Array] = lambda step, applied: applied
 
 
-def _draws(keys, shape, project, low, high):
-  """Per example: an int in [low, high) and N(0, I) noise of `shape`, each from its own key."""
+def _draws(keys, shape, project, index):
+  """Per example: an int `index(key)` and N(0, I) noise of `shape`, each from its own key."""
   def one(key):
     key_i, key_n = jax.random.split(key)
-    return (jax.random.randint(key_i, (), low, high),
-            project(jax.random.normal(key_n, shape)))
+    return index(key_i), project(jax.random.normal(key_n, shape))
   return jax.vmap(one)(keys)
+
+
+def _uniform(low, high):
+  """An index sampler for `_draws`: uniform on [low, high)."""
+  return lambda key: jax.random.randint(key, (), low, high)
 
 
 def _ema(old, new, decay):
@@ -101,7 +108,8 @@ def _progressive(config, schedule, project) -> Objective:
   def losses(nets, x0, keys, step):
     r = round_of(step)
     stride = jnp.left_shift(1, r)
-    i, noise = _draws(keys, x0.shape[1:], project, 1, 1 + teacher_steps // (2 * stride))
+    i, noise = _draws(keys, x0.shape[1:], project,
+                      _uniform(1, 1 + teacher_steps // (2 * stride)))
     t, t_mid, t_next = progressive.round_timesteps(grid, stride, i)
     z = q_sample(schedule, x0, t, noise)
     c = x0.shape[-1]
@@ -139,18 +147,29 @@ def _consistency(config, schedule, project, distill: bool) -> Objective:
   d = config.distill
   sigma_data, metric = d.sigma_data, d.metric
   clip = config.diffusion.get("clip_x0", True)
+  sigmas = jnp.asarray(edm.sigmas(schedule), jnp.float32)
   if distill:
     table = jnp.asarray(consistency.grid_table(schedule, d.num_points))
     points = lambda step: jnp.int32(d.num_points)
   else:
     total = config.train.num_steps
     table = jnp.asarray(consistency.grid_table(schedule, d.s1 + 1))
-    points = lambda step: consistency.num_points(step, total, d.s0, d.s1)
+    curriculum = {"sqrt": consistency.num_points,
+                  "doubling": consistency.num_points_doubling}[d.get("curriculum", "sqrt")]
+    points = lambda step: curriculum(step, total, d.s0, d.s1)
+  lognormal = d.get("noise", "uniform") == "lognormal"
+  inverse_gap = d.get("weighting", "uniform") == "inverse_gap"
 
   def losses(nets, x0, keys, step):
     n = points(step)
-    j, noise = _draws(keys, x0.shape[1:], project, 0, n - 1)
     row = table[n]
+    if lognormal:
+      logits = consistency.lognormal_logits(sigmas[row], n, d.get("p_mean", -1.1),
+                                            d.get("p_std", 2.0))
+      index = lambda key: jax.random.categorical(key, logits)
+    else:
+      index = _uniform(0, n - 1)
+    j, noise = _draws(keys, x0.shape[1:], project, index)
     t_lo, t_hi = row[j], row[j + 1]
     student = consistency.consistency_fn(nets.student, schedule, sigma_data)
     target = consistency.consistency_fn(nets.frozen("target"), schedule, sigma_data)
@@ -158,9 +177,11 @@ def _consistency(config, schedule, project, distill: bool) -> Objective:
     if distill:
       teacher = edm.denoiser(nets.frozen("teacher"), schedule,
                              prediction=d.teacher_prediction, clip_x0=clip)
-    loss = consistency.loss(student, target, schedule, x0, noise, t_lo, t_hi,
-                            teacher_d=teacher, metric=metric)
-    return {"loss": loss, "points": n.astype(jnp.float32) * jnp.ones_like(loss)}
+    distance = consistency.loss(student, target, schedule, x0, noise, t_lo, t_hi,
+                                teacher_d=teacher, metric=metric)
+    weight = 1 / (sigmas[t_hi] - sigmas[t_lo]) if inverse_gap else 1.0
+    return {"loss": weight * distance, "distance": distance,
+            "points": n.astype(jnp.float32) * jnp.ones_like(distance)}
 
   def update_extra(extra, params, step):
     decay = (jnp.float32(d.target_decay) if distill
@@ -213,6 +234,15 @@ def check(config, schedule: Schedule) -> None:
     if not 2 <= d.s0 <= d.s1 < most:
       raise ValueError(f"config.distill.s0 and s1 must satisfy 2 <= s0 <= s1 < {most} (the "
                        f"model's timesteps up to σ = 80); got {d.s0} and {d.s1}")
-    if not 0 < d.mu0 < 1:
-      raise ValueError(f"config.distill.mu0 must lie in (0, 1); got {d.mu0}")
+    if not 0 <= d.mu0 < 1:
+      raise ValueError(f"config.distill.mu0 must lie in [0, 1); got {d.mu0}")
+    for key, allowed in (("curriculum", ("sqrt", "doubling")),
+                         ("noise", ("uniform", "lognormal"))):
+      if d.get(key, allowed[0]) not in allowed:
+        raise ValueError(f"config.distill.{key} must be one of {allowed}; got {d[key]!r}")
+    if not d.get("p_std", 2.0) > 0:
+      raise ValueError(f"config.distill.p_std must be > 0; got {d.p_std!r}")
+  if d.get("weighting", "uniform") not in ("uniform", "inverse_gap"):
+    raise ValueError(f"config.distill.weighting must be 'uniform' or 'inverse_gap'; got "
+                     f"{d.weighting!r}")
 
