@@ -9,8 +9,8 @@
 - "consistency_training": consistency training from data alone, N(k) and
   μ(k) growing as in Song et al. App. C, or with improved consistency training's
   choices (Song & Dhariwal 2023): `curriculum` "doubling", `noise` "lognormal"
-  (`p_mean`, `p_std`), `weighting` "inverse_gap" (λ = 1 / (σ_{n+1} - σ_n), for
-  distillation too), μ0 = 0 and the "pseudo_huber" metric.
+  (`p_mean`, `p_std`; distillation too), `weighting` "inverse_gap" (λ = 1 /
+  (σ_{n+1} - σ_n); distillation too), μ0 = 0 and the "pseudo_huber" metric.
 
 The state carries the frozen or slowly moving parameter trees in
 `TrainState.extra` ("teacher", "target"). Every random draw of example i
@@ -236,13 +236,13 @@ def check(config, schedule: Schedule) -> None:
                        f"model's timesteps up to σ = 80); got {d.s0} and {d.s1}")
     if not 0 <= d.mu0 < 1:
       raise ValueError(f"config.distill.mu0 must lie in [0, 1); got {d.mu0}")
-    for key, allowed in (("curriculum", ("sqrt", "doubling")),
-                         ("noise", ("uniform", "lognormal"))):
-      if d.get(key, allowed[0]) not in allowed:
-        raise ValueError(f"config.distill.{key} must be one of {allowed}; got {d[key]!r}")
-    if not d.get("p_std", 2.0) > 0:
-      raise ValueError(f"config.distill.p_std must be > 0; got {d.p_std!r}")
-  if d.get("weighting", "uniform") not in ("uniform", "inverse_gap"):
-    raise ValueError(f"config.distill.weighting must be 'uniform' or 'inverse_gap'; got "
-                     f"{d.weighting!r}")
+    if d.get("curriculum", "sqrt") not in ("sqrt", "doubling"):
+      raise ValueError(f"config.distill.curriculum must be 'sqrt' or 'doubling'; got "
+                       f"{d.curriculum!r}")
+  for key, allowed in (("noise", ("uniform", "lognormal")),
+                       ("weighting", ("uniform", "inverse_gap"))):
+    if d.get(key, allowed[0]) not in allowed:
+      raise ValueError(f"config.distill.{key} must be one of {allowed}; got {d[key]!r}")
+  if not d.get("p_std", 2.0) > 0:
+    raise ValueError(f"config.distill.p_std must be > 0; got {d.p_std!r}")
 
