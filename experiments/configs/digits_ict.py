@@ -6,7 +6,10 @@
 digits_ct.py with the improved recipe: no EMA target (μ0 = 0: the target is the
 student without its gradient), the pseudo-Huber distance, noise levels drawn
 from a discretised lognormal (P_mean = -1.1, P_std = 2), each pair weighted by
-1 / (σ_{n+1} - σ_n), and N doubling from s0 = 10 points in equal stages.
+1 / (σ_{n+1} - σ_n), and N doubling from s0 = 10 points in equal stages (11, 21,
+41, ..., 321 points, 6 stages of 666 updates). 4,000 updates (12 CPU-minutes,
+7 min 10 s on 2 cores) reach digits-FID 34.6 / 7.86 / 5.56 / 5.30 in 1 / 2 / 4 /
+8 steps, against digits_ct.py's 46.4 / 40.9 / 41.2 at 1 / 2 / 4.
 """
 
 import os
