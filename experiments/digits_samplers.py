@@ -17,7 +17,6 @@ import json
 import os
 import time
 
-import numpy as np
 
 from diffusion.data import DigitsSource
 from diffusion.evaluation import DigitsEvaluator, digits_metrics

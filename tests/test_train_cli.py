@@ -155,7 +155,6 @@ def test_bad_runs_stop_before_training(tmp_path, capsys, overrides, message):
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "good.png")
   (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
   overrides = [o.replace("BROKEN", str(tmp_path)) for o in overrides]
-  start = time.perf_counter()
   assert train(tmp_path / "run", *overrides) == 2
   assert re.search(message, capsys.readouterr().err)
   assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
@@ -297,7 +296,6 @@ class StandIn:
 def test_every_config_is_complete(name):
   from diffusion import models
   from diffusion.config import load_config
-  from diffusion.data import DigitsSource
   from diffusion.training.loop import validate
   config = load_config(os.path.join(CONFIGS, f"{name}.py"))
   for key in ("num_steps", "batch_size", "checkpoint_every", "sample_every"):
