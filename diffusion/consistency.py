@@ -164,3 +164,25 @@ def sampling_steps(schedule: Schedule, count: int) -> np.ndarray:
   """The `count` decreasing timesteps of a multistep chain: EDM's ρ = 7 spacing from σ ≈ 80
   over count + 1 points, less the last (σ_min, where f is the identity)."""
   return samplers.spaced_steps(schedule, count + 1, "karras")[:-1].copy()
+
+
+def steps_at(schedule: Schedule, sigmas, most: int) -> np.ndarray:
+  """The decreasing timesteps of a chain through the noise levels `sigmas` (EDM's units, the
+  first where the chain starts), each the timestep whose σ_t is nearest in log, above σ_min and
+  at most the top of `sampling_steps` (σ ≈ 80). A ValueError naming --sigmas for an empty or
+  too long list (more than `most` steps), a σ <= 0, or levels that do not decrease after
+  rounding."""
+  sigmas = np.asarray(sigmas, np.float64).reshape(-1)
+  if not 1 <= len(sigmas) <= most:
+    raise ValueError(f"--sigmas must hold 1 to {most} noise levels for this consistency model; "
+                     f"got {len(sigmas)}")
+  if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
+    raise ValueError(f"--sigmas must be positive; got {sigmas.tolist()}")
+  table = edm.sigmas(schedule)
+  top = int(sampling_steps(schedule, 1)[0])
+  steps = 1 + np.abs(np.log(table[1:top + 1])[None] - np.log(sigmas)[:, None]).argmin(axis=1)
+  if np.any(np.diff(steps) >= 0):
+    raise ValueError(f"--sigmas must decrease, and stay apart on the model's noise levels "
+                     f"(rounded: {np.round(table[steps], 4).tolist()})")
+  return steps
+

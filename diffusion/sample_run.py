@@ -28,7 +28,7 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
                     step: int | None = None, sampler: str | None = None, steps: int | None = None,
                     eta: float = 0.0, spacing: str | None = None, guidance: float | None = None,
                     class_label: int | None = None, layout: str = "npz",
-                    churn: float | None = None) -> np.ndarray:
+                    churn: float | None = None, sigmas=None) -> np.ndarray:
   """Draws `num` samples from a run; writes them in `layout` and returns them [num, *shape]
   in the data's units: uint8 for images (NHWC, the FID evaluators' format) and uint8 volumes,
   float32 otherwise (e.g. Å for coordinates).
@@ -56,6 +56,7 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   labels = class_labels(model, config, num, class_label, default="cycle")
   samples = draw_samples(config, model, variables, labels, seed=seed, batch=batch, sampler=sampler,
                          steps=steps, eta=eta, spacing=spacing, guidance=guidance, churn=churn,
+                         sigmas=sigmas,
                          desc=f"sample {sampler or default_sampler(config)} (step {step})")
   if jax.process_index() == 0:
     write_samples(out, samples, labels, model.num_classes, layout, spec)
@@ -103,7 +104,7 @@ def round_checkpoint(workdir: str, steps: int | None, step: int | None
 def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0, batch: int = 256,
                  sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
                  spacing: str | None = None, guidance: float | None = None,
-                 churn: float | None = None, desc: str = "sample") -> np.ndarray:
+                 churn: float | None = None, sigmas=None, desc: str = "sample") -> np.ndarray:
   """Samples [len(labels), *shape] in the data's units of a run's Denoiser (labels: classes,
   ignored by an unconditional model), drawn `batch` at a time over every device with a
   progress bar (samples/s, ETA). The next batch is dispatched before the last one is copied
@@ -113,7 +114,8 @@ def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0,
   mesh = make_mesh()
   spec = data_spec(config)
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps,
-                        eta=eta, spacing=spacing, guidance=guidance, churn=churn)
+                        eta=eta, spacing=spacing, guidance=guidance, churn=churn,
+                        sigmas=sigmas)
   variables, key, batch = replicate(variables, mesh), base_key(seed, "sample"), batch_size(batch)
   bar = tqdm.tqdm(total=num, desc=desc, unit="sample", disable=jax.process_index() != 0)
   out, pending = None, None

@@ -67,10 +67,11 @@ def class_labels(model, config, num: int, class_label: int | None, *,
 
 
 def student_steps(config, schedule: Schedule, sampler: str, steps: int | None,
-                  spacing: str | None, start: int | None) -> np.ndarray:
+                  spacing: str | None, start: int | None, sigmas=None) -> np.ndarray:
   """The timesteps a few-step model (config.distill) visits, after checking that the options
   fit it: a progressive student takes DDIM over its own K steps; a consistency model its own
-  chain of 1 to (its grid's points - 1) steps. Neither starts part-way (the applications)."""
+  chain of 1 to (its grid's points - 1) steps, or the one through `sigmas`. Neither starts
+  part-way (the applications)."""
   method, d = distill_method(config), config.distill
   if start is not None:
     raise ValueError(f"this run is a few-step model (config.distill.method {method!r}), trained "
@@ -91,6 +92,10 @@ def student_steps(config, schedule: Schedule, sampler: str, steps: int | None,
     raise ValueError(f"--sampler: a consistency model samples with its own chain "
                      f"(--sampler consistency); got {sampler!r}")
   most = d.num_points - 1 if method == "consistency" else d.s1
+  if sigmas is not None:
+    if steps is not None:
+      raise ValueError("--sigmas sets the chain's steps: give --steps or --sigmas, not both")
+    return consistency.steps_at(schedule, sigmas, most)
   count = samplers.DEFAULT_STEPS["consistency"] if steps is None else steps
   if not 1 <= count <= most:
     raise ValueError(f"--steps must lie in [1, {most}] for this consistency model (it was "
@@ -101,7 +106,7 @@ def student_steps(config, schedule: Schedule, sampler: str, steps: int | None,
 def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: str | None = None,
                  steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                  guidance: float | None = None, start: int | None = None,
-                 churn: float | None = None):
+                 churn: float | None = None, sigmas=None):
   """A jitted sampler of the Denoiser `model` over the devices of `mesh`:
 
     sample(variables, key, first_index, labels=None, cond=None, x_start=None)
@@ -119,7 +124,8 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
   the chain runs in the subspace of zero centre of mass: x_T and every
   prediction (not the learned variances) are centred, and so are the samples (the network being
   translation-invariant, this equals sampling with centred noise). A few-step
-  model (config.distill) visits its own timesteps (`student_steps`).
+  model (config.distill) visits its own timesteps (`student_steps`); a consistency model
+  those nearest to the noise levels `sigmas` if given.
   """
   d = config.diffusion
   model = as_denoiser(model, config.model)
@@ -128,8 +134,12 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
                 guidance=guidance, churn=churn)
   betas = betas_from_config(config)
   schedule = Schedule.from_betas(betas)
+  if sigmas is not None and distill_method(config) not in ("consistency",
+                                                           "consistency_training"):
+    raise ValueError("--sigmas sets the noise levels of a consistency model's chain, and this "
+                     "run is not one: use --steps and --spacing")
   if distill_method(config):
-    visit = student_steps(config, schedule, sampler, steps, spacing, start)
+    visit = student_steps(config, schedule, sampler, steps, spacing, start, sigmas)
   elif sampler == "consistency":
     raise ValueError("--sampler consistency needs a consistency model (config.distill.method "
                      "consistency or consistency_training)")

@@ -367,6 +367,8 @@ def test_ddpm_distill_and_sample_a_student_end_to_end(tmp_path, capsys):
     assert sample("--steps", steps) == 0
   assert np.load(tmp_path / "s.npz")["arr_0"].shape == (8, 8, 8, 1)
   for args, message in ((["--steps", "4"], r"made students of \[2, 1\] steps"),
+                        (["--sigmas", "80,x"], "--sigmas must be comma-separated numbers"),
+                        (["--sigmas", "80,1"], "a consistency model's chain, and this run is not"),
                         (["--sampler", "ddpm"], "samples with ddim over its own 1 steps"),
                         (["--spacing", "uniform"], "visits its own timesteps")):
     assert sample(*args) == 2
@@ -402,13 +404,28 @@ def test_a_consistency_model_samples_with_its_own_chain(method):
     sample = make_sampler(affine_model(), config, SHAPE, mesh, steps=steps)
     x = np.asarray(sample(variables, jax.random.key(0), 0, np.zeros(4, np.int32)))
     assert x.shape == (4, *SHAPE) and np.all(np.isfinite(x))
+  # --sigmas: the chain through the noise levels of `steps` is the same chain.
+  two = consistency.sampling_steps(diffusion.make_schedule("linear", T), 2)
+  through = make_sampler(affine_model(), config, SHAPE, mesh,
+                         sigmas=tuple(edm.sigmas(diffusion.make_schedule("linear", T))[two]))
+  run = lambda sample: np.asarray(sample(variables, jax.random.key(0), 0, np.zeros(4, np.int32)))
+  np.testing.assert_array_equal(run(through), run(make_sampler(affine_model(), config, SHAPE,
+                                                               mesh, steps=2)))
+  assert not np.array_equal(run(through), run(make_sampler(affine_model(), config, SHAPE, mesh,
+                                                           steps=1)))
   for options, message in (({"steps": most + 1}, rf"--steps must lie in \[1, {most}\]"),
                            ({"sampler": "ddim"}, "samples with its own chain"),
-                           ({"start": 5}, "the applications need a model of every timestep")):
+                           ({"start": 5}, "the applications need a model of every timestep"),
+                           ({"sigmas": (1.0, 2.0)}, "--sigmas must decrease"),
+                           ({"sigmas": (80.0, 1.0), "steps": 2}, "give --steps or --sigmas"),
+                           ({"sigmas": tuple(range(most + 1, 0, -1))},
+                            rf"--sigmas must hold 1 to {most} noise levels")):
     with pytest.raises(ValueError, match=message):
       make_sampler(affine_model(), config, SHAPE, mesh, **options)
   with pytest.raises(ValueError, match="needs a consistency model"):
     make_sampler(affine_model(), tiny_config(), (8, 8, 1), mesh, sampler="consistency")
+  with pytest.raises(ValueError, match="this run is not one"):
+    make_sampler(affine_model(), tiny_config(), (8, 8, 1), mesh, sigmas=(80.0,))
 
 
 @pytest.mark.parametrize("settings, teacher, method", [

@@ -63,12 +63,17 @@ def prepare_data_command(args: argparse.Namespace) -> None:
 def sample_command(args: argparse.Namespace) -> None:
   """`ddpm sample`: N samples from the EMA parameters of the newest checkpoint."""
   from diffusion import distributed, sample_run
+  try:
+    sigmas = None if args.sigmas is None else tuple(float(v) for v in args.sigmas.split(","))
+  except ValueError:
+    raise ValueError(f"--sigmas must be comma-separated numbers; got {args.sigmas!r}") from None
   distributed.use_cpu_cores()
   distributed.initialize()
   sample_run.sample_to_files(
       args.workdir, args.num, args.out, seed=args.seed, batch=args.batch, step=args.step,
       sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
-      guidance=args.guidance, class_label=args.class_label, layout=args.layout, churn=args.churn)
+      guidance=args.guidance, class_label=args.class_label, layout=args.layout, churn=args.churn,
+      sigmas=sigmas)
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
@@ -130,6 +135,9 @@ def add_parsers(commands) -> None:
   parser.add_argument("--batch", type=int, default=256, help="samples per compiled call")
   parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
   sampler_arguments(parser)
+  parser.add_argument("--sigmas",
+                      help="a consistency model's chain through these noise levels, e.g. 80,0.8 "
+                           "(decreasing, EDM's σ; instead of --steps)")
   parser.add_argument("--class", dest="class_label", type=int,
                       help="draw this class only (class-conditional models; default: all in turn)")
   parser.add_argument("--layout", default="npz",
