@@ -185,4 +185,3 @@ def steps_at(schedule: Schedule, sigmas, most: int) -> np.ndarray:
     raise ValueError(f"--sigmas must decrease, and stay apart on the model's noise levels "
                      f"(rounded: {np.round(table[steps], 4).tolist()})")
   return steps
-
