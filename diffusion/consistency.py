@@ -178,10 +178,8 @@ def steps_at(schedule: Schedule, sigmas, most: int) -> np.ndarray:
                      f"got {len(sigmas)}")
   if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
     raise ValueError(f"--sigmas must be positive; got {sigmas.tolist()}")
-  table = edm.sigmas(schedule)
-  top = int(sampling_steps(schedule, 1)[0])
-  steps = 1 + np.abs(np.log(table[1:top + 1])[None] - np.log(sigmas)[:, None]).argmin(axis=1)
+  steps = edm.nearest_steps(schedule, sigmas, low=1, high=int(sampling_steps(schedule, 1)[0]))
   if np.any(np.diff(steps) >= 0):
     raise ValueError(f"--sigmas must decrease, and stay apart on the model's noise levels "
-                     f"(rounded: {np.round(table[steps], 4).tolist()})")
+                     f"(rounded: {np.round(edm.sigmas(schedule)[steps], 4).tolist()})")
   return steps

@@ -34,6 +34,13 @@ def sigmas(schedule: Schedule) -> np.ndarray:
   return np.sqrt(np.expm1(-log_ac))
 
 
+def nearest_steps(schedule: Schedule, values, low: int = 0, high: int | None = None) -> np.ndarray:
+  """The timesteps in [low, high] (default: to T - 1) whose σ_t lie nearest in log to `values`
+  (σ's of any shape), int of that shape: how a σ becomes one of a discrete model's."""
+  table = np.log(sigmas(schedule)[low:None if high is None else high + 1])
+  return low + np.abs(table - np.log(np.asarray(values, np.float64))[..., None]).argmin(-1)
+
+
 def karras_sigmas(count: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
   """EDM's eq. (5): σ_i = (σ_max^{1/ρ} + i/(n-1) (σ_min^{1/ρ} - σ_max^{1/ρ}))^ρ, i < n,
   float64 [count], decreasing from σ_max to σ_min."""
@@ -126,8 +133,7 @@ def churned_steps(schedule: Schedule, steps: np.ndarray, churn: float = CHURN,
   for i, t in enumerate(steps):
     sigma = table[t]
     if churn > 0 and s_tmin <= sigma <= s_tmax:
-      above = np.arange(t, len(table))
-      out[i] = above[np.abs(np.log(table[above]) - np.log(sigma * (1 + gamma))).argmin()]
+      out[i] = nearest_steps(schedule, sigma * (1 + gamma), low=t)
   return out
 
 

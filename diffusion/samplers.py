@@ -60,7 +60,7 @@ def spaced_steps(schedule: Schedule, count: int | None = None, spacing: str = "u
   if not 0 <= start < num_steps:
     raise ValueError(f"the start step must lie in [0, {num_steps}); got {start}")
   if spacing == "karras":  # EDM's chains start at σ_max = 80 (or σ_start, if lower)
-    start = int(np.abs(np.log(edm.sigmas(schedule)[:start + 1] / edm.SIGMA_MAX)).argmin())
+    start = int(edm.nearest_steps(schedule, edm.SIGMA_MAX, high=start))
   count = start + 1 if count is None else count
   if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or not 1 <= count <= start + 1:
     raise ValueError(f"steps must be an int in [1, {start + 1}] (the number of timesteps up to "
@@ -76,9 +76,9 @@ def spaced_steps(schedule: Schedule, count: int | None = None, spacing: str = "u
     targets = log_snr[0] + grid * (log_snr[-1] - log_snr[0])
     steps = np.abs(log_snr[None, :] - targets[:, None]).argmin(axis=1)
   elif spacing == "karras":
-    table = np.log(edm.sigmas(schedule)[:start + 1])
-    targets = np.log(edm.karras_sigmas(count, np.exp(table[0]), np.exp(table[-1])))[::-1]
-    steps = np.abs(table[None, :] - targets[:, None]).argmin(axis=1)
+    table = edm.sigmas(schedule)
+    steps = edm.nearest_steps(schedule, edm.karras_sigmas(count, table[0], table[start])[::-1],
+                              high=start)
   else:
     steps = np.round(start * (grid if spacing == "uniform" else grid ** 2)).astype(int)
   for i in range(1, count):  # neighbours merged by rounding: push them apart
