@@ -148,7 +148,7 @@ def test_improved_consistency_trainings_curriculum_noise_levels_and_weights():
   schedule = diffusion.make_schedule("linear", T)
   objective = objectives.make(config, schedule)
   frozen = lambda name: (lambda x, t: jnp.zeros_like(x))
-  nets = objectives.Nets(student=lambda x, t: jnp.ones_like(x), frozen=frozen)
+  nets = objectives.Nets(student=lambda x, t: jnp.ones_like(x), frozen=frozen, shadow=frozen)
   x0 = jnp.asarray(gaussian_batches(1, 64)[0]["x"])
   out = objective.losses(nets, x0, jax.random.split(jax.random.key(0), 64), jnp.int32(3))
   grid_sigmas = edm.sigmas(schedule)[consistency.grid(schedule, int(out["points"][0]))]
@@ -289,6 +289,34 @@ def test_eight_devices_give_the_distillation_of_one(method):
   elif method != "progressive":  # the target trails the student
     assert 0 < moved(one.extra["target"], exact_teacher()["params"]) < moved(
         one.params, exact_teacher()["params"])
+
+
+def test_the_consistency_target_sees_the_students_dropout_mask():
+  """The target network runs in training mode with the student's dropout draws (the reference
+  implementation restores one random state for both calls): a network that drops half its
+  output equals, in a training step, its twin with that step's mask fixed in eval mode too."""
+  config = affine_config("consistency_training", **IMPROVED)
+  key = base_key(config.seed, "train")
+  mask_key = jax.random.fold_in(jax.random.fold_in(key, 0), np.uint32(2**32 - 1))
+  shape = (16, *SHAPE)
+  fixed = jax.random.bernoulli(mask_key, 0.5, shape) / 0.5
+
+  def dropping(params, x, t, train=False, rng=None):
+    return affine(params, x, t) * (jax.random.bernoulli(rng, 0.5, x.shape) / 0.5 if train else 1)
+
+  def twin(params, x, t):
+    return affine(params, x, t) * fixed
+
+  mesh = make_mesh(jax.devices()[:1])
+  losses = []
+  for fn in (dropping, twin):
+    model = models.function(fn, params=exact_teacher()["params"], name="tests:affine")
+    state = create_state(model, config, mesh, {"x": jnp.zeros((1, *SHAPE))}, exact_teacher())
+    step = make_train_step(model, diffusion.Schedule.from_betas(diffusion.linear_betas(T)),
+                           config, mesh)
+    _, metrics = step(state, shard_batch(gaussian_batches(1)[0], mesh), key)
+    losses.append(float(metrics["loss"]))
+  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
 
 
 def test_a_resumed_progressive_distillation_is_bit_exact_across_a_round(tmp_path):

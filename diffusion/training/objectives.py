@@ -51,9 +51,11 @@ def extra_names(config) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class Nets:
   """The networks an objective calls, each (x_t [B, ..., C], t int [B]) -> output: the
-  student (training mode, its parameters differentiated) and the frozen trees by name."""
+  student (training mode, its parameters differentiated) and the frozen trees by name, in
+  inference mode (`frozen`) or in training mode with the student's dropout mask (`shadow`)."""
   student: Callable[[jax.Array, jax.Array], jax.Array]
   frozen: Callable[[str], Callable[[jax.Array, jax.Array], jax.Array]]
+  shadow: Callable[[str], Callable[[jax.Array, jax.Array], jax.Array]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +174,9 @@ def _consistency(config, schedule, project, distill: bool) -> Objective:
     j, noise = _draws(keys, x0.shape[1:], project, index)
     t_lo, t_hi = row[j], row[j + 1]
     student = consistency.consistency_fn(nets.student, schedule, sigma_data)
-    target = consistency.consistency_fn(nets.frozen("target"), schedule, sigma_data)
+    # The target sees the student's dropout mask, as in the reference implementation (one
+    # random state for both calls); the teacher runs without dropout.
+    target = consistency.consistency_fn(nets.shadow("target"), schedule, sigma_data)
     teacher = None
     if distill:
       teacher = edm.denoiser(nets.frozen("teacher"), schedule,

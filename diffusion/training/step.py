@@ -107,11 +107,17 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
       label = jnp.where(jax.random.bernoulli(key_label, label_dropout), model.num_classes, label)
     return t[0], noise, label
 
-  def frozen(state, labels, cond):
+  def frozen(state, labels, cond, dropout_key=None):
+    """The tree `name` of state.extra as a network: in inference mode, or with `dropout_key`
+    in training mode with the student's dropout draws (its collection updates dropped)."""
     def network(name):
       def apply(x_t, t_):
         variables = {"params": state.extra[name], **state.model_state}
-        out = model(variables, x_t, t_, labels if conditional else None, cond)
+        y = labels if conditional else None
+        if dropout_key is None:
+          out = model(variables, x_t, t_, y, cond)
+        else:
+          out, _ = model.train_apply(variables, x_t, t_, y, cond, dropout_key)
         return jax.lax.stop_gradient(spec.project_output(out, x_t.shape[-1]))
       return apply
     return network
@@ -142,8 +148,9 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
         return spec.project_output(out, x_t.shape[-1])
 
       if objective is not None:
-        losses = objective.losses(objectives.Nets(denoise, frozen(state, labels, cond)), x0,
-                                  keys, state.step)
+        nets = objectives.Nets(denoise, frozen(state, labels, cond),
+                               frozen(state, labels, cond, dropout_key))
+        losses = objective.losses(nets, x0, keys, state.step)
         return jnp.sum(losses["loss"]) / size, (losses, updates)
       losses = training_losses(denoise, schedule, x0, step_key, loss=d.loss,
                                prediction=d.prediction, variance=d.variance, t=t, noise=noise,

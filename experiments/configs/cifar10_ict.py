@@ -9,8 +9,7 @@ pseudo-Huber distance (c = 0.00054 sqrt(3072) = 0.03), lognormal noise levels
 dropout 0.3, lr 1e-4 (the paper: RAdam; here Adam), batch 1,024, 400k updates,
 EMA 0.99993 for sampling. The paper's s1 = 1,280 exceeds the points a T = 1,000
 DDPM's σ's give below σ = 80 (930): s1 = 640 here (7 stages instead of 8). The
-target network runs without dropout here; the paper gives it the student's
-dropout mask.
+target network runs with the student's dropout mask, as in the paper's code.
 """
 
 import os
