@@ -16,6 +16,9 @@ import dataclasses
 import json
 import logging
 import os
+import sys
+import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -35,7 +38,56 @@ class IncompatibleResume(ValueError):
 
 
 def _reason(error: BaseException) -> str:
-  return f"{type(error).__name__}: {paths.first_line(error)}"
+  """The first line of the error's root cause (TensorStore's, under Orbax's wrappers)."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  return f"{type(error).__name__}: {paths.first_line(error).split('. See full TensorStore')[0]}"
+
+
+class _QuietReadOnly(logging.Filter):
+  """Drops Orbax's warning that a manager opened read-only is read-only."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
+class _QuietAfterDamage(logging.Filter):
+  """Drops asyncio's "... exception was never retrieved" records (see `_quiet_damaged_reads`)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "exception was never retrieved" not in record.getMessage()
+
+
+def _from_a_read(unraisable) -> bool:
+  """Whether an unraisable exception is the debris of an abandoned checkpoint read."""
+  value = unraisable.exc_value
+  if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+    return True
+  frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+  return any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
+
+
+def _quiet_damaged_reads() -> None:
+  """A failed read of a damaged checkpoint abandons Orbax's other reads: their errors reach
+  sys.unraisablehook and asyncio's log later, after `read` has returned (some 15,000 lines
+  of tracebacks for one damaged digits checkpoint), some while the next read runs. From the
+  first read on, those alone are dropped; the warning of `Checkpoints.newest` names the
+  damaged checkpoint and the first error."""
+  hook = sys.unraisablehook
+  if getattr(hook, "quiet_damaged_reads", False):
+    return
+
+  def quiet(unraisable):
+    if not _from_a_read(unraisable):
+      hook(unraisable)
+
+  quiet.quiet_damaged_reads = True
+  sys.unraisablehook = quiet
+  warnings.filterwarnings("ignore", "coroutine '.*' was never awaited", RuntimeWarning)
+  logging.getLogger("asyncio").addFilter(_QuietAfterDamage())
+
+
+_READ_ONLY = _QuietReadOnly()
 
 
 class Checkpoints:
@@ -46,6 +98,8 @@ class Checkpoints:
     self.workdir = paths.resolve(workdir, "--workdir")
     self.directory = self.workdir / "checkpoints"
     self.damaged: list[int] = []
+    if read_only:
+      logging.getLogger("absl").addFilter(_READ_ONLY)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=0 if read_only else every, max_to_keep=keep, create=not read_only,
         read_only=read_only, enable_async_checkpointing=True)
@@ -78,6 +132,7 @@ class Checkpoints:
     none. A newer one that fails twice (once could be a passing network error) is damaged: a
     warning names it and `self.damaged` lists it. An IncompatibleResume from `read` is not
     damage: it is raised."""
+    _quiet_damaged_reads()
     for step in reversed(self.all_steps()):
       for _ in range(2):
         try:
