@@ -13,6 +13,7 @@ import errno
 import importlib.util
 import io
 import os
+import tempfile
 import threading
 import time
 from typing import Any
@@ -51,6 +52,40 @@ def resolve(path: str | os.PathLike, argument: str = "path") -> epath.Path:
     raise ValueError(f"{argument} {text!r}: reading and writing {scheme}:// needs the {package} "
                      f"package (pip install {package})")
   return epath.Path(text)
+
+
+def check_output(path: str | os.PathLike, argument: str, *, folder: bool = False) -> None:
+  """Refuses, before any work, a local output that could not be written: a folder where a
+  file goes, a file where a folder goes or on its way, a folder that takes no new file (read
+  only, no permission: probed by writing, which root's permissions do not bypass). An object
+  store's path is only resolved (its writes are checked when they happen)."""
+  target = resolve(path, argument)
+  if is_remote(target):
+    return
+  text, local = os.fspath(path), os.fspath(target)
+  if os.path.isdir(local) and not folder:
+    raise ValueError(f"{argument} {text!r} is a folder; give a file name")
+  if os.path.exists(local) and not os.path.isdir(local) and folder:
+    raise ValueError(f"{argument} {text!r} is a file, not a folder")
+  existing = local if folder and os.path.isdir(local) else os.path.dirname(local)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ValueError(f"{argument} {text!r}: {existing!r} is a file, not a folder")
+  try:
+    descriptor, probe = tempfile.mkstemp(prefix=".ddpm-write-probe-", dir=existing)
+  except OSError as e:
+    raise ValueError(f"{argument} {text!r}: the folder {existing!r} takes no new file "
+                     f"({e.strerror or e})") from None
+  os.close(descriptor)
+  os.remove(probe)
+
+
+def check_input(path: str | os.PathLike, argument: str) -> None:
+  """Refuses, before any work, a local input path that does not exist."""
+  target = resolve(path, argument)
+  if not is_remote(target) and not os.path.exists(target):
+    raise FileNotFoundError(f"{argument} {os.fspath(path)!r} does not exist")
 
 
 def write_bytes(path: epath.Path, data: bytes) -> None:

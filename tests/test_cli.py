@@ -57,6 +57,51 @@ def test_a_compilation_cache_that_cannot_serve_is_named(tmp_path, monkeypatch, c
     jax.config.update("jax_compilation_cache_dir", saved)
 
 
+DIGITS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "configs", "digits.py")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--workdir", "{run}", "--num", "4", "--out", "{run}"],
+     "--out '{run}' is a folder; give a file name"),
+    (["sample", "--workdir", "{run}", "--num", "4", "--out", "{file}/s.npz"],
+     "--out '{file}/s.npz': '{file}' is a file, not a folder"),
+    (["train", "--config", DIGITS, "--workdir", "{file}"], "--workdir '{file}' is a file, not a folder"),
+    (["distill", "--config", DIGITS, "--workdir", "{run}", "--out", "{file}", "--method",
+      "progressive"], "--out '{file}' is a file, not a folder"),
+    (["evaluate", "--workdir", "{run}", "--bpd", "--samples", "{run}/none.npz", "--digits"],
+     "--samples '{run}/none.npz' does not exist"),
+    (["evaluate", "--samples", "{file}", "--digits", "--out", "{run}"], "--out '{run}' is a folder"),
+    (["inpaint", "--workdir", "{run}", "--image", "{run}/none.png", "--mask", "{file}", "--out",
+      "o.png"], "--image '{run}/none.png' does not exist"),
+    (["bench-data", "--config", DIGITS, "--json", "{run}"], "--json '{run}' is a folder"),
+    (["prepare-data", "--config", DIGITS, "--out", "{file}"], "--out '{file}' is a file, not a folder"),
+    (["sample", "--workdir", "{run}", "--num", "4", "--out", "{run}/new/s.npz"],
+     "--out '{run}/new/s.npz': the folder '{run}' takes no new file (Read-only file system)"),
+])
+def test_paths_that_cannot_serve_are_named_before_any_work(argv, message, tmp_path, monkeypatch,
+                                                            capsys):
+  """Inputs that do not exist, outputs where a folder or file is in the way or a folder that
+  takes no file (read-only: simulated, as root's permissions would not show it): one line,
+  before the run is even opened ({run} is an empty folder, no run)."""
+  import errno
+  import tempfile
+  run, file = tmp_path / "run", tmp_path / "file"
+  run.mkdir()
+  file.write_text("")
+  fill = lambda text: text.format(run=run, file=file)
+
+  def read_only(*args, **kwargs):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+  if "takes no new file" in message:
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+  assert cli.main([fill(a) for a in argv]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"ddpm {argv[0]}: error: {fill(message)}"] or (
+      len(err) == 1 and fill(message) in err[0]), err
+  assert sorted(os.listdir(tmp_path)) == ["file", "run"] and not os.listdir(run)
+
+
 @pytest.mark.parametrize("argv", [[], ["--help"]])
 def test_usage(argv, capsys):
   with pytest.raises(SystemExit):

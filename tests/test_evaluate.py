@@ -100,7 +100,10 @@ def test_evaluate_digits_measures(tmp_path, capsys):
     (["--samples", "{tmp}/big.npz"], "needs --inception WEIGHTS"),
     (["--samples", "{tmp}/big.npz", "--inception", "{tmp}/pt_inception.pth"],
      "Inception weights .* do not exist.*nothing is downloaded"),
-    (["--samples", "{tmp}/mixed"], "mixes image shapes"),
+    (["--samples", "{tmp}/mixed", "--digits"], "mixes image shapes"),
+    (["--workdir", "{tmp}", "--bpd", "--samples", "{tmp}/big.npz", "--inception", "{tmp}/w.pth"],
+     "Inception weights .* do not exist"),  # before the (minutes of) --bpd, not after
+    (["--workdir", "{tmp}", "--bpd", "--chunk", "0"], "--chunk must be >= 1; got 0"),
     (["--workdir", "{tmp}", "--bpd"], "holds no checkpoints"),
     (["--samples", "{tmp}/big.npz", "--digits", "--inception", "w.pth"], "--digits .* takes no"),
     (["--samples", "{tmp}/big.npz", "--digits", "--digits-reference", "val"],

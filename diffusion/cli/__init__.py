@@ -32,11 +32,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command.startswith("bench"):  # the benchmarks time compilation: never cached
       from diffusion import distributed
       distributed.use_compilation_cache()
+    _check_paths(args)
     args.run(args)
   except bad_input as e:
     print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+  """The command's inputs exist and its outputs can be written, before any work: the
+  parsers name them in `inputs` and `outputs` (argument names; outputs as (name, is_folder),
+  or a function of the arguments giving those)."""
+  from diffusion import paths
+  flag = lambda name: "--" + name.replace("_", "-")
+  for name in getattr(args, "inputs", ()):
+    if getattr(args, name, None) is not None:
+      paths.check_input(getattr(args, name), flag(name))
+  outputs = getattr(args, "outputs", ())
+  for name, folder in outputs(args) if callable(outputs) else outputs:
+    if getattr(args, name, None) is not None:
+      paths.check_output(getattr(args, name), flag(name), folder=folder)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ def add_parsers(commands) -> None:
     parser.add_argument("--class", dest="class_label", type=int,
                         help="class-conditional models: condition on class C (default: the null "
                              "class, if the run was trained with label dropout)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, inputs=["workdir", "image", "mask", "images"],
+                        outputs=[("out", False)])
     return parser
 
   example = "a PNG (images) or an .npy/.npz array of config.data.shape in the data's units"

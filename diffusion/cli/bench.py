@@ -113,7 +113,7 @@ def add_parsers(commands) -> None:
   parser.add_argument("--dtype", **dtype)
   parser.add_argument("--steps", type=int, default=5, help="timed steps after a warm-up")
   parser.add_argument("--json", **json_)
-  parser.set_defaults(run=bench_unet)
+  parser.set_defaults(run=bench_unet, outputs=[("json", False)])
 
   parser = commands.add_parser(
       "bench", help="training and sampling speed, memory and FLOP utilisation, beside PyTorch")
@@ -134,7 +134,7 @@ def add_parsers(commands) -> None:
   parser.add_argument("--layers", action="store_true",
                       help="also time conv/GroupNorm/swish at each level's shape, JAX vs PyTorch")
   parser.add_argument("--json", **json_)
-  parser.set_defaults(run=bench)
+  parser.set_defaults(run=bench, outputs=[("json", False)])
 
   parser = commands.add_parser(
       "bench-sampling", help="samples/s of each sampler on a config's network")
@@ -146,7 +146,7 @@ def add_parsers(commands) -> None:
   parser.add_argument("--dtype", **dtype)
   parser.add_argument("--repeats", type=int, default=1, help="timed chains after the first")
   parser.add_argument("--json", **json_)
-  parser.set_defaults(run=bench_sampling)
+  parser.set_defaults(run=bench_sampling, outputs=[("json", False)])
 
   parser = commands.add_parser(
       "bench-data", help="images/s of the data pipeline alone, per worker and in total",
@@ -162,4 +162,4 @@ def add_parsers(commands) -> None:
                       help="the train step's consumption to compare with (default: the paper's "
                            "2,700 images/s on a TPU v3-8)")
   parser.add_argument("--json", **json_)
-  parser.set_defaults(run=bench_data, takes_overrides=True)
+  parser.set_defaults(run=bench_data, takes_overrides=True, outputs=[("json", False)])

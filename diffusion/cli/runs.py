@@ -98,7 +98,8 @@ def add_parsers(commands) -> None:
       usage="ddpm train --config FILE --workdir DIR [--config.KEY=VALUE ...]")
   parser.add_argument("--config", required=True, help="an experiments/configs/*.py file")
   parser.add_argument("--workdir", required=True, help="where checkpoints, metrics and samples go")
-  parser.set_defaults(run=train_command, takes_overrides=True, engine=True)
+  parser.set_defaults(run=train_command, takes_overrides=True, engine=True,
+                      outputs=[("workdir", True)])
 
   parser = commands.add_parser(
       "distill", help="distil a trained run into a few-step student (progressive or consistency)",
@@ -117,7 +118,9 @@ def add_parsers(commands) -> None:
   parser.add_argument("--teacher-steps", type=int,
                       help="progressive: the teacher's DDIM steps K0 (default: the config's)")
   parser.add_argument("--step", type=int, help="the teacher's checkpoint (default: the newest)")
-  parser.set_defaults(run=distill_command, takes_overrides=True, engine=True)
+  # No check that --workdir exists: a student resumes without its teacher's folder.
+  parser.set_defaults(run=distill_command, takes_overrides=True, engine=True,
+                      outputs=[("out", True)])
 
   parser = commands.add_parser(
       "prepare-data", help="write a config's data as ArrayRecord shards (the fastest source)",
@@ -125,7 +128,7 @@ def add_parsers(commands) -> None:
   parser.add_argument("--config", required=True, help="the config whose data to write")
   parser.add_argument("--out", required=True, help="a new local folder for the shards")
   parser.add_argument("--shards", type=int, default=8, help="number of shard files")
-  parser.set_defaults(run=prepare_data_command, takes_overrides=True)
+  parser.set_defaults(run=prepare_data_command, takes_overrides=True, outputs=[("out", True)])
 
   parser = commands.add_parser("sample", help="draw samples from a trained run")
   parser.add_argument("--workdir", required=True)
@@ -143,7 +146,8 @@ def add_parsers(commands) -> None:
   parser.add_argument("--layout", default="npz",
                       help="npz (arr_0 and labels, plus a PNG grid) or folders (a PNG per sample "
                            "in per-class folders, for data augmentation)")
-  parser.set_defaults(run=sample_command)
+  parser.set_defaults(run=sample_command, inputs=["workdir"],
+                      outputs=lambda args: [("out", args.layout == "folders")])
 
   parser = commands.add_parser(
       "evaluate", help="FID/KID/IS of samples, the digits measures, bits/dim of a data split",
@@ -169,4 +173,6 @@ def add_parsers(commands) -> None:
   parser.add_argument("--chunk", type=int, default=10, help="timesteps per network call (--bpd)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--out", help="also write the figures as JSON")
-  parser.set_defaults(run=evaluate_command)
+  parser.set_defaults(run=evaluate_command,
+                      inputs=["samples", "reference", "workdir"],
+                      outputs=[("out", False), ("save_reference", False)])

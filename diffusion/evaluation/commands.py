@@ -177,6 +177,16 @@ def evaluate(args) -> dict:
       raise ValueError("--digits needs --samples")
   if args.bpd and not args.workdir:
     raise ValueError("--bpd needs --workdir (a training run)")
+  for name in ("batch", "chunk", "num"):
+    value = getattr(args, name, None)
+    if value is not None and value < 1:
+      raise ValueError(f"--{name} must be >= 1; got {value}")
+  if args.samples and not (args.digits or getattr(args, "synthetic", None)):
+    if not args.inception:
+      raise ValueError("--samples needs --inception WEIGHTS (the FID network's weights file) "
+                       "or --digits (the offline digits measures)")
+    from diffusion.evaluation.inception import weights_file
+    weights_file(args.inception)  # before the work of --bpd
   if args.bpd:
     bpd = workdir_bits_per_dim(args.workdir, split=args.split, num=args.num, batch=args.batch,
                                chunk_size=args.chunk, seed=args.seed)
@@ -202,9 +212,6 @@ def evaluate(args) -> dict:
       metrics = digits_metrics(samples, DigitsEvaluator.load(), reference=args.digits_reference)
       names = {"fid": "digits-FID", "kid": "digits-KID", "is": "digits-IS"}
     else:
-      if not args.inception:
-        raise ValueError("--samples needs --inception WEIGHTS (the FID network's weights file) "
-                         "or --digits (the offline digits measures)")
       metrics = inception_metrics(samples, args.inception, args.reference,
                                   save_reference=args.save_reference, batch=args.batch)
       names = {"fid": "FID", "kid": "KID", "is": "IS"}

@@ -199,14 +199,20 @@ def _expected_shapes() -> dict:
   return {k: v.shape for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
 
 
-def load_inception(path: str) -> dict:
-  """The FID Inception's variables from pytorch-fid's .pth (needs torch) or a converted .npz."""
+def weights_file(path: str):
+  """The Inception weights' path, or a FileNotFoundError that says what to supply."""
   file = paths.resolve(path, "--inception")
   if not file.exists():
     raise FileNotFoundError(
         f"Inception weights {path!r} do not exist: supply the FID network's weights "
         "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or an .npz converted from it with "
         "`python -m diffusion.evaluation.inception IN.pth OUT.npz`); nothing is downloaded")
+  return file
+
+
+def load_inception(path: str) -> dict:
+  """The FID Inception's variables from pytorch-fid's .pth (needs torch) or a converted .npz."""
+  file = weights_file(path)
   if path.endswith(".npz"):
     state = paths.load_npz(file, "Inception weights")
   else:
