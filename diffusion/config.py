@@ -126,6 +126,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if train.num_steps % k:
     raise ValueError(f"config.train.steps_per_dispatch ({k}) must divide config.train.num_steps "
                      f"({train.num_steps})")
+  if (train.get("sample_steps") or 0) > d.num_steps:
+    raise ValueError(f"config.train.sample_steps ({train.sample_steps}) must not exceed "
+                     f"config.diffusion.num_steps ({d.num_steps}); 0: the sampler's default")
   if "beta_start" in d and "beta_end" in d and d.beta_start > d.beta_end:
     raise ValueError(f"config.diffusion.beta_start ({d.beta_start!r}) must not exceed "
                      f"config.diffusion.beta_end ({d.beta_end!r})")

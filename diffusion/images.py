@@ -67,8 +67,12 @@ def list_images(folder: epath.Path) -> list[epath.Path]:
 def open_image(path: epath.Path) -> Image.Image:
   """A PIL image of a file (local or in an object store), its pixels read."""
   with path.open("rb") as f:
-    image = Image.open(io.BytesIO(f.read()))
+    data = f.read()
+  try:
+    image = Image.open(io.BytesIO(data))
     image.load()
+  except (OSError, ValueError, SyntaxError) as e:  # PIL's errors of a broken or foreign file
+    raise ValueError(str(e).split(" <_io.BytesIO")[0]) from None  # not the buffer's repr
   return image
 
 

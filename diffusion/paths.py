@@ -115,6 +115,9 @@ def save_npz(path: epath.Path, **arrays: Any) -> None:
 def load_npz(path: epath.Path, argument: str = "path") -> dict[str, np.ndarray]:
   """The arrays of an .npz file, or a ValueError naming `argument` for anything else."""
   data = read_bytes(path, argument)
+  if not data.startswith((b"PK", b"\x93NUMPY")):  # a zip archive (.npz) or an .npy array
+    raise ValueError(f"{argument} {os.fspath(path)!r} is no .npz archive (nor an .npy array): "
+                     "write it with numpy.savez")
   try:
     archive = np.load(io.BytesIO(data), allow_pickle=False)
   except Exception as e:  # zipfile, pickle and format errors of a broken file

@@ -28,6 +28,8 @@ def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta
     raise ValueError(f"--steps must be an int in [1, {num_steps}] (the model's T); got {steps!r}")
   if not 0.0 <= eta <= 1.0:
     raise ValueError(f"--eta must lie in [0, 1]; got {eta!r}")
+  if eta and sampler != "ddim":
+    raise ValueError(f"--eta is DDIM's η: it needs --sampler ddim; got --sampler {sampler}")
   if churn is not None and not (churn >= 0 and sampler == "edm-sde"):
     raise ValueError(f"--churn is S_churn >= 0 of --sampler edm-sde; got {churn!r} with "
                      f"--sampler {sampler}")

@@ -147,6 +147,13 @@ def test_anomaly_scores_separate_digits_from_non_digits(digits_run, tmp_path, ca
                    "--out", str(tmp_path / "folder.csv"), "--sampler", "ddim", "--steps",
                    "10"]) == 0
   assert "AUROC" in capsys.readouterr().out
+  # Normal examples only: the scores, and no AUROC (a note, not an error).
+  np.savez(tmp_path / "normal.npz", images=normal[:4], labels=np.zeros(4, int))
+  assert cli.main(["anomaly", "--workdir", str(digits_run), "--images",
+                   str(tmp_path / "normal.npz"), "--out", str(tmp_path / "normal.csv"),
+                   "--sampler", "ddim", "--steps", "10"]) == 0
+  assert "no AUROC" in capsys.readouterr().out
+  assert len(open(tmp_path / "normal.csv").read().splitlines()) == 5
 
 
 def test_auroc_counts_the_ordered_pairs():
@@ -171,9 +178,15 @@ def test_auroc_counts_the_ordered_pairs():
     (["sample", "--num", "4", "--out", "s.npz", "--class", "10"], r"--class must lie in \[0, 10\)"),
     (["sample", "--num", "4", "--out", "s.npz", "--eta", "2", "--sampler", "ddim"],
      r"--eta must lie in \[0, 1\]"),
+    (["sample", "--num", "4", "--out", "s.npz", "--eta", "0.5", "--sampler", "ddpm"],
+     "--eta is DDIM's η: it needs --sampler ddim; got --sampler ddpm"),
     (["enhance", "--image", "IMG", "--out", "o.png"], "not conditioned"),
     (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--class", "-1"],
      r"--class must lie in \[0, 10\)"),
+    (["inpaint", "--image", "IMG", "--mask", "MASK", "--out", "o.png", "--num-samples", "0"],
+     "--num-samples must be >= 1; got 0"),
+    (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.jpg"],
+     r"--out .*o.jpg' must end in .png \(images\) or .npz"),
 ])
 def test_bad_input_is_named(digits_run, tmp_path, capsys, argv, message):
   files = {"BIG": np.zeros((16, 16, 1), np.uint8), "IMG": np.zeros((8, 8, 1), np.uint8),
@@ -181,7 +194,7 @@ def test_bad_input_is_named(digits_run, tmp_path, capsys, argv, message):
   paths = {name: save(tmp_path / f"{name}.png", image) for name, image in files.items()}
   argv = [paths.get(a, a) for a in argv]
   argv = argv[:1] + ["--workdir", str(digits_run)] + [
-      str(tmp_path / a) if a in ("o.png", "s.npz") else a for a in argv[1:]]
+      str(tmp_path / a) if a in ("o.png", "o.jpg", "s.npz") else a for a in argv[1:]]
   assert cli.main(argv) == 2
   assert re.search(message, capsys.readouterr().err)
 

@@ -376,14 +376,20 @@ def test_ddpm_distill_and_sample_a_student_end_to_end(tmp_path, capsys):
       (["--method", "progressive", "--teacher-steps", "64"],
        r"--teacher-steps must lie in \[1, 20\]"),
       (["--method", "distillation"], "--method must be one of progressive, consistency"),
-      (["--method", "consistency"], "config.distill has no num_points, target_decay, "
-       "sigma_data, metric, which method 'consistency' needs")):
+      (["--method", "consistency"], "--method consistency: the distillation config's distill "
+       "section has no num_points, target_decay, sigma_data, metric \\(a config for it: "
+       "experiments/configs/consistency_digits.py\\)")):
     assert distill(*args) == 2, args
     assert re.search(message, capsys.readouterr().err), (args, message)
   assert cli.main(["distill", "--config", os.path.join(CONFIGS, "consistency_digits.py"),
                    "--workdir", str(teacher), "--out", str(student), "--method", "consistency",
                    "--config.distill.num_points=50"]) == 2
   assert re.search(r"config.distill.num_points must lie in \[2, 20\]", capsys.readouterr().err)
+  assert cli.main(["distill", "--config", os.path.join(CONFIGS, "consistency_digits.py"),
+                   "--workdir", str(teacher), "--out", str(student), "--method", "progressive",
+                   "--steps", "1"]) == 2
+  assert "--method progressive: the distillation config's distill section has no " \
+         "teacher_steps, round_steps" in capsys.readouterr().err
   assert not student.exists()  # nothing written
 
   assert distill("--method", "progressive", "--teacher-steps", "4", "--steps", "1",

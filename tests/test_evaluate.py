@@ -110,12 +110,14 @@ def test_evaluate_digits_measures(tmp_path, capsys):
      "--digits-reference must be one of train, test, all"),
     (["--samples", "{tmp}/big.npz", "--save-reference", "s.npz"], "--save-reference needs"),
     (["--samples", "{tmp}/one.npz", "--digits"], "is a single .npy array"),
+    (["--samples", "{tmp}/text.npz", "--digits"], "is no .npz archive"),
 ])
 def test_evaluate_bad_input(tmp_path, capsys, argv, message):
   np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 8, 8, 1), np.float32))
   np.savez(tmp_path / "big.npz", arr_0=np.zeros((4, 16, 16, 1), np.uint8))
   np.save(tmp_path / "one.npy", np.zeros((4, 8, 8, 1), np.uint8))
   os.replace(tmp_path / "one.npy", tmp_path / "one.npz")
+  (tmp_path / "text.npz").write_text("not an archive\n")
   (tmp_path / "mixed").mkdir()
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mixed" / "a.png")
   Image.fromarray(np.zeros((9, 9), np.uint8)).save(tmp_path / "mixed" / "b.png")

@@ -167,7 +167,7 @@ def test_bad_weights_and_images(weights, tmp_path):
   with pytest.raises(ValueError, match="not the FID Inception-v3: unexpected entry 'mu'"):
     load_inception(str(tmp_path / "stats.npz"))
   (tmp_path / "truncated.pth").write_bytes(open(path, "rb").read()[:1000])
-  with pytest.raises(ValueError, match="cannot be read by torch.load"):
+  with pytest.raises(ValueError, match="are no PyTorch checkpoint \\(torch.load: "):
     load_inception(str(tmp_path / "truncated.pth"))
   state = dict(reference.state)
   state["Mixed_6b.branch1x1.conv.weight"] = state["Mixed_6b.branch1x1.conv.weight"][:10]

@@ -149,6 +149,17 @@ def test_train_on_an_image_folder(tmp_path, monkeypatch, capsys):
     (["--config.diffusion.beta_start=-0.1"], r"config.diffusion.beta_start must be a number in \(0, 1\)"),
     (["--config.diffusion.beta_start=0.05"], "beta_start .* must not exceed config.diffusion.beta_end"),
     (["--config.train.steps_per_dispatch=4"], r"steps_per_dispatch \(4\) must divide"),
+    (["--config.model.ch_mult=abc"], r"config.model.ch_mult must be a non-empty sequence of "
+                                      r"positive ints, e.g. \(1, 2, 2\); got \('abc',\)"),
+    (["--config.model.ch_mult=(1,0)"], r"config.model.ch_mult must be .* got \(1, 0\)"),
+    (["--config.model.num_res_blocks=0"], "config.model.num_res_blocks must be a positive int"),
+    (["--config.train.sample_steps=5000"],
+     r"config.train.sample_steps \(5000\) must not exceed config.diffusion.num_steps \(20\)"),
+    (["--config.train.label_dropout=0.1"],
+     r"config.train.label_dropout 0.1 .* needs config.model.num_classes > 0"),
+    (["--config.model.attn_resolutions=(3,)"],
+     r"attn_resolutions \(3,\): no level of this U-Net has size 3 \(its levels' sizes along the "
+     r"first spatial axis: \[8\]\)"),
 ])
 def test_bad_runs_stop_before_training(tmp_path, capsys, overrides, message):
   (tmp_path / "good.png").write_bytes(b"")
@@ -161,10 +172,25 @@ def test_bad_runs_stop_before_training(tmp_path, capsys, overrides, message):
 
 
 def test_bad_overrides(tmp_path):
-  with pytest.raises(SystemExit, match='no such key.*Did you mean "batch_size"'):
+  with pytest.raises(SystemExit) as stop:
     train(tmp_path, "--config.train.batchsize=3")
+  assert str(stop.value) == ("ddpm: error: --config.train.batchsize: the config has no key "
+                             "'batchsize'; did you mean \"batch_size\" instead of \"batchsize\"?")
   with pytest.raises(SystemExit, match="unrecognized arguments: --seed=3"):
     train(tmp_path, "--seed=3")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("def get_config(:\n  pass\n", "line 1: invalid syntax"),
+    ("CONFIG = None\n", "defines no get_config() (the function that returns the config)"),
+    ("def get_config():\n  return 1 / 0\n", "failed: ZeroDivisionError: division by zero"),
+])
+def test_broken_config_files_are_one_line(tmp_path, text, message):
+  path = tmp_path / f"broken_{len(text)}.py"  # a module name no other test loads
+  path.write_text(text)
+  with pytest.raises(SystemExit) as stop:
+    cli.main(["train", "--config", str(path), "--workdir", str(tmp_path / "run")])
+  assert str(stop.value) == f"ddpm: error: --config {str(path)!r} {message}"
 
 
 LONG = tiny_overrides(num_steps=24, checkpoint_every=12, log_every=4, num_samples=0)

@@ -28,6 +28,10 @@ def _run(args, *, table: bool = False):
   Images are written as PNGs (or an .npz if --out names one), other data as an .npz with a
   preview PNG beside it; `table`: the output is a CSV whatever the data."""
   out = paths.resolve(args.out, "--out")
+  if getattr(args, "num_samples", 1) < 1:
+    raise ValueError(f"--num-samples must be >= 1; got {args.num_samples}")
+  if not table and out.suffix.lower() not in (".png", ".npz"):
+    raise ValueError(f"--out {args.out!r} must end in .png (images) or .npz (any data)")
   config, model, variables, _ = load_run(args.workdir, args.step)
   if distill_method(config) and args.command != "enhance":
     raise ValueError(f"--workdir {args.workdir!r} is a few-step model (config.distill.method "
@@ -71,7 +75,10 @@ def read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
   if len(shape) != 2:
     raise ValueError(f"--mask {path!r}: a PNG mask is for images; this data's positions are "
                      f"{tuple(shape)}: give an .npy of bools")
-  mask = np.asarray(open_image(file).convert("L"))
+  try:
+    mask = np.asarray(open_image(file).convert("L"))
+  except Exception as e:  # PIL raises many types for a broken file
+    raise ValueError(f"--mask {path!r} is not a readable image: {e}") from None
   if mask.shape != tuple(shape):
     raise ValueError(f"--mask {path!r} is {mask.shape[0]}×{mask.shape[1]}; the image is "
                      f"{shape[0]}×{shape[1]}")
@@ -146,6 +153,10 @@ def anomaly_command(args) -> float | None:
   paths.write_bytes(out, table.getvalue().encode())
   paths.save_npz(out.with_name(f"{out.stem}_maps.npz"), maps=maps, scores=scores)
   if labels is None:
+    return None
+  if len(set(np.asarray(labels).tolist())) < 2:
+    print(f"no AUROC: --images {args.images!r} is labelled "
+          f"{'anomalous' if labels[0] else 'normal'} only; {out.name} holds the scores")
     return None
   value = auroc(scores, labels)
   print(f"AUROC {value:.4f} ({int(labels.sum())} anomalous, {int((1 - labels).sum())} normal)")

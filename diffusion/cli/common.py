@@ -9,6 +9,9 @@ def config_with_overrides(path: str, overrides: list[str]):
   """The config file with `--config.a.b=value` overrides applied (ml_collections syntax)."""
   from absl import flags
   from ml_collections import config_flags
+  if os.path.isdir(path):
+    raise SystemExit(f"ddpm: error: --config {path!r} is a folder; give a config file "
+                     "(experiments/configs/*.py)")
   if not os.path.isfile(path):
     raise SystemExit(f"ddpm: error: --config {path!r} does not exist")
   bad = [o for o in overrides if not o.startswith("--config.")]
@@ -23,9 +26,29 @@ def config_with_overrides(path: str, overrides: list[str]):
   except flags.Error as e:
     raise SystemExit(f"ddpm: error: {e}") from None
   except (KeyError, AttributeError) as e:  # ml_collections, for a key the config lacks
-    message = e.args[0] if e.args else e
-    raise SystemExit(f"ddpm: error: the config has no such key: {message}") from None
+    raise SystemExit(f"ddpm: error: {_missing_key(e, path, overrides)}") from None
+  except SyntaxError as e:
+    raise SystemExit(f"ddpm: error: --config {path!r} line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # an error of the config file's own code
+    raise SystemExit(f"ddpm: error: --config {path!r} failed: {type(e).__name__}: {e}") from None
   return values.config
+
+
+def _missing_key(error: BaseException, path: str, overrides: list[str]) -> str:
+  """One line for ml_collections' KeyError/AttributeError (an override's key the config lacks,
+  with its own "Did you mean" suggestion), or a config file without get_config()."""
+  while error.args and isinstance(error.args[0], BaseException):  # a KeyError in an AttributeError
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  if "has no attribute 'get_config'" in text:
+    return f"--config {path!r} defines no get_config() (the function that returns the config)"
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  key = lines[0].strip("'\"") if lines else text
+  override = next((o.split("=", 1)[0] for o in overrides
+                   if key in o.split("=", 1)[0].split(".")), None)
+  where = f"{override}: " if override else ""
+  hint = f"; {lines[1][:1].lower()}{lines[1][1:]}" if len(lines) > 1 else ""
+  return f"{where}the config has no key {key!r}{hint}"
 
 
 def sampler_arguments(parser: argparse.ArgumentParser, guidance: bool = True) -> None:

@@ -225,7 +225,9 @@ def load_inception(path: str) -> dict:
       with file.open("rb") as f:
         state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and OS errors of a broken or foreign file
-      raise ValueError(f"Inception weights {path!r} cannot be read by torch.load: {e}") from None
+      raise ValueError(f"Inception weights {path!r} are no PyTorch checkpoint (torch.load: "
+                       f"{type(e).__name__}: {paths.first_line(e)}); give pytorch-fid's .pth or "
+                       "its .npz conversion") from None
     if not isinstance(state, dict):
       raise ValueError(f"Inception weights {path!r} hold a {type(state).__name__}, not a state dict")
     state = {k: v.numpy() if hasattr(v, "numpy") else v for k, v in state.items()}

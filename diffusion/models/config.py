@@ -34,11 +34,17 @@ def from_config(config: Mapping[str, Any]) -> UNet:
       config["dtype"] = jnp.dtype(config["dtype"])
     except TypeError:
       raise ValueError(f"config.model.dtype {config['dtype']!r} is not a dtype") from None
+  positive = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1
   for key in ("ch_mult", "attn_resolutions"):
     if key in config:
-      config[key] = tuple(config[key])
-  for key in ("ch", "num_groups"):
-    if key in config and (not isinstance(config[key], int) or config[key] < 1):
+      value = config[key]
+      if (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")
+          or not all(positive(v) for v in value) or (key == "ch_mult" and not len(value))):
+        raise ValueError(f"config.model.{key} must be a {'non-empty ' * (key == 'ch_mult')}"
+                         f"sequence of positive ints, e.g. (1, 2, 2); got {value!r}")
+      config[key] = tuple(value)
+  for key in ("ch", "num_groups", "num_res_blocks", "num_heads"):
+    if key in config and not positive(config[key]):
       raise ValueError(f"config.model.{key} must be a positive int; got {config[key]!r}")
   model = UNet(**config)
   if model.ch % model.num_groups or any(model.ch * m % model.num_groups for m in model.ch_mult):
@@ -69,6 +75,12 @@ def unet_check(model: UNet) -> Callable[[tuple[int, ...]], None]:
       raise ValueError(f"config.data.shape {tuple(shape)}: each spatial axis must be divisible "
                        f"by {factor} for the {len(model.ch_mult) - 1} halvings of "
                        f"config.model.ch_mult {tuple(model.ch_mult)}")
+    sizes = [shape[0] // 2 ** level for level in range(len(model.ch_mult))]
+    unused = sorted(set(model.attn_resolutions) - set(sizes))
+    if unused:
+      raise ValueError(f"config.model.attn_resolutions {tuple(model.attn_resolutions)}: no level "
+                       f"of this U-Net has size {unused[0]} (its levels' sizes along the first "
+                       f"spatial axis: {sizes})")
   return check
 
 

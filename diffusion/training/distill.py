@@ -59,6 +59,11 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
     if teacher_steps is not None:
       d.teacher_steps = teacher_steps
     config.train.label_dropout = 0.0
+    keys, example = objectives.KEYS[method]
+    missing = [k for k in keys if k not in d]
+    if missing:
+      raise ValueError(f"--method {method}: the distillation config's distill section has no "
+                       f"{', '.join(missing)} (a config for it: experiments/configs/{example})")
     if method == "progressive":
       config.diffusion.prediction = "v"
       config.train.num_steps = objectives.progressive.rounds(d.teacher_steps, d.steps) * \

@@ -73,6 +73,9 @@ def _check_fit(config, model, source) -> None:
   if model.num_classes and model.num_classes != classes:
     raise ValueError(f"config.model.num_classes is {model.num_classes} but the data has "
                      f"{classes} classes")
+  if train.get("label_dropout", 0.0) > 0 and not model.num_classes:
+    raise ValueError(f"config.train.label_dropout {train.label_dropout} drops class labels for "
+                     "classifier-free guidance: it needs config.model.num_classes > 0")
   if model.learned_variance != (config.diffusion.variance in LEARNED_VARIANCES):
     raise ValueError(f"config.model.learned_variance={model.learned_variance} does not fit "
                      f"config.diffusion.variance={config.diffusion.variance!r}")
