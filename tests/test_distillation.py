@@ -407,7 +407,10 @@ def test_ddpm_distill_and_sample_a_student_end_to_end(tmp_path, capsys):
                         (["--spacing", "uniform"], "visits its own timesteps")):
     assert sample(*args) == 2
     assert re.search(message, capsys.readouterr().err), args
-  assert cli.main(["denoise", "--workdir", str(student), "--image", "x.png", "--sigma", "0.1",
+  from PIL import Image
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+  assert cli.main(["denoise", "--workdir", str(student), "--image", str(tmp_path / "x.png"),
+                   "--sigma", "0.1",
                    "--out", str(tmp_path / "d.png")]) == 2
   assert "needs a model of every timestep" in capsys.readouterr().err
   assert cli.main(["evaluate", "--workdir", str(student), "--bpd"]) == 2

@@ -186,7 +186,11 @@ def test_bad_overrides(tmp_path):
     ("def get_config():\n  return 1 / 0\n", "failed: ZeroDivisionError: division by zero"),
 ])
 def test_broken_config_files_are_one_line(tmp_path, text, message):
-  path = tmp_path / f"broken_{len(text)}.py"  # a module name no other test loads
+  """One line each, also in a process that loaded a good config before (ml_collections runs
+  each file in the module of the one before: without get_config, digits.py's would serve)."""
+  from diffusion.cli.common import config_with_overrides
+  config_with_overrides(DIGITS, [])
+  path = tmp_path / "config.py"
   path.write_text(text)
   with pytest.raises(SystemExit) as stop:
     cli.main(["train", "--config", str(path), "--workdir", str(tmp_path / "run")])

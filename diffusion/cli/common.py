@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import sys
 
 
 def config_with_overrides(path: str, overrides: list[str]):
@@ -17,6 +18,10 @@ def config_with_overrides(path: str, overrides: list[str]):
   bad = [o for o in overrides if not o.startswith("--config.")]
   if bad:
     raise SystemExit(f"ddpm: error: unrecognized arguments: {' '.join(bad)}")
+  # ml_collections loads every config file as the module "config_config" with the deprecated
+  # load_module(), which runs a file in the module of the one loaded before, if any: a file
+  # without get_config() would then return the earlier file's config.
+  sys.modules.pop("config_config", None)
   values = flags.FlagValues()
   argv = ["ddpm", f"--config={path}", *overrides]
   config_flags.DEFINE_config_file("config", path, "experiment config", flag_values=values,
