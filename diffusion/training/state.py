@@ -86,9 +86,9 @@ def create_state(model, config, mesh: Mesh, sample: dict[str, jax.Array],
         mesh, jax.sharding.PartitionSpec()))
   shardings = state_shardings(jax.eval_shape(init, key, variables), mesh, config)
   lowered = jax.jit(init, out_shardings=shardings).lower(key, variables)
-  # A program that runs once, made of one inlined threefry per parameter: XLA:CPU took 12.8 s
-  # to optimise the digits U-Net's and 4.3 s to compile it unoptimised (4% of the values
-  # differ, by at most 2 float32 ulps). Other backends compile it as usual.
+  # A program that runs once, made of one inlined threefry per parameter: XLA:CPU took 8.3 s
+  # to optimise the digits U-Net's and 4.0 s to compile it unoptimised (4% of the values
+  # differ, by at most 2 float32 ulps; docs/benchmarks.md). Other backends as usual.
   cpu = mesh.devices.flat[0].platform == "cpu"
   options = {"xla_backend_optimization_level": 0} if cpu else None
   return lowered.compile(compiler_options=options)(key, variables)
