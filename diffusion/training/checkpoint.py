@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from diffusion import models, paths
@@ -90,6 +91,23 @@ def _quiet_damaged_reads() -> None:
 _READ_ONLY = _QuietReadOnly()
 
 
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """Orbax's pytree handler; in a run of one process, with replica-parallel saving off.
+
+  Replica-parallel saving (Orbax's default except on GPUs) has each replica of a replicated
+  array write a slice of it, so that the processes of a pod share the writing. In one process
+  the same process writes every byte either way, and the slicing costs a compiled program per
+  array shape and device: 104 programs, 8.6 s of a 6-step digits run on 8 CPU devices.
+  """
+  if jax.process_count() > 1:
+    return ocp.PyTreeCheckpointHandler()
+  handlers = [(ty, ocp.type_handlers.get_type_handler(ty))
+              for ty in (int, float, bytes, np.number, np.ndarray, str)]
+  registry = ocp.type_handlers.create_type_handler_registry(
+      *handlers, (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False)))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
 class Checkpoints:
   """The checkpoints of one workdir (a local path or an object-store URI)."""
 
@@ -105,7 +123,7 @@ class Checkpoints:
         read_only=read_only, enable_async_checkpointing=True)
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+        item_handlers={"state": _state_handler(),
                        "data": ocp.JsonCheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler()})
 
