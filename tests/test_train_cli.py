@@ -39,6 +39,25 @@ def final_state(workdir, parts=("params",)):
   return step, state
 
 
+def read_events(path):
+  """{step: {tag: value}} of a TensorBoard event file, read with tensorboardX's CRC-32C and
+  protocol buffers (an implementation independent of the writer's): every record's two
+  checksums are checked, and the first event must name the file version."""
+  import struct
+  from tensorboardX.crc32c import crc32c
+  from tensorboardX.proto.event_pb2 import Event
+  masked = lambda data: (((crc32c(data) >> 15) | (crc32c(data) << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+  data, records = path.read_bytes(), []
+  while data:
+    (length,), (length_crc,) = struct.unpack("<Q", data[:8]), struct.unpack("<I", data[8:12])
+    record, (record_crc,) = data[12:12 + length], struct.unpack("<I", data[12 + length:16 + length])
+    assert length_crc == masked(data[:8]) and record_crc == masked(record)
+    records.append(Event.FromString(record))
+    data = data[16 + length:]
+  assert records[0].file_version == "brain.Event:2"
+  return {e.step: {v.tag: v.simple_value for v in e.summary.value} for e in records[1:]}
+
+
 def test_train_on_digits_then_sample(tmp_path, capsys, monkeypatch):
   from diffusion.training import loop
   grids = []
@@ -52,7 +71,14 @@ def test_train_on_digits_then_sample(tmp_path, capsys, monkeypatch):
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [line["step"] for line in lines] == [2, 4, 6]
   assert {"loss", "mse", "grad_norm", "lr", "skipped", "images_per_s"} <= set(lines[0])
-  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tb"))
+  (events,) = os.listdir(workdir / "tb")
+  assert events.startswith("events.out.tfevents.")
+  scalars = read_events(workdir / "tb" / events)
+  assert sorted(scalars) == [2, 4, 6]
+  for line in lines:  # TensorBoard holds what metrics.jsonl holds, as float32
+    assert scalars[line["step"]].keys() == line.keys() - {"step"}
+    for name, value in scalars[line["step"]].items():
+      assert value == np.float32(line[name]), name
   assert os.listdir(workdir / "samples") == ["step_00000006.png"]
   assert Image.open(workdir / "samples" / "step_00000006.png").size[0] > 8
 

@@ -95,14 +95,13 @@ def test_variants_run_under_jit_and_grad_in_float32_and_bfloat16(variant):
   x = jax.random.uniform(jax.random.key(1), shape, minval=-1, maxval=1)
   t = jnp.array([0, 999])
   params = random_params(model, x, t, **extra)
-  apply = jax.jit(lambda p, x: model.apply({"params": p}, x, t, **extra))
-  out = apply(params, x)
+  def loss(p):  # the output comes back beside the gradient: one program for both
+    out = model.apply({"params": p}, x, t, **extra)
+    return jnp.mean(out ** 2), out
+  grads, out = jax.jit(jax.grad(loss, has_aux=True))(params)
   channels = shape[-1] * (2 if options.get("learned_variance") else 1)
   assert out.shape == shape[:-1] + (channels,) and out.dtype == jnp.float32
   assert np.all(np.isfinite(out))
-
-  loss = lambda p: jnp.mean(model.apply({"params": p}, x, t, **extra) ** 2)
-  grads = jax.jit(jax.grad(loss))(params)
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads))
 

@@ -2,56 +2,17 @@
 only), and each process's own throughput and data wait (`HostReport`).
 
 Both files go through `diffusion.paths`, so a workdir in an object store
-(gs://...) gets them too: TensorBoard events through a writer that
-tensorboardX is given for those schemes (its own GCS writer is broken).
+(gs://...) gets them too (TensorBoard events: `diffusion.training.events`).
 """
 
 import json
-import os
 import time
 
 import tqdm
 from etils import epath
 
 from diffusion import paths
-
-EVENTS_PART_BYTES = 4 << 20  # an object-store event file is continued in a new one past this
-
-
-class _EventFile:
-  """A TensorBoard event file on an object store, for tensorboardX's RecordWriter."""
-
-  def __init__(self, path: str):
-    self._file = paths.Appender(epath.Path(path), flush_seconds=60.0,
-                                rotate_bytes=EVENTS_PART_BYTES)
-
-  def write(self, data: bytes) -> None:
-    self._file.write(data)
-
-  def flush(self) -> None:
-    self._file.flush()
-
-  def close(self) -> None:
-    self._file.close()
-
-
-class _EventFiles:
-  """tensorboardX's writer factory for the object-store schemes."""
-
-  def directory_check(self, path: str) -> None:
-    epath.Path(path).mkdir(parents=True, exist_ok=True)
-
-  def open(self, path: str) -> _EventFile:
-    return _EventFile(path)
-
-
-def _tensorboard_writer(directory: epath.Path):
-  """tensorboardX's SummaryWriter, imported only when a run writes (it imports PyTorch when
-  present: seconds at start-up), with the object-store schemes sent through `_EventFiles`."""
-  from tensorboardX import SummaryWriter, record_writer
-  for scheme in paths.BACKENDS:
-    record_writer.register_writer_factory(scheme, _EventFiles())
-  return SummaryWriter(os.fspath(directory))
+from diffusion.training import events
 
 
 class MetricWriter:
@@ -62,14 +23,13 @@ class MetricWriter:
     if not enabled:
       return
     self._jsonl = paths.Appender(workdir / "metrics.jsonl")
-    self._tb = _tensorboard_writer(workdir / "tb")
+    self._tb = events.EventWriter(workdir / "tb")
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
     self._jsonl.write((json.dumps({"step": step, **metrics}) + "\n").encode())
-    for name, value in metrics.items():
-      self._tb.add_scalar(name, value, step)
+    self._tb.scalars(step, metrics)
 
   def close(self) -> None:
     if self.enabled:
