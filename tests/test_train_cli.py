@@ -58,6 +58,19 @@ def read_events(path):
   return {e.step: {v.tag: v.simple_value for v in e.summary.value} for e in records[1:]}
 
 
+def test_event_files_hold_any_step_and_scalar(tmp_path):
+  from diffusion.training.events import EventWriter
+  writer = EventWriter(tmp_path)
+  values = {0: {"loss": 0.5}, 2 ** 40: {"a": -1e30, "b/c": 3.25}, -3: {"nan": float("nan")}}
+  for step, scalars in values.items():
+    writer.scalars(step, scalars)
+  writer.close()
+  (name,) = os.listdir(tmp_path)
+  read = read_events(tmp_path / name)
+  assert read.keys() == values.keys() and read[0] == {"loss": 0.5}
+  assert read[2 ** 40] == {"a": np.float32(-1e30), "b/c": 3.25} and np.isnan(read[-3]["nan"])
+
+
 def test_train_on_digits_then_sample(tmp_path, capsys, monkeypatch):
   from diffusion.training import loop
   grids = []

@@ -51,6 +51,8 @@ def record(data: bytes) -> bytes:
 
 
 def _varint(n: int) -> bytes:
+  """Protocol buffers' base-128 varint; a negative int64 as its 64-bit two's complement."""
+  n &= (1 << 64) - 1
   out = bytearray()
   while True:
     low, n = n & 0x7F, n >> 7
