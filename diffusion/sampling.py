@@ -5,6 +5,9 @@ samples do not depend on how they are split into batches or devices: the same
 seed gives the same samples.
 """
 
+import collections
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +108,47 @@ def student_steps(config, schedule: Schedule, sampler: str, steps: int | None,
   return consistency.sampling_steps(schedule, count)
 
 
+PROGRAMS_KEPT = 16  # the builds `memoized` keeps (their compiled programs stay with them)
+_programs: collections.OrderedDict = collections.OrderedDict()
+
+
+def _frozen(value):
+  """`value` as a hashable key part that tells apart what compares equal across types
+  (1, 1.0 and True; an array and its list). Raises TypeError for what cannot be hashed."""
+  if isinstance(value, np.ndarray):
+    return ("ndarray", value.dtype.str, value.shape, value.tobytes())
+  if isinstance(value, (list, tuple)):
+    return (type(value).__name__,) + tuple(_frozen(v) for v in value)
+  hash(value)
+  return (type(value).__name__, value)
+
+
+def memoized(build):
+  """`build(model, config, *args, **options) -> fn`, returning the same `fn` for the same model
+  object, config contents, args and options, so that calling an application or a sampler again
+  in one process (a notebook, a research loop) reuses its traced and compiled programs
+  instead of building new ones. The PROGRAMS_KEPT most recent builds are kept, each with its
+  model. A config is compared by its contents at the time of the call; arguments that cannot
+  be hashed (or a config that is not an ml_collections ConfigDict) build afresh."""
+  @functools.wraps(build)
+  def wrapper(model, config, *args, **options):
+    try:
+      key = (build.__module__, build.__qualname__, id(model), config.to_json_best_effort(sort_keys=True),
+             _frozen(args), _frozen(tuple(sorted(options.items()))))
+    except (AttributeError, TypeError, ValueError):
+      return build(model, config, *args, **options)
+    if key in _programs:
+      _programs.move_to_end(key)
+      return _programs[key][1]
+    fn = build(model, config, *args, **options)
+    _programs[key] = (model, fn)  # the model is kept so that its id is not reused
+    while len(_programs) > PROGRAMS_KEPT:
+      _programs.popitem(last=False)
+    return fn
+  return wrapper
+
+
+@memoized
 def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: str | None = None,
                  steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                  guidance: float | None = None, start: int | None = None,
@@ -127,7 +171,8 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
   prediction (not the learned variances) are centred, and so are the samples (the network being
   translation-invariant, this equals sampling with centred noise). A few-step
   model (config.distill) visits its own timesteps (`student_steps`); a consistency model
-  those nearest to the noise levels `sigmas` if given.
+  those nearest to the noise levels `sigmas` if given. The same arguments give the same
+  sampler (`memoized`), so its programs compile once per process.
   """
   d = config.diffusion
   model = as_denoiser(model, config.model)

@@ -177,3 +177,36 @@ def test_anomaly_maps_of_volumes_point_at_the_anomaly():
   corner = np.zeros((4, 4, 4), bool)
   corner[2:, 2:, :2] = True
   assert maps[5][corner].min() > maps[5][~corner].max()
+
+
+def test_a_second_call_reuses_the_sampler_and_its_compiled_programs():
+  """Calling an application again with the same model and options (a notebook, a research
+  loop) traces nothing new: `sampling.memoized` hands back the same jitted program. A changed
+  config value, another model object or an option of another type (steps=2.0 is not the
+  int 2) builds afresh."""
+  import jax
+  from diffusion.sampling import make_sampler
+  config = config_for(shape=(8, 1), kind="sequence", dtype="float32", scale=1.0)
+  model = gaussian_denoiser(config, np.zeros((8, 1)), correlated(8))
+  variables, mesh, key = {"params": jnp.zeros(())}, make_mesh(), base_key(0, "sample")
+  data, mask = np.ones((8, 8, 1), np.float32), np.arange(8) < 4
+  traces = []
+  listener = lambda event, seconds, **kw: traces.append(event)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    first = inpaint(model, variables, config, data, mask, mesh, key, steps=8, resamplings=2)
+    traced = traces.count("/jax/core/compile/jaxpr_trace_duration")
+    again = inpaint(model, variables, config, data + 1, mask, mesh, key, steps=8, resamplings=2)
+    retraced = traces.count("/jax/core/compile/jaxpr_trace_duration") - traced
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert traced > 0 and retraced == 0 and first.shape == again.shape == data.shape
+
+  sampler = make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2)
+  assert make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2) is sampler
+  with pytest.raises(ValueError, match=r"--steps must be an int in \[1, 200\]"):
+    make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2.0)
+  other = gaussian_denoiser(config, np.zeros((8, 1)), correlated(8))
+  assert make_sampler(other, config, (8, 1), mesh, sampler="ddim", steps=2) is not sampler
+  config.diffusion.clip_x0 = True
+  assert make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2) is not sampler

@@ -26,12 +26,12 @@ def enhance(model, variables, config, degraded: np.ndarray, mesh, key, *, sample
   gives the data's). Pass an example several times for several samples. A
   class-conditional model is conditioned on `class_label`, else on its null class.
   """
-  model = as_denoiser(model, config.model)
-  if not model.cond_channels:
+  cond_channels = as_denoiser(model, config.model).cond_channels
+  if not cond_channels:
     raise ValueError("this run's model is not conditioned (config.model.cond_channels = 0): "
                      "train it with config.data.condition set or a source that gives 'cond'")
   spec = data_spec(config)
-  degraded, single = spec.batch(degraded, "the degraded data", channels=model.cond_channels)
+  degraded, single = spec.batch(degraded, "the degraded data", channels=cond_channels)
   n = len(degraded)
   labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps)

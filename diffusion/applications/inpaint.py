@@ -24,7 +24,7 @@ from diffusion.forward import q_sample
 from diffusion.models import as_denoiser
 from diffusion.reverse import p_sample
 from diffusion.distributed import gather, pad_to_devices
-from diffusion.sampling import class_labels, over_samples
+from diffusion.sampling import class_labels, memoized, over_samples
 from diffusion.schedules import Schedule, respace_betas
 
 
@@ -101,8 +101,6 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
   class. Point sets (motif scaffolding): the known points keep their
   coordinates, and the generated ones are placed around them.
   """
-  d = config.diffusion
-  model = as_denoiser(model, config.model)
   spec = data_spec(config)
   betas = betas_from_config(config)
   if not 1 <= steps <= len(betas):
@@ -117,11 +115,27 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
     raise ValueError(f"the mask must be bool of shape {positions} or {(len(data),) + positions} "
                      f"(True = known); got {mask.dtype} {mask.shape}")
   known = np.broadcast_to(mask, data.shape[:-1])[..., None]
+  n = len(data)
+  labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
+  run = _repaint_program(model, config, mesh, steps, jump_length, resamplings)
+  generated = spec.from_model(gather(run(variables, key, 0,
+                                         pad_to_devices(spec.to_model(data), mesh),
+                                         pad_to_devices(known, mesh), labels)))[:n]
+  return np.where(known, data, generated)
+
+
+@memoized
+def _repaint_program(model, config, mesh, steps: int, jump_length: int, resamplings: int):
+  """run(variables, key, first_index, x0 [N, *shape] model units, known bool [N, *shape[:-1],
+  1], labels int [N]) -> the chains' ends [N, *shape]: RePaint over `steps` respaced
+  timesteps, jitted and sharded over `mesh` (N divisible by its size)."""
+  d = config.diffusion
+  model = as_denoiser(model, config.model)
+  spec = data_spec(config)
+  betas = betas_from_config(config)
   kept = np.sort(samplers.spaced_steps(Schedule.from_betas(betas), steps))
   chain = Schedule.from_betas(respace_betas(betas, kept))
   visits = repaint_schedule(len(kept), jump_length, resamplings)
-  n = len(data)
-  labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
   conditional = model.num_classes > 0
 
   def device_fn(variables, key, index, x0, known, y):
@@ -133,8 +147,4 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
                          prediction=d.prediction, variance=d.variance,
                          clip_x0=d.get("clip_x0", True))
 
-  run = over_samples(device_fn, mesh, 3)
-  generated = spec.from_model(gather(run(variables, key, 0,
-                                         pad_to_devices(spec.to_model(data), mesh),
-                                         pad_to_devices(known, mesh), labels)))[:n]
-  return np.where(known, data, generated)
+  return over_samples(device_fn, mesh, 3)

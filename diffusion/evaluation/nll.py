@@ -16,12 +16,14 @@ from diffusion.likelihood import bits_per_dim
 from diffusion.models import as_denoiser
 from diffusion.distributed import gather
 from diffusion.images import to_float
-from diffusion.sampling import over_samples
+from diffusion.sampling import memoized, over_samples
 
 
+@memoized
 def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):
   """bpd(variables, key, first_index, images float [N, ...], labels int [N] or None) ->
-  (total [N], terms [N, T]), jitted and sharded over `mesh` (N divisible by its size)."""
+  (total [N], terms [N, T], prior [N]), jitted and sharded over `mesh` (N divisible by its
+  size); the same for the same arguments (`sampling.memoized`)."""
   d = config.diffusion
   model = as_denoiser(model, config.model)
   schedule = schedule_from_config(config)
