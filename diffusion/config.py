@@ -115,6 +115,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if d.loss == "hybrid" and d.variance not in _checks.LEARNED_VARIANCES:
     raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
                      f"variance must be learned_range or learned, not {d.variance!r}")
+  if d.get("clip_x0") not in (None, True, False):
+    raise ValueError(f"config.diffusion.clip_x0 must be True, False or None (clip for uint8 "
+                     f"data only); got {d.clip_x0!r}")
   _checks.choice(config.data.get("on_error", "raise"), ("raise", "skip"), "config.data.on_error")
   _checks.choice(train.get("sample_sampler", "ddpm") or "ddpm", SAMPLERS,
                  "config.train.sample_sampler")
@@ -172,7 +175,7 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
 
 
 # Keys added after runs were saved without them, and the value their absence means.
-ABSENT_MEANS = {"optim.decay_steps": 0}
+ABSENT_MEANS = {"optim.decay_steps": 0, "diffusion.clip_x0": None}
 
 _SPEC_KEYS = ("data.shape", "data.kind", "data.dtype", "data.scale", "data.image_size",
               "data.channels")
@@ -194,6 +197,15 @@ def default_sampler(config) -> str:
 def data_spec(config: ml_collections.ConfigDict) -> DataSpec:
   """Shape, kind, dtype and units of one example of a config's data (`dataspec.py`)."""
   return from_data_config(config.data)
+
+
+def clip_x0(config: ml_collections.ConfigDict) -> bool:
+  """Whether the samplers clip their prediction of x0 to [-1, 1] (DDPM's sampling):
+  config.diffusion.clip_x0 if set, else for uint8 data only, whose model units are [-1, 1].
+  Float data in model units (data / config.data.scale) is not bounded unless its scale
+  makes it so: set clip_x0 = True then."""
+  value = config.diffusion.get("clip_x0")
+  return data_spec(config).dtype == "uint8" if value is None else bool(value)
 
 
 def data_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:

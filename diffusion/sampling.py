@@ -14,7 +14,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion import consistency, progressive, samplers
-from diffusion.config import betas_from_config, data_spec, default_sampler, distill_method
+from diffusion.config import (betas_from_config, clip_x0, data_spec, default_sampler,
+                              distill_method)
 from diffusion.distributed import BATCH
 from diffusion.models import as_denoiser
 from diffusion.schedules import Schedule
@@ -198,6 +199,7 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
                                   spacing or samplers.DEFAULT_SPACING[sampler], start)
   channels = shape[-1]
   spec = data_spec(config)
+  clip = clip_x0(config)
 
   def device_sample(variables, key, index, labels, cond, x_start):
     keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(index)
@@ -218,10 +220,10 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
     if sampler == "consistency":
       f = consistency.consistency_fn(denoise, schedule, config.distill.sigma_data)
       return spec.project(consistency.sample(f, schedule, visit, x, chain_keys,
-                                             clip_x0=d.get("clip_x0", True)))
+                                             clip_x0=clip))
     return spec.project(samplers.run(sampler, denoise, betas, schedule, visit, x, chain_keys,
                                      eta=eta, prediction=d.prediction, variance=d.variance,
-                                     clip_x0=d.get("clip_x0", True), churn=churn))
+                                     clip_x0=clip, churn=churn))
 
   run = over_samples(device_sample, mesh, 3)
 

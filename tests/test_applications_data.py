@@ -210,3 +210,24 @@ def test_a_second_call_reuses_the_sampler_and_its_compiled_programs():
   assert make_sampler(other, config, (8, 1), mesh, sampler="ddim", steps=2) is not sampler
   config.diffusion.clip_x0 = True
   assert make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2) is not sampler
+
+
+def test_float_data_is_sampled_unclipped_unless_the_config_says_so():
+  """x0 ~ N(3, 0.1²) per element in model units (float data, scale 1): unset clip_x0 leaves
+  float samples alone (mean 3); clip_x0 = True clips them to [-1, 1], as it does uint8 data
+  by default."""
+  from diffusion.config import clip_x0
+  from diffusion.sampling import make_sampler
+  config = config_for(shape=(4, 1), kind="sequence", dtype="float32", scale=1.0)
+  del config.diffusion["clip_x0"]
+  model = gaussian_denoiser(config, np.full((4, 1), 3.0), 0.01 * np.eye(4))
+  variables, mesh, key = {"params": jnp.zeros(())}, make_mesh(), base_key(0, "sample")
+  draw = lambda: np.asarray(make_sampler(model, config, (4, 1), mesh, sampler="ddim", steps=20)(
+      variables, key, 0, np.zeros(64, np.int32)))
+  assert not clip_x0(config)
+  np.testing.assert_allclose(draw().mean(), 3.0, atol=0.05)
+  config.diffusion.clip_x0 = True
+  assert draw().max() <= 1.0 + 1e-5
+  images = config_for(shape=(4, 4, 1), dtype="uint8")
+  del images.diffusion["clip_x0"]
+  assert clip_x0(images)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import samplers
-from diffusion.config import betas_from_config, data_spec
+from diffusion.config import betas_from_config, clip_x0, data_spec
 from diffusion.forward import q_sample
 from diffusion.models import as_denoiser
 from diffusion.reverse import p_sample
@@ -137,6 +137,7 @@ def _repaint_program(model, config, mesh, steps: int, jump_length: int, resampli
   chain = Schedule.from_betas(respace_betas(betas, kept))
   visits = repaint_schedule(len(kept), jump_length, resamplings)
   conditional = model.num_classes > 0
+  clip = clip_x0(config)
 
   def device_fn(variables, key, index, x0, known, y):
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
@@ -145,6 +146,6 @@ def _repaint_program(model, config, mesh, steps: int, jump_length: int, resampli
         model(variables, x, t, y if conditional else None), x.shape[-1])
     return repaint_chain(denoise, chain, kept, visits, x0, known, x, keys,
                          prediction=d.prediction, variance=d.variance,
-                         clip_x0=d.get("clip_x0", True))
+                         clip_x0=clip)
 
   return over_samples(device_fn, mesh, 3)

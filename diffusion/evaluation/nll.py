@@ -11,7 +11,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
-from diffusion.config import schedule_from_config
+from diffusion.config import clip_x0, schedule_from_config
 from diffusion.likelihood import bits_per_dim
 from diffusion.models import as_denoiser
 from diffusion.distributed import gather
@@ -27,6 +27,7 @@ def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):
   d = config.diffusion
   model = as_denoiser(model, config.model)
   schedule = schedule_from_config(config)
+  clip = clip_x0(config)
 
   def device_bpd(variables, key, index, x0, labels):
     def one(x, i, y):
@@ -35,7 +36,7 @@ def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):
                      else None)
       result = bits_per_dim(denoise, schedule, x[None], jax.random.fold_in(key, i),
                             prediction=d.prediction, variance=d.variance,
-                            clip_x0=d.get("clip_x0", True), chunk_size=chunk_size)
+                            clip_x0=clip, chunk_size=chunk_size)
       return result.total[0], result.terms[0], result.prior[0]
     return jax.vmap(one)(x0, index, labels)
 

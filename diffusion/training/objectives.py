@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion import consistency, edm, progressive, samplers
-from diffusion.config import distill_method
+from diffusion.config import clip_x0, distill_method
 from diffusion.forward import q_sample
 from diffusion.parameterization import x0_from_prediction, x0_from_v
 from diffusion.schedules import Schedule
@@ -101,7 +101,7 @@ def _progressive(config, schedule, project) -> Objective:
   teacher_steps, round_steps = d.teacher_steps, d.round_steps
   num_rounds = progressive.rounds(teacher_steps, d.steps)
   grid = jnp.asarray(progressive.base_grid(schedule.num_steps, teacher_steps))
-  clip = config.diffusion.get("clip_x0", True)
+  clip = clip_x0(config)
   first_prediction = d.teacher_prediction
 
   def round_of(step):
@@ -148,7 +148,7 @@ def _progressive(config, schedule, project) -> Objective:
 def _consistency(config, schedule, project, distill: bool) -> Objective:
   d = config.distill
   sigma_data, metric = d.sigma_data, d.metric
-  clip = config.diffusion.get("clip_x0", True)
+  clip = clip_x0(config)
   sigmas = jnp.asarray(edm.sigmas(schedule), jnp.float32)
   if distill:
     table = jnp.asarray(consistency.grid_table(schedule, d.num_points))

@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion.loss = "simple"
   config.diffusion.vlb_weight = 0.001  # λ of the hybrid loss
   config.diffusion.timestep_sampler = "uniform"
+  # config.diffusion.clip_x0: unset, the samplers clip x0 to [-1, 1] for uint8 data only
 
   config.optim = ml_collections.ConfigDict()
   config.optim.lr = 4e-3

@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.kind = "sequence"
   config.data.dtype = "float32"
   config.data.scale = 1.0
+  config.diffusion.clip_x0 = True  # the traces lie in [-1, 1] (amplitude <= 1): clip like images
   config.data.size = 0  # 0: the set's default (4,096 traces)
 
   config.model.ch = 32
