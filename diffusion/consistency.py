@@ -141,7 +141,7 @@ def sample(f, schedule: Schedule, steps: np.ndarray, x: jax.Array, keys: jax.Arr
   f: `consistency_fn`; steps: decreasing timesteps (> 0 after the first); x: x_t at steps[0]
   in the DDPM's units. The noise of visit i of sample n comes from fold_in(keys[n], i).
   """
-  steps = np.asarray(steps)
+  steps = edm.check_chain(schedule, steps, x, keys)
   table = edm.sigmas(schedule)
   n = x.shape[0]
   x0 = f(edm.to_edm(schedule, x, int(steps[0])), jnp.full((n,), steps[0]))

@@ -89,11 +89,29 @@ def heun_step(d, x: jax.Array, t: jax.Array, t_next: jax.Array, sigma: jax.Array
   return x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
 
 
-def _tables(schedule: Schedule, steps: np.ndarray):
+def check_chain(schedule: Schedule, steps, x: jax.Array | None = None,
+                keys: jax.Array | None = None) -> np.ndarray:
+  """The timesteps of a chain as a host int array, after checking them (decreasing, in [0,
+  T)), `schedule` (a Schedule) and `keys` (one per sample of x [N, ...], if given): a
+  ValueError or TypeError naming the argument instead of a failure inside the trace."""
+  if not isinstance(schedule, Schedule):
+    raise TypeError(f"schedule must be a diffusion Schedule (Schedule.from_betas(betas)); got "
+                    f"{type(schedule).__name__}")
   steps = np.asarray(steps)
-  if steps.ndim != 1 or len(steps) < 1 or np.any(np.diff(steps) >= 0) or steps[-1] < 0:
-    raise ValueError(f"steps must be decreasing timesteps >= 0; got {steps}")
-  return steps, sigmas(schedule)
+  if (steps.ndim != 1 or len(steps) < 1 or steps.dtype.kind not in "iu"
+      or np.any(np.diff(steps) >= 0) or steps[-1] < 0 or steps[0] >= schedule.num_steps):
+    raise ValueError(f"steps must be decreasing int timesteps in [0, {schedule.num_steps}); "
+                     f"got {steps}")
+  if keys is not None and (getattr(keys, "ndim", 0) < 1 or keys.shape[0] != x.shape[0]):
+    raise ValueError(f"keys must hold one key per sample, [{x.shape[0]}] for x {x.shape} "
+                     f"(jax.random.split(key, {x.shape[0]})); got shape "
+                     f"{getattr(keys, 'shape', ())}")
+  return steps
+
+
+def _tables(schedule: Schedule, steps: np.ndarray, x: jax.Array | None = None,
+            keys: jax.Array | None = None):
+  return check_chain(schedule, steps, x, keys), sigmas(schedule)
 
 
 def heun(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.Array,
@@ -105,7 +123,7 @@ def heun(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.Arr
   a single Euler step: x_0 = D(x; σ_max)). `keys` is unused (no noise is added).
   """
   del keys
-  steps, table = _tables(schedule, steps)
+  steps, table = _tables(schedule, steps, x)
   d = denoiser(denoise_fn, schedule, prediction=prediction, clip_x0=clip_x0)
   n = x.shape[0]
   x = to_edm(schedule, x, steps[0])
@@ -114,7 +132,7 @@ def heun(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.Arr
     t, t_next, sigma, sigma_next = visit
     full = lambda v: jnp.full((n,), v)
     return heun_step(d, x, full(t), full(t_next), sigma.astype(x.dtype),
-                     sigma_next.astype(x.dtype)), None
+                     sigma_next.astype(x.dtype)).astype(x.dtype), None
 
   visits = (steps[:-1], steps[1:], table[steps[:-1]], table[steps[1:]])
   if len(steps) > 1:
@@ -146,7 +164,7 @@ def edm_sde(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.
   then step from σ̂_i to σ_{i+1}; the last step is Euler to σ = 0 (2N - 1 evaluations).
   The noise of visit i of sample n is drawn from fold_in(keys[n], i).
   """
-  steps, table = _tables(schedule, steps)
+  steps, table = _tables(schedule, steps, x, keys)
   hats = churned_steps(schedule, steps, churn, s_tmin, s_tmax)
   d = denoiser(denoise_fn, schedule, prediction=prediction, clip_x0=clip_x0)
   n = x.shape[0]
@@ -162,7 +180,7 @@ def edm_sde(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.
     i, t_hat, t_next, sigma, sigma_hat, sigma_next = visit
     x = churn_noise(x, i, sigma, sigma_hat)
     return heun_step(d, x, full(t_hat), full(t_next), sigma_hat.astype(x.dtype),
-                     sigma_next.astype(x.dtype)), None
+                     sigma_next.astype(x.dtype)).astype(x.dtype), None
 
   visits = (np.arange(len(steps) - 1), hats[:-1], steps[1:], table[steps[:-1]],
             table[hats[:-1]], table[steps[1:]])

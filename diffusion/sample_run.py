@@ -110,6 +110,10 @@ def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0,
   progress bar (samples/s, ETA). The next batch is dispatched before the last one is copied
   to the host, so the devices do not wait for the copy; the samples are written into one
   array as they arrive."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be a 1-D array, one class per sample (np.zeros(N, int) for an "
+                     f"unconditional model); got {type(labels).__name__} of shape {labels.shape}")
   num = len(labels)
   mesh = make_mesh()
   spec = data_spec(config)

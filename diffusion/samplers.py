@@ -109,7 +109,10 @@ def ancestral(denoise_fn: Denoiser, betas: np.ndarray, steps: np.ndarray, x: jax
     steps: decreasing timesteps; x is at steps[0]. Every step but the last adds noise.
   Returns: x_0 [N, ...].
   """
-  kept = np.sort(np.asarray(steps))
+  if isinstance(betas, Schedule):
+    raise TypeError("ancestral takes the schedule's float64 betas [T] (it respaces them), not "
+                    "a Schedule: samplers.ancestral(denoise_fn, betas, steps, x, keys)")
+  kept = np.sort(edm.check_chain(Schedule.from_betas(betas), steps, x, keys))
   respaced = Schedule.from_betas(respace_betas(betas, kept))
   index = np.arange(len(kept))[::-1]  # the respaced index of each visited step
 
@@ -133,7 +136,8 @@ def ddim(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.Arr
 
   η = 0 is deterministic; η = 1 over every step is ancestral DDPM with β̃.
   """
-  targets = np.append(np.asarray(steps)[1:], -1)
+  steps = edm.check_chain(schedule, steps, x, keys)
+  targets = np.append(steps[1:], -1)
 
   def body(x, visit):
     i, t, t_prev = visit
@@ -161,7 +165,8 @@ def dpm_solver_pp_2m(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray
   where the update is x̂_0 itself. `keys` is unused (the solver adds no noise).
   """
   del keys
-  targets = np.append(np.asarray(steps)[1:], -1)
+  steps = edm.check_chain(schedule, steps, x)
+  targets = np.append(steps[1:], -1)
   channels = x.shape[-1]
   lam = lambda t: 0.5 * (extract(schedule.log_alphas_cumprod, t, x)
                          - extract(schedule.log_one_minus_alphas_cumprod, t, x))
@@ -183,9 +188,9 @@ def dpm_solver_pp_2m(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray
     x_next = (sigma_ratio * x - extract(schedule.sqrt_alphas_cumprod, tn, x)
               * jnp.expm1(-h) * d)
     x_next = jnp.where(t_next < 0, x0, x_next).astype(x.dtype)
-    return (x_next, x0, h), None
+    return (x_next, x0.astype(x.dtype), h.astype(jnp.float32)), None
 
-  init = (x, jnp.zeros_like(x), jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype))
+  init = (x, jnp.zeros_like(x), jnp.ones((x.shape[0],) + (1,) * (x.ndim - 1), jnp.float32))
   (x, _, _), _ = jax.lax.scan(
       body, init, (jnp.arange(len(targets)), jnp.asarray(steps), jnp.asarray(targets)))
   return x

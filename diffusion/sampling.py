@@ -229,13 +229,30 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
 
   def sample(variables, key, first_index: int, labels=None, cond=None, x_start=None
              ) -> jax.Array:
-    n = next(len(a) for a in (labels, cond, x_start) if a is not None)
+    n = next((len(a) for a in (labels, cond, x_start) if a is not None), None)
+    if n is None:
+      raise ValueError("sample(variables, key, first_index, labels, cond, x_start): give labels "
+                       "(int [N]), cond or x_start, whose length is the number of samples")
     if labels is None and model.num_classes:
       raise ValueError("labels are required for a class-conditional model (see class_labels)")
-    labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
+    labels = np.zeros(n, np.int32) if labels is None else _checked_labels(labels, model)
     as_float = lambda a: None if a is None else np.asarray(a, np.float32)
     return run(variables, key, first_index, labels, as_float(cond), as_float(x_start))
   return sample
+
+
+def _checked_labels(labels, model) -> np.ndarray:
+  """labels as int32 [N], refused unless they are integers in [0, num_classes] (num_classes:
+  the null class) for a class-conditional model; an unconditional one ignores them."""
+  labels = np.asarray(labels)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be a 1-D array, one class per sample; got shape {labels.shape}")
+  if model.num_classes and labels.size and (
+      labels.dtype.kind not in "iu" or labels.min() < 0 or labels.max() > model.num_classes):
+    raise ValueError(f"labels must be ints in [0, {model.num_classes}] (the model's classes, and "
+                     f"{model.num_classes} for its null class); got {labels.dtype} in "
+                     f"[{labels.min()}, {labels.max()}]")
+  return labels.astype(np.int32)
 
 
 def over_samples(fn, mesh: Mesh, num_per_sample: int):

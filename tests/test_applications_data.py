@@ -231,3 +231,21 @@ def test_float_data_is_sampled_unclipped_unless_the_config_says_so():
   images = config_for(shape=(4, 4, 1), dtype="uint8")
   del images.diffusion["clip_x0"]
   assert clip_x0(images)
+
+
+def test_a_sampler_refuses_labels_outside_the_models_classes():
+  """A 3-class model takes labels 0..3 (3: the null class); 4, -1 or 2.5 would index past
+  its class embedding (NaN samples, or a class wrapped around) and are refused, as is a call
+  that says nothing of how many samples to draw."""
+  from diffusion.sampling import make_sampler
+  config = config_for(shape=(4, 1), kind="sequence", dtype="float32", scale=1.0)
+  model = models.function(lambda params, x, t, y: jnp.zeros_like(x), params=jnp.zeros(()),
+                          num_classes=3)
+  sample = make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2)
+  variables, key = {"params": jnp.zeros(())}, base_key(0, "sample")
+  assert np.isfinite(np.asarray(sample(variables, key, 0, np.array([0, 1, 2, 3] * 2)))).all()
+  for bad in (np.array([0, 4] * 4), np.array([-1, 0] * 4), np.full(8, 2.5)):
+    with pytest.raises(ValueError, match=r"labels must be ints in \[0, 3\]"):
+      sample(variables, key, 0, bad)
+  with pytest.raises(ValueError, match="give labels"):
+    sample(variables, key, 0)

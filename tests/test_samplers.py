@@ -207,3 +207,34 @@ def test_edm_samplers_count_their_evaluations():
                      jax.random.split(jax.random.key(0), 2), prediction="eps",
                      variance="fixed_small", clip_x0=False)
       assert len(calls) == want == samplers.evaluations(sampler, count)
+
+
+@pytest.mark.parametrize("sampler", [s for s in samplers.SAMPLERS if s != "consistency"])
+def test_every_chain_keeps_bfloat16_and_refuses_bad_steps_and_keys(sampler):
+  """A bf16 x_T comes back bf16 (the scan's carry keeps x's dtype; DPM-Solver++ and Heun
+  carried float32 and failed to trace), and close to the float32 chain. Timesteps that are not
+  decreasing or not in [0, T), a single key for several samples, and the betas where a
+  Schedule goes (and the reverse for ancestral) are refused naming the argument, before
+  tracing."""
+  n, count = 64, 6
+  keys = jax.random.split(jax.random.key(0), n)
+  x_T = jax.random.normal(jax.random.key(1), (n, 1, 1))
+  steps = samplers.spaced_steps(SCHEDULE, count, samplers.DEFAULT_SPACING[sampler])
+  run = lambda x, steps=steps, k=keys, betas=BETAS, schedule=SCHEDULE: samplers.run(
+      sampler, oracle, betas, schedule, steps, x, k, prediction="eps", variance="fixed_small",
+      clip_x0=False)
+  low, full = run(x_T.astype(jnp.bfloat16)), run(x_T)
+  assert low.dtype == jnp.bfloat16 and full.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(low, np.float32), full, atol=0.05)
+  for bad in (steps[::-1].copy(), np.append(steps, 5), np.array([T, 0]), steps.astype(float)):
+    with pytest.raises(ValueError, match=r"steps must be decreasing int timesteps in \[0, 1000\)"):
+      run(x_T, bad)
+  if sampler not in ("dpm++", "heun"):  # the deterministic solvers take no keys
+    with pytest.raises(ValueError, match=r"keys must hold one key per sample, \[64\]"):
+      run(x_T, k=jax.random.key(0))
+  if sampler == "ddpm":
+    with pytest.raises(TypeError, match="ancestral takes the schedule's float64 betas"):
+      run(x_T, betas=SCHEDULE)
+  else:
+    with pytest.raises(TypeError, match="schedule must be a diffusion Schedule"):
+      run(x_T, schedule=BETAS)
