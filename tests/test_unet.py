@@ -193,6 +193,16 @@ def test_save_and_load_round_trip(tmp_path):
     models.save(str(tmp_path / "m"), model, params)
   with pytest.raises(FileNotFoundError, match="has no model.json"):
     models.load(str(tmp_path))
+  # The Denoiser that load_run gives saves its UNet; another network is refused before
+  # anything is written, and a half-written folder is named rather than overwritten.
+  models.save(str(tmp_path / "d"), models.as_denoiser(model), params)
+  assert models.load(str(tmp_path / "d"))[0] == model
+  with pytest.raises(TypeError, match="models.save keeps the DDPM UNet"):
+    models.save(str(tmp_path / "other"), models.function(lambda p, x, t: x, params=0.0), params)
+  assert not (tmp_path / "other").exists()
+  (tmp_path / "half" / "params").mkdir(parents=True)
+  with pytest.raises(FileExistsError, match="holds params/ without model.json"):
+    models.save(str(tmp_path / "half"), model, params)
 
 
 @pytest.mark.parametrize("shape, groups", [((3, 8, 8, 32), 8), ((2, 5, 6, 7, 16), 4),
