@@ -103,6 +103,8 @@ def lognormal_logits(sigmas: jax.Array, n: jax.Array, p_mean: float = -1.1,
 def distance(a: jax.Array, b: jax.Array, metric: str = "l2") -> jax.Array:
   """d(a, b) per example, [B]: "l2" the mean squared difference; "pseudo_huber" sqrt(‖a - b‖² +
   c²) - c with c = 0.00054 sqrt(dim) (Song & Dhariwal 2023, improved consistency training)."""
+  if metric not in METRICS:
+    raise ValueError(f"metric must be one of {', '.join(METRICS)}; got {metric!r}")
   diff = (a - b).astype(jnp.float32).reshape(a.shape[0], -1)
   if metric == "l2":
     return jnp.mean(diff ** 2, axis=1)

@@ -84,4 +84,4 @@ def target(schedule: Schedule, prediction: str, x0: jax.Array, t: jax.Array,
   if prediction == "v":
     return v_from_x0_eps(schedule, x0, t, noise)
   x0, t, noise = _operands(x0, t, noise, "noise", x_name="x0")
-  return noise if prediction == "eps" else x0
+  return noise.astype(x0.dtype) if prediction == "eps" else x0

@@ -8,6 +8,7 @@ Outputs have x_t's dtype.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion import _checks
 from diffusion.forward import q_posterior
@@ -133,7 +134,11 @@ def _alpha_bar(schedule: Schedule, t: jax.Array, x: jax.Array
 
 
 def _check_eta(eta):
-  if isinstance(eta, (int, float)) and not 0.0 <= eta <= 1.0:
+  """η in [0, 1] when it is known at trace time (a Python or NumPy number, a concrete array);
+  a traced η cannot be checked."""
+  if isinstance(eta, jax.core.Tracer) or np.ndim(eta) != 0:
+    return
+  if not 0.0 <= float(eta) <= 1.0:
     raise ValueError(f"eta must lie in [0, 1]; got {eta!r}")
 
 

@@ -86,6 +86,9 @@ def test_inpainting_a_float_sequence_samples_the_gaussian_conditional():
     errors[resamplings] = np.abs(got.mean(0) - want_mean).max()
   np.testing.assert_allclose(got.std(0), want_std, rtol=0.25)
   assert errors[10] < 0.22 and errors[1] > 0.4, errors
+  with pytest.raises(ValueError, match="--num-samples must be an int >= 1; got 0"):
+    inpaint(model, {"params": jnp.zeros(())}, config, (x_model * scale)[:, None], known,
+            make_mesh(), base_key(0, "sample"), num_samples=0, steps=50)
 
 
 def test_inpainting_points_scaffolds_a_motif_in_its_own_frame():

@@ -262,6 +262,16 @@ def test_a_progressive_student_matches_its_teachers_two_ddim_steps_on_fixed_nois
   assert metrics[-1]["loss"] < 1e-3 * metrics[0]["loss"]
 
 
+def test_the_consistency_distance_is_l2_or_pseudo_huber_and_refuses_other_metrics():
+  a, b = jnp.zeros((2, 4, 4, 1)), jnp.ones((2, 4, 4, 1))
+  np.testing.assert_allclose(consistency.distance(a, b, "l2"), [1.0, 1.0])
+  c = 0.00054 * 4
+  np.testing.assert_allclose(consistency.distance(a, b, "pseudo_huber"),
+                             [np.sqrt(16 + c**2) - c] * 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="metric must be one of l2, pseudo_huber; got 'l1'"):
+    consistency.distance(a, b, "l1")
+
+
 IMPROVED = dict(mu0=0.0, curriculum="doubling", noise="lognormal", weighting="inverse_gap",
                 metric="pseudo_huber")
 

@@ -61,6 +61,9 @@ def test_dataset_bpd_equals_the_sum_of_the_core_terms(tiny_run):
   again = dataset_bits_per_dim(model, replicate(params, mesh), config, images, mesh, key,
                                batch=16, chunk_size=20, progress=False)
   np.testing.assert_allclose(again["per_image"], result["per_image"], rtol=1e-5)
+  for wrong in (np.zeros((2, 16, 16, 1), np.uint8), images[:0]):  # not the run's 8×8×1; none
+    with pytest.raises(ValueError, match=r"images must be \[N >= 1, 8, 8, 1\]"):
+      dataset_bits_per_dim(model, params, config, wrong, mesh, key)
 
 
 def test_evaluate_bpd_on_a_split(tiny_run, tmp_path, capsys):

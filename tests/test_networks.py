@@ -131,6 +131,10 @@ def test_adapters_call_the_network_the_same_way():
   for denoiser in (linen, function):
     np.testing.assert_allclose(denoiser({"params": params}, x, t), expected)
   assert models.as_denoiser(module).module is module
+  # A bare apply function is not an NNX factory (rngs -> module): named, with the adapter to use.
+  with pytest.raises(TypeError, match=r"wrap an apply function f\(params, x, t\) with "
+                                      r"models.function"):
+    models.as_denoiser(lambda p, x, t: x)
 
 
 def test_nnx_adapter_reseeds_dropout_and_carries_batch_statistics():

@@ -36,6 +36,8 @@ def test_target_and_prediction(setup):
   s, t, x0, eps, x_t, v = setup
   np.testing.assert_array_equal(diffusion.target(s, "eps", x0, t, eps), eps)
   np.testing.assert_array_equal(diffusion.target(s, "x0", x0, t, eps), x0)
+  for prediction in ("eps", "x0", "v"):  # x0's dtype, whatever the noise's
+    assert diffusion.target(s, prediction, x0.astype(jnp.bfloat16), t, eps).dtype == jnp.bfloat16
   np.testing.assert_allclose(diffusion.target(s, "v", x0, t, eps), v, atol=1e-5)
   np.testing.assert_allclose(diffusion.x0_from_prediction(s, "v", x_t, t, v), x0, atol=1e-5)
   np.testing.assert_array_equal(diffusion.x0_from_prediction(s, "x0", x_t, t, x0), x0)

@@ -169,6 +169,18 @@ def test_ddim_eta_sets_sigma_of_eq_16(rng, tables):
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
 
 
+def test_ddim_refuses_eta_outside_0_1_of_any_concrete_type(tables):
+  s = tables["schedule"]
+  x_t = jnp.zeros((2, 5, 1))
+  t, t_prev = jnp.array([500, 20]), jnp.array([480, -1])
+  for eta in (2.0, np.float32(2.0), jnp.asarray(-0.5), 3):
+    with pytest.raises(ValueError, match="eta must lie in"):
+      diffusion.ddim_step(s, x_t, x_t, t, t_prev, jax.random.key(0), eta=eta)
+  # A traced η cannot be checked, and is taken.
+  jax.jit(lambda eta: diffusion.ddim_step(s, x_t, x_t, t, t_prev, jax.random.key(0),
+                                          eta=eta))(0.5)
+
+
 def test_ddim_eta_0_is_deterministic(tables):
   s = tables["schedule"]
   x_t = jax.random.normal(jax.random.key(1), (2, 5, 1))

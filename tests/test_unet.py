@@ -152,6 +152,10 @@ def test_conditioning_changes_the_output_and_dropout_needs_train():
      r"cond must be the conditioning image of shape \(2, 8, 8, 2\)"),
     (dict(), (2, 8, 8, 3), {"cond": jnp.ones((2, 8, 8, 3))}, "cond_channels=0"),
     (dict(num_heads=3), (2, 8, 8, 3), {}, "not divisible into num_heads=3 heads"),
+    (dict(attn_resolutions=(16,)), (2, 8, 8, 3), {},
+     r"attn_resolutions \(16,\): no level has size 16 .* sizes along the first spatial axis: "
+     r"\[8, 4\]"),
+    (dict(ch_mult=2), (2, 8, 8, 3), {}, r"UNet ch_mult must be a tuple of ints"),
 ])
 def test_bad_input_is_named_before_compilation(options, shape, kwargs, match):
   model = UNet(**{**SMALL, **options})

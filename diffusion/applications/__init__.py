@@ -1,5 +1,8 @@
 """The applications of DDPMs, each a composition of the core's functions, on data of any kind
-(`config.data`: images, volumes, sequences, point sets), in the data's units.
+(`config.data`: images, volumes, sequences, point sets). They take data in the data's units;
+`inpaint` returns the data's units and dtype (the known part kept exactly), `denoise`,
+`enhance` and `anomaly_scores`' reconstructions float32 in the model's units
+(`DataSpec.from_model` gives the data's).
 
 - `inpaint`: RePaint (Lugmayr et al. 2022), known positions kept exactly; on
   point sets, motif scaffolding.

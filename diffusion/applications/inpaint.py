@@ -105,6 +105,8 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
   betas = betas_from_config(config)
   if not 1 <= steps <= len(betas):
     raise ValueError(f"--steps must lie in [1, {len(betas)}] (the model's T); got {steps}")
+  if not (isinstance(num_samples, int) and num_samples >= 1):
+    raise ValueError(f"--num-samples must be an int >= 1; got {num_samples!r}")
   data, single = spec.batch(data, "the data to inpaint")
   data = data if spec.dtype == "uint8" else data.astype(np.float32)
   if single:

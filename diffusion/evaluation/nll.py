@@ -11,7 +11,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh
 
-from diffusion.config import clip_x0, schedule_from_config
+from diffusion.config import clip_x0, data_spec, schedule_from_config
 from diffusion.likelihood import bits_per_dim
 from diffusion.models import as_denoiser
 from diffusion.distributed import gather
@@ -61,6 +61,10 @@ def dataset_bits_per_dim(model, variables, config, images: np.ndarray, mesh: Mes
   if images.dtype != np.uint8:
     raise ValueError(f"images must be uint8 (bits/dim is defined on the 8-bit grid); got "
                      f"{images.dtype}")
+  shape = data_spec(config).shape
+  if images.ndim != len(shape) + 1 or images.shape[1:] != shape or not len(images):
+    raise ValueError(f"images must be [N >= 1, {', '.join(map(str, shape))}] (the run's "
+                     f"config.data.shape); got {images.shape}")
   if batch < 1:
     raise ValueError(f"--batch must be positive; got {batch}")
   batch += (-batch) % mesh.size

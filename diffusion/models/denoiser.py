@@ -112,6 +112,16 @@ def _accepts(fn: Callable, name: str) -> bool:
   return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
+def _required_positional(fn: Callable) -> int:
+  """How many positional arguments `fn` requires (0 if its signature cannot be read)."""
+  try:
+    parameters = inspect.signature(fn).parameters.values()
+  except (TypeError, ValueError):
+    return 0
+  return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+             for p in parameters)
+
+
 def _conditioning(y, cond) -> dict[str, jax.Array]:
   kwargs = {}
   if y is not None:
@@ -254,7 +264,14 @@ def as_denoiser(network: Any, settings: Mapping[str, Any] | None = None, *,
   if isinstance(network, flax.linen.Module):
     return linen(network, name=name, **given)
   from flax import nnx as flax_nnx
-  if isinstance(network, flax_nnx.Module) or callable(network):
+  if isinstance(network, flax_nnx.Module):
+    return nnx(network, name=name, **given)
+  if callable(network):
+    if _required_positional(network) > 1:
+      raise TypeError(f"the network {name or getattr(network, '__name__', network)!r} is a "
+                      "function of several arguments: wrap an apply function "
+                      "f(params, x, t) with models.function(f, init_fn) (a bare callable is "
+                      "read as an NNX factory rngs -> module)")
     return nnx(network, name=name, **given)
   raise TypeError(f"the network {name or network!r} is {type(network).__name__}: give a "
                   "Denoiser, a flax.linen.Module or a flax.nnx.Module")

@@ -220,6 +220,10 @@ class UNet(nn.Module):
   remat: bool = False
 
   def _check(self, x, t, y, cond):
+    for name in ("ch_mult", "attn_resolutions"):
+      if not isinstance(getattr(self, name), (tuple, list)):
+        raise ValueError(f"UNet {name} must be a tuple of ints, e.g. (1, 2, 2); got "
+                         f"{getattr(self, name)!r}")
     if x.ndim < 3:
       raise ValueError(f"x must be [B, *spatial, C] with 1 to 3 spatial axes; got shape {x.shape}")
     factor = 2 ** (len(self.ch_mult) - 1)
@@ -227,6 +231,12 @@ class UNet(nn.Module):
       raise ValueError(
           f"x has spatial shape {x.shape[1:-1]}; each axis must be divisible by "
           f"{factor} for the {len(self.ch_mult) - 1} downsamplings of ch_mult={tuple(self.ch_mult)}")
+    sizes = [x.shape[1] // 2 ** level for level in range(len(self.ch_mult))]
+    unused = sorted(set(self.attn_resolutions) - set(sizes))
+    if unused:
+      raise ValueError(f"UNet attn_resolutions {tuple(self.attn_resolutions)}: no level has size "
+                       f"{unused[0]} for x of spatial shape {x.shape[1:-1]} (the levels' sizes "
+                       f"along the first spatial axis: {sizes}), so it would add no attention")
     if t.shape != x.shape[:1]:
       raise ValueError(f"t must have shape [B] = ({x.shape[0]},); got {t.shape}")
     if self.num_classes:
