@@ -192,7 +192,7 @@ def exact_teacher() -> dict:
   return {"params": {"a": tile(c1), "b": tile(c0)}}
 
 
-def affine_config(method="progressive", **distill):
+def affine_teacher_config():
   teacher = tiny_config()
   with teacher.unlocked():
     teacher.data.shape = SHAPE
@@ -200,6 +200,21 @@ def affine_config(method="progressive", **distill):
     teacher.model.name = "tests:affine"
     teacher.diffusion.num_steps = T
     teacher.diffusion.clip_x0 = False
+  return teacher
+
+
+def affine_config(method="progressive", **distill):
+  teacher = affine_teacher_config()
+  settings = distill_settings(**distill)
+  if method == "consistency_training":
+    config = student_config(teacher, settings, "consistency")
+    with config.unlocked():
+      config.distill.method = method
+    return config
+  return student_config(teacher, settings, method)
+
+
+def distill_settings(**distill):
   settings = ml_collections.ConfigDict({
       "distill": dict(teacher_steps=2, steps=1, round_steps=2, num_points=6, target_decay=0.9,
                       sigma_data=0.5, metric="l2", s0=2, s1=6, mu0=0.9),
@@ -210,12 +225,7 @@ def affine_config(method="progressive", **distill):
                     keep_checkpoints=10, sample_every=1000, num_samples=0, sample_sampler="",
                     sample_steps=0)})
   settings.distill.update(distill)
-  if method == "consistency_training":
-    config = student_config(teacher, settings, "consistency")
-    with config.unlocked():
-      config.distill.method = method
-    return config
-  return student_config(teacher, settings, method)
+  return settings
 
 
 def gaussian_batches(n, batch=16, seed=0):
@@ -226,6 +236,36 @@ def gaussian_batches(n, batch=16, seed=0):
 
 def affine_model():
   return models.function(affine, params=exact_teacher()["params"], name="tests:affine")
+
+
+class GaussianSource:
+  """A user's own data source: N(MEAN, VAR) examples of SHAPE."""
+  def __len__(self):
+    return 64
+
+  def __getitem__(self, i):
+    rng = np.random.default_rng(i)
+    return {"x": (MEAN + np.sqrt(VAR) * rng.normal(size=SHAPE)).astype(np.float32)}
+
+
+def test_a_network_and_data_given_in_python_distil_through_the_python_api(tmp_path):
+  """A teacher trained with train(config, workdir, model=..., source=...) (a network and data
+  the config cannot name) is distilled by distill(..., model=..., source=...); without them
+  the teacher's network cannot be rebuilt, and the error says what to pass."""
+  from diffusion.training.distill import distill
+  teacher = affine_teacher_config()
+  with teacher.unlocked():
+    teacher.model.name = "unet"  # what a user's config says; the network comes from Python
+    teacher.train.update(num_steps=2, checkpoint_every=2, log_every=1)
+  model = lambda: models.function(affine, params=exact_teacher()["params"])
+  assert train(teacher, str(tmp_path / "teacher"), model=model(), source=GaussianSource()) == 2
+  with pytest.raises(ValueError, match=r"load_run\(workdir, model=\.\.\.\)"):
+    distill(str(tmp_path / "teacher"), str(tmp_path / "student"), distill_settings(),
+            method="progressive")
+  assert distill(str(tmp_path / "teacher"), str(tmp_path / "student"), distill_settings(),
+                 method="progressive", model=model(), source=GaussianSource()) == 2
+  config, _, variables, step = load_run(str(tmp_path / "student"), model=model())
+  assert step == 2 and config.distill.method == "progressive"  # 1 round of round_steps 2
 
 
 def run_affine(config, mesh, batches):

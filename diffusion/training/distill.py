@@ -86,12 +86,14 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
 
 def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, method: str,
             steps: int | None = None, teacher_steps: int | None = None,
-            step: int | None = None) -> int:
+            step: int | None = None, model=None, source=None) -> int:
   """Distils the run in `workdir` (its EMA parameters at `step`, default the newest) into a
   student in `out` by `method` ("progressive" or "consistency"); resumes a student already
   there. Returns the student's step. Bad input (a workdir that is no trained run, a student as
   teacher, step counts that do not fit) raises ValueError naming the argument before anything
-  compiles."""
+  compiles. `model` and `source` are the teacher's network and data when the config cannot
+  name them (a run trained with `train(config, workdir, model=..., source=...)` in Python);
+  the student is the same network."""
   if os.fspath(paths.resolve(workdir, "--workdir")) == os.fspath(paths.resolve(out, "--out")):
     raise ValueError("--out must differ from --workdir (the teacher's run is read, not written)")
   if method not in METHODS:
@@ -108,7 +110,7 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
     log.info("%s is gone: resuming %s from its own checkpoints", workdir, out)
     config, variables = _teacher_config(saved), None
   else:
-    config, _, variables, teacher_step = load_run(workdir, step)
+    config, _, variables, teacher_step = load_run(workdir, step, model=model)
     if distill_method(config):
       raise ValueError(f"--workdir {workdir!r} is itself a few-step model (config.distill.method "
                        f"{distill_method(config)!r}): distil from its teacher")
@@ -117,7 +119,7 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
     student.distill.teacher = (saved.distill.get("teacher") if saved is not None
                                else f"{os.fspath(teacher_dir)}@{teacher_step}")
   log.info("distilling %s into %s: %s", student.distill.teacher, out, method)
-  return train(student, out, variables=variables)
+  return train(student, out, variables=variables, model=model, source=source)
 
 
 def _saved_config(out: str) -> ml_collections.ConfigDict | None:
