@@ -17,7 +17,7 @@ from diffusion import consistency, progressive, samplers
 from diffusion.config import (betas_from_config, clip_x0, data_spec, default_sampler,
                               distill_method)
 from diffusion.distributed import BATCH
-from diffusion.models import as_denoiser
+from diffusion.models import Denoiser, as_denoiser
 from diffusion.schedules import Schedule
 
 
@@ -124,17 +124,29 @@ def _frozen(value):
   return (type(value).__name__, value)
 
 
+def _model_key(model):
+  """What identifies a network's behaviour: a Denoiser that a registry name rebuilds
+  (`load_run`, `models.build`) by that name and its module's value, so that each checkpoint
+  `load_run` reads shares one program; any other network by the object itself."""
+  if isinstance(model, Denoiser) and model.name and model.module is not None:
+    try:
+      return ("built", model.name, _frozen(model.module))
+    except TypeError:
+      pass
+  return ("object", id(model))
+
+
 def memoized(build):
   """`build(model, config, *args, **options) -> fn`, returning the same `fn` for the same model
-  object, config contents, args and options, so that calling an application or a sampler again
-  in one process (a notebook, a research loop) reuses its traced and compiled programs
-  instead of building new ones. The PROGRAMS_KEPT most recent builds are kept, each with its
+  (`_model_key`), config contents, args and options, so that calling an application or a
+  sampler again in one process (a notebook, a research loop, each checkpoint of a run) reuses
+  its traced and compiled programs instead of building new ones. The PROGRAMS_KEPT most recent builds are kept, each with its
   model. A config is compared by its contents at the time of the call; arguments that cannot
   be hashed (or a config that is not an ml_collections ConfigDict) build afresh."""
   @functools.wraps(build)
   def wrapper(model, config, *args, **options):
     try:
-      key = (build.__module__, build.__qualname__, id(model), config.to_json_best_effort(sort_keys=True),
+      key = (build.__module__, build.__qualname__, _model_key(model), config.to_json_best_effort(sort_keys=True),
              _frozen(args), _frozen(tuple(sorted(options.items()))))
     except (AttributeError, TypeError, ValueError):
       return build(model, config, *args, **options)

@@ -211,6 +211,13 @@ def test_a_second_call_reuses_the_sampler_and_its_compiled_programs():
     make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2.0)
   other = gaussian_denoiser(config, np.zeros((8, 1)), correlated(8))
   assert make_sampler(other, config, (8, 1), mesh, sampler="ddim", steps=2) is not sampler
+  # Networks the registry rebuilds (what load_run gives for each checkpoint) are the same
+  # network when their name and module are: one program for all of them.
+  built = lambda ch: models.build({"name": "unet", "ch": ch, "ch_mult": (1,), "num_groups": 4,
+                                   "attn_resolutions": ()}, (8, 1))
+  unet = make_sampler(built(16), config, (8, 1), mesh, sampler="ddim", steps=2)
+  assert make_sampler(built(16), config, (8, 1), mesh, sampler="ddim", steps=2) is unet
+  assert make_sampler(built(32), config, (8, 1), mesh, sampler="ddim", steps=2) is not unet
   config.diffusion.clip_x0 = True
   assert make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2) is not sampler
 
