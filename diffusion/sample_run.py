@@ -65,36 +65,41 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
 
 def round_checkpoint(workdir: str, steps: int | None, step: int | None
                      ) -> tuple[int | None, int | None]:
-  """(checkpoint step, student steps) for `--steps K` of a progressive student: the checkpoint
-  at the end of the round that made the K-step student (each round halves the steps; the run
-  keeps every round's), or (step, None) for any other run or K."""
+  """(checkpoint step, student steps) of a progressive student (each round halves the steps;
+  the run keeps every round's checkpoint): for `--steps K`, the checkpoint at the end of the
+  round that made the K-step student; for `--step S` (or the newest checkpoint), the steps of
+  the student that S holds; both given, they must agree. (step, None) for any other run."""
   path = paths.resolve(workdir, "--workdir")
-  if steps is None or not (path / "checkpoints").exists():
+  if not (path / "checkpoints").exists():
     return step, None
   checkpoints = Checkpoints(path, read_only=True)
   try:
     kept = checkpoints.all_steps()
-    if not kept:
-      return step, None
-    config = checkpoints.restore_config(kept[-1])
+    newest = checkpoints.newest(checkpoints.restore_config) if kept else None
   finally:
     checkpoints.manager.close()
-  d = config.get("distill") or {}
-  if d.get("method") != "progressive" or steps == d.get("steps"):
+  if newest is None:
+    return step, None
+  d = newest[1].get("distill") or {}
+  if d.get("method") != "progressive":
     return step, None
   made = progressive.rounds(d["teacher_steps"], d["steps"])
-  try:
-    r = progressive.rounds(d["teacher_steps"], steps)
-  except ValueError:
-    r = 0
-  if not 1 <= r <= made:
-    reachable = [d["teacher_steps"] >> i for i in range(1, made + 1)]
+  reachable = [d["teacher_steps"] >> i for i in range(1, made + 1)]
+  # Checkpoint s holds the student of round min((s - 1) // round_steps, made - 1) + 1.
+  held = lambda s: d["teacher_steps"] >> (min(max(s - 1, 0) // d["round_steps"], made - 1) + 1)
+  if steps is None:
+    return step, held(newest[0] if step is None else step)
+  if steps not in reachable:
     raise ValueError(f"--steps {steps}: this progressive run made students of {reachable} "
                      "steps")
-  want = r * d["round_steps"]
-  if step is not None and step != want:
-    raise ValueError(f"--steps {steps} is the student of the round that ended at step {want}; "
-                     f"--step {step} holds another")
+  want = (reachable.index(steps) + 1) * d["round_steps"]
+  if step is None and held(newest[0]) == steps:  # the newest checkpoint's student
+    return newest[0], steps
+  if step is not None:
+    if held(step) != steps:
+      raise ValueError(f"--step {step} holds the {held(step)}-step student, not the "
+                       f"{steps}-step one (its round ended at step {want})")
+    return step, steps
   if want not in kept:
     raise ValueError(f"--steps {steps}: the checkpoint of its round (step {want}) is not in "
                      f"{os.fspath(path / 'checkpoints')} (kept: {kept})")

@@ -450,6 +450,13 @@ def test_ddpm_distill_and_sample_a_student_end_to_end(tmp_path, capsys):
   for steps in ("1", "2"):  # each round's student, from the checkpoint at its round's end
     assert sample("--steps", steps) == 0
   assert np.load(tmp_path / "s.npz")["arr_0"].shape == (8, 8, 8, 1)
+  two_step = np.load(tmp_path / "s.npz")["arr_0"]
+  # A round's checkpoint named by --step samples with that round's student (2 steps at
+  # step 2), not with the final student's chain.
+  assert sample("--step", "2") == 0
+  np.testing.assert_array_equal(np.load(tmp_path / "s.npz")["arr_0"], two_step)
+  assert sample("--step", "2", "--steps", "1") == 2
+  assert "--step 2 holds the 2-step student, not the 1-step one" in capsys.readouterr().err
   for args, message in ((["--steps", "4"], r"made students of \[2, 1\] steps"),
                         (["--sigmas", "80,x"], "--sigmas must be comma-separated numbers"),
                         (["--sigmas", "80,1"], "a consistency model's chain, and this run is not"),
