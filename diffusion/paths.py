@@ -88,6 +88,25 @@ def check_input(path: str | os.PathLike, argument: str) -> None:
     raise FileNotFoundError(f"{argument} {os.fspath(path)!r} does not exist")
 
 
+def check_distinct(written: list[tuple[str, str]], inputs: list[tuple[str, str]]) -> None:
+  """Refuses, before any work, a file to be written (`written`: (what, path) pairs, e.g. an
+  output and the preview beside it) that is one of the `inputs` ((argument, path) pairs) or
+  another of `written`: it would overwrite the user's data or its own output. Local paths are
+  compared after resolving links, object-store URIs as given."""
+  key = lambda path: os.fspath(path) if is_remote(path) else os.path.realpath(
+      os.path.expanduser(os.fspath(path)))
+  read = {key(path): argument for argument, path in inputs if path is not None}
+  seen: dict[str, str] = {}
+  for what, path in written:
+    if key(path) in read:
+      raise ValueError(f"{what} {os.fspath(path)!r} is the input {read[key(path)]}: writing it "
+                       "would overwrite it; choose another --out")
+    if key(path) in seen:
+      raise ValueError(f"{what} and {seen[key(path)]} would both be {os.fspath(path)!r}; "
+                       "choose another --out")
+    seen[key(path)] = what
+
+
 def write_bytes(path: epath.Path, data: bytes) -> None:
   """Writes a whole file, creating its folder: in one request on an object store, through a
   temporary file and a rename on a local disk, so that a reader never sees half of it."""

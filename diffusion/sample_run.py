@@ -43,7 +43,17 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
     raise ValueError(f"--num and --batch must be positive; got {num} and {batch}")
   if layout not in LAYOUTS:
     raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-  paths.resolve(out, "--out")  # a scheme no backend serves fails before sampling
+  target = paths.resolve(out, "--out")  # a scheme no backend serves fails before sampling
+  if layout == "npz" and target.suffix.lower() != ".npz":
+    raise ValueError(f"--out {out!r} must end in .npz (arr_0 and labels; a preview PNG is "
+                     "written beside it), or give --layout folders for one PNG per sample")
+  if layout == "folders":
+    if target.suffix.lower() == ".npz":
+      raise ValueError(f"--out {out!r}: --layout folders writes a folder of PNGs; give a "
+                       "folder name")
+    if target.exists() and target.is_dir() and any(target.iterdir()):
+      raise ValueError(f"--out {out!r} is a folder that already holds files; --layout "
+                       "folders writes into a new or empty folder (nothing is overwritten)")
   step, student = round_checkpoint(workdir, steps, step)
   config, model, variables, step = load_run(workdir, step)
   if student is not None:

@@ -187,6 +187,21 @@ def test_auroc_counts_the_ordered_pairs():
      "--num-samples must be >= 1; got 0"),
     (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.jpg"],
      r"--out .*o.jpg' must end in .png \(images\) or .npz"),
+    # Nothing the user gave is overwritten, nor anything written twice.
+    (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "IMG"],
+     r"--out .*IMG.png' is the input --image: writing it would overwrite it"),
+    (["inpaint", "--image", "IMG", "--mask", "MASK", "--out", "IMG.npz"],
+     r"the preview beside --out .*IMG.png' is the input --image"),
+    (["inpaint", "--image", "IMG", "--mask", "MASK", "--out", "MASK.npz"],
+     r"the preview beside --out .*MASK.png' is the input --mask"),
+    (["sample", "--num", "4", "--out", "o.png"], r"--out .*o.png' must end in .npz"),
+    (["sample", "--num", "4", "--out", "TMP", "--layout", "folders"],
+     "is a folder that already holds files"),
+    (["anomaly", "--images", "IMG", "--out", "o.npz"], r"--out .*o.npz' must end in .csv"),
+    # --steps beyond the chain that --sigma leaves is refused, not cut short.
+    (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--steps", "150"],
+     r"--steps 150: the noise of --sigma 0.1 is the model's step \d+, so the chain from it "
+     r"has at most \d+ steps"),
 ])
 def test_bad_input_is_named(digits_run, tmp_path, capsys, argv, message):
   files = {"BIG": np.zeros((16, 16, 1), np.uint8), "IMG": np.zeros((8, 8, 1), np.uint8),
@@ -194,7 +209,9 @@ def test_bad_input_is_named(digits_run, tmp_path, capsys, argv, message):
   paths = {name: save(tmp_path / f"{name}.png", image) for name, image in files.items()}
   argv = [paths.get(a, a) for a in argv]
   argv = argv[:1] + ["--workdir", str(digits_run)] + [
-      str(tmp_path / a) if a in ("o.png", "o.jpg", "s.npz") else a for a in argv[1:]]
+      str(tmp_path) if a == "TMP" else str(tmp_path / a)
+      if a in ("o.png", "o.jpg", "s.npz", "o.npz", "IMG.npz", "MASK.npz") else a
+      for a in argv[1:]]
   assert cli.main(argv) == 2
   assert re.search(message, capsys.readouterr().err)
 

@@ -37,8 +37,11 @@ def anomaly_scores(model, variables, config, data: np.ndarray, mesh, key, *, ste
   devices = mesh.size
   batch = max(devices, batch - batch % devices)
   ac = float(schedule.alphas_cumprod[step])
-  sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler,
-                        steps=None if steps is None else min(steps, step + 1), start=step)
+  if steps is not None and not isinstance(steps, bool) and isinstance(steps, int) \
+      and steps > step + 1:
+    raise ValueError(f"--steps {steps}: the chain from --at-step {step} has at most "
+                     f"{step + 1} steps")
+  sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=step)
   rng = np.random.default_rng(seed)
   x0 = spec.project(spec.to_model(data))
   recon = []

@@ -32,6 +32,9 @@ def _run(args, *, table: bool = False):
     raise ValueError(f"--num-samples must be >= 1; got {args.num_samples}")
   if not table and out.suffix.lower() not in (".png", ".npz"):
     raise ValueError(f"--out {args.out!r} must end in .png (images) or .npz (any data)")
+  if table and out.suffix.lower() != ".csv":
+    raise ValueError(f"--out {args.out!r} must end in .csv (the scores; the maps go beside it "
+                     "in an .npz)")
   config, model, variables, _ = load_run(args.workdir, args.step)
   if distill_method(config) and args.command != "enhance":
     raise ValueError(f"--workdir {args.workdir!r} is a few-step model (config.distill.method "

@@ -57,7 +57,10 @@ def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key
   rng = np.random.default_rng(seed)
   y = pad_to_devices(spec.project(spec.to_model(noisy)), mesh)
   x_k = np.sqrt(ac[k]) * (y + extra * spec.project(rng.standard_normal(y.shape)))
-  sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler,
-                        steps=None if steps is None else min(steps, k + 1), start=k)
+  if steps is not None and not isinstance(steps, bool) and isinstance(steps, int) \
+      and steps > k + 1:
+    raise ValueError(f"--steps {steps}: the noise of --sigma {sigma} is the model's step {k}, "
+                     f"so the chain from it has at most {k + 1} steps")
+  sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=k)
   out = gather(sample(variables, key, 0, labels, x_start=x_k.astype(np.float32)))[:n]
   return out[0] if single else out

@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_paths(args: argparse.Namespace) -> None:
   """The command's inputs exist and its outputs can be written, before any work: the
   parsers name them in `inputs` and `outputs` (argument names; outputs as (name, is_folder),
-  or a function of the arguments giving those)."""
+  or a function of the arguments giving those), and in `writes` (a function of the arguments
+  giving (what, path) of every file written): none may be an input or another output."""
   from diffusion import paths
   flag = lambda name: "--" + name.replace("_", "-")
   for name in getattr(args, "inputs", ()):
@@ -53,6 +54,9 @@ def _check_paths(args: argparse.Namespace) -> None:
   for name, folder in outputs(args) if callable(outputs) else outputs:
     if getattr(args, name, None) is not None:
       paths.check_output(getattr(args, name), flag(name), folder=folder)
+  if getattr(args, "writes", None):  # every file the command writes, side files included
+    paths.check_distinct(args.writes(args), [(flag(name), getattr(args, name, None))
+                                             for name in getattr(args, "inputs", ())])
 
 
 if __name__ == "__main__":

@@ -1,7 +1,26 @@
 """`ddpm inpaint | denoise | enhance | anomaly`: the applications on a trained run."""
 
+import os
+
 from diffusion.applications import commands as apps
 from diffusion.cli.common import sampler_arguments
+
+
+def _writes(args) -> list[tuple[str, str]]:
+  """Every file an application writes: --out and the files beside it."""
+  out = os.fspath(args.out)
+  base, ext = os.path.splitext(out)
+  if args.command == "anomaly":
+    return [("--out", out), ("the maps beside --out", base + "_maps.npz")]
+  files = [("--out", out)]
+  if ext.lower() == ".npz":
+    files.append(("the preview beside --out", base + ".png"))
+  elif args.command == "denoise" and args.num_samples > 1:
+    files += [("the mean and std beside --out", base + ".npz"),
+              ("the std map beside --out", base + "_std.png")]
+  else:
+    files += [(f"sample {i} beside --out", f"{base}_{i}{ext}") for i in range(1, args.num_samples)]
+  return files
 
 
 def add_parsers(commands) -> None:
@@ -16,7 +35,7 @@ def add_parsers(commands) -> None:
                         help="class-conditional models: condition on class C (default: the null "
                              "class, if the run was trained with label dropout)")
     parser.set_defaults(run=run, inputs=["workdir", "image", "mask", "images"],
-                        outputs=[("out", False)])
+                        outputs=[("out", False)], writes=_writes)
     return parser
 
   example = "a PNG (images) or an .npy/.npz array of config.data.shape in the data's units"

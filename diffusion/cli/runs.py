@@ -1,6 +1,7 @@
 """`ddpm schedule | train | distill | prepare-data | sample | evaluate`: a run from data to figures."""
 
 import argparse
+import os
 
 import numpy as np
 
@@ -147,7 +148,10 @@ def add_parsers(commands) -> None:
                       help="npz (arr_0 and labels, plus a PNG grid) or folders (a PNG per sample "
                            "in per-class folders, for data augmentation)")
   parser.set_defaults(run=sample_command, inputs=["workdir"],
-                      outputs=lambda args: [("out", args.layout == "folders")])
+                      outputs=lambda args: [("out", args.layout == "folders")],
+                      writes=lambda args: [] if not args.out.lower().endswith(".npz") else [
+                          ("--out", args.out),
+                          ("the preview beside --out", os.path.splitext(args.out)[0] + ".png")])
 
   parser = commands.add_parser(
       "evaluate", help="FID/KID/IS of samples, the digits measures, bits/dim of a data split",
