@@ -6,6 +6,7 @@ seed gives the same samples.
 """
 
 import collections
+import dataclasses
 import functools
 
 import jax
@@ -125,12 +126,14 @@ def _frozen(value):
 
 
 def _model_key(model):
-  """What identifies a network's behaviour: a Denoiser that a registry name rebuilds
-  (`load_run`, `models.build`) by that name and its module's value, so that each checkpoint
-  `load_run` reads shares one program; any other network by the object itself."""
-  if isinstance(model, Denoiser) and model.name and model.module is not None:
+  """What identifies a network's behaviour: a Denoiser by its functions and attributes (the
+  registry's Linen networks share their functions between equal modules, so each checkpoint
+  `load_run` reads shares one program, while a Denoiser with another apply_fn does not); any
+  other network by the object itself."""
+  if isinstance(model, Denoiser):
     try:
-      return ("built", model.name, _frozen(model.module))
+      return ("denoiser",) + tuple(_frozen(getattr(model, field.name))
+                                   for field in dataclasses.fields(model) if field.name != "check")
     except TypeError:
       pass
   return ("object", id(model))

@@ -187,6 +187,7 @@ def test_a_second_call_reuses_the_sampler_and_its_compiled_programs():
   loop) traces nothing new: `sampling.memoized` hands back the same jitted program. A changed
   config value, another model object or an option of another type (steps=2.0 is not the
   int 2) builds afresh."""
+  import dataclasses
   import jax
   from diffusion.sampling import make_sampler
   config = config_for(shape=(8, 1), kind="sequence", dtype="float32", scale=1.0)
@@ -218,6 +219,8 @@ def test_a_second_call_reuses_the_sampler_and_its_compiled_programs():
   unet = make_sampler(built(16), config, (8, 1), mesh, sampler="ddim", steps=2)
   assert make_sampler(built(16), config, (8, 1), mesh, sampler="ddim", steps=2) is unet
   assert make_sampler(built(32), config, (8, 1), mesh, sampler="ddim", steps=2) is not unet
+  wrapped = dataclasses.replace(built(16), apply_fn=lambda *args: built(16).apply_fn(*args))
+  assert make_sampler(wrapped, config, (8, 1), mesh, sampler="ddim", steps=2) is not unet
   config.diffusion.clip_x0 = True
   assert make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2) is not sampler
 

@@ -22,6 +22,7 @@ Adapters: `linen(module)`, `nnx(factory)` and `function(apply_fn, init_fn)`;
 """
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -145,6 +146,22 @@ def linen(module, *, num_classes: int | None = None, cond_channels: int | None =
   if `__call__` takes it; in training the streams `rng_streams` are seeded
   from the step's key and every collection other than "params" is mutable.
   """
+  try:  # equal modules share their functions, so that their compiled programs are shared too
+    init_fn, apply_fn = _linen_functions(module, tuple(rng_streams))
+  except TypeError:  # an unhashable module
+    init_fn, apply_fn = _linen_functions.__wrapped__(module, tuple(rng_streams))
+  return Denoiser(
+      init_fn, apply_fn,
+      num_classes=_attribute(module, num_classes, "num_classes", 0),
+      cond_channels=_attribute(module, cond_channels, "cond_channels", 0),
+      learned_variance=bool(_attribute(module, learned_variance, "learned_variance", False)),
+      check=check or _no_check, name=name, kinds=kinds,
+      dtype=jnp.dtype(getattr(module, "dtype", None) or jnp.float32).name, module=module)
+
+
+@functools.lru_cache(maxsize=64)
+def _linen_functions(module, rng_streams: tuple[str, ...]):
+  """(init_fn, apply_fn) of `linen`: the same function objects for equal modules."""
   takes_train = _accepts(module.__call__, "train")
 
   def init_fn(key, x, t, y, cond):
@@ -164,13 +181,7 @@ def linen(module, *, num_classes: int | None = None, cond_channels: int | None =
     out, updates = module.apply(variables, x, t, rngs=rngs, mutable=mutable, **kwargs)
     return out, dict(updates)
 
-  return Denoiser(
-      init_fn, apply_fn,
-      num_classes=_attribute(module, num_classes, "num_classes", 0),
-      cond_channels=_attribute(module, cond_channels, "cond_channels", 0),
-      learned_variance=bool(_attribute(module, learned_variance, "learned_variance", False)),
-      check=check or _no_check, name=name, kinds=kinds,
-      dtype=jnp.dtype(getattr(module, "dtype", None) or jnp.float32).name, module=module)
+  return init_fn, apply_fn
 
 
 def nnx(make: Callable, *, num_classes: int = 0, cond_channels: int = 0,
