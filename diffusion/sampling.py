@@ -43,6 +43,9 @@ def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta
   if guidance is not None and not model.num_classes:
     raise ValueError("--guidance needs a class-conditional model (trained with num_classes > 0 "
                      "and label dropout); this one is unconditional")
+  if guidance is not None and not guidance >= 0:
+    raise ValueError(f"--guidance must be a scale w >= 0 (0: the conditional model alone); got "
+                     f"{guidance!r}")
 
 
 def class_labels(model, config, num: int, class_label: int | None, *,
@@ -195,6 +198,10 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
   sampler = default_sampler(config) if sampler is None else sampler
   check_options(model, d.num_steps, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                 guidance=guidance, churn=churn)
+  if guidance is not None and not config.train.get("label_dropout", 0.0) > 0:
+    raise ValueError("--guidance mixes in the unconditional model, the null class, which a run "
+                     "learns only with label dropout: this one was trained with "
+                     "config.train.label_dropout = 0")
   betas = betas_from_config(config)
   schedule = Schedule.from_betas(betas)
   if sigmas is not None and distill_method(config) not in ("consistency",

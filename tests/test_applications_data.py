@@ -262,3 +262,10 @@ def test_a_sampler_refuses_labels_outside_the_models_classes():
       sample(variables, key, 0, bad)
   with pytest.raises(ValueError, match="give labels"):
     sample(variables, key, 0)
+  # Guidance needs the null class, which only label dropout trains, and a scale >= 0.
+  with pytest.raises(ValueError, match="trained with config.train.label_dropout = 0"):
+    make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2, guidance=2.0)
+  config.train.label_dropout = 0.1
+  with pytest.raises(ValueError, match="--guidance must be a scale w >= 0"):
+    make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2, guidance=-3.0)
+  make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2, guidance=2.0)

@@ -9,8 +9,17 @@ from collections.abc import Sequence
 from diffusion.cli import applications, bench, runs
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse, with a command's mistakes (`--num abc`, a missing argument) in one line."""
+
+  def error(self, message: str):
+    if self.prog == "ddpm":  # no command, or an unknown one: the usage lists them
+      self.print_usage(sys.stderr)
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="ddpm", description="Denoising diffusion probabilistic models in JAX.")
   commands = parser.add_subparsers(dest="command", required=True)
   for module in (runs, applications, bench):

@@ -7,17 +7,19 @@ import sys
 
 
 def config_with_overrides(path: str, overrides: list[str]):
-  """The config file with `--config.a.b=value` overrides applied (ml_collections syntax)."""
+  """The config file with `--config.a.b=value` overrides applied (ml_collections syntax); a
+  ValueError of one line for a missing or broken file or a bad override (exit status 2, as
+  every other bad input)."""
   from absl import flags
   from ml_collections import config_flags
   if os.path.isdir(path):
-    raise SystemExit(f"ddpm: error: --config {path!r} is a folder; give a config file "
+    raise ValueError(f"--config {path!r} is a folder; give a config file "
                      "(experiments/configs/*.py)")
   if not os.path.isfile(path):
-    raise SystemExit(f"ddpm: error: --config {path!r} does not exist")
+    raise ValueError(f"--config {path!r} does not exist")
   bad = [o for o in overrides if not o.startswith("--config.")]
   if bad:
-    raise SystemExit(f"ddpm: error: unrecognized arguments: {' '.join(bad)}")
+    raise ValueError(f"unrecognized arguments: {' '.join(bad)}")
   # ml_collections loads every config file as the module "config_config" with the deprecated
   # load_module(), which runs a file in the module of the one loaded before, if any: a file
   # without get_config() would then return the earlier file's config.
@@ -29,13 +31,13 @@ def config_with_overrides(path: str, overrides: list[str]):
   try:
     values(argv)
   except flags.Error as e:
-    raise SystemExit(f"ddpm: error: {e}") from None
+    raise ValueError(f"{e}") from None
   except (KeyError, AttributeError) as e:  # ml_collections, for a key the config lacks
-    raise SystemExit(f"ddpm: error: {_missing_key(e, path, overrides)}") from None
+    raise ValueError(f"{_missing_key(e, path, overrides)}") from None
   except SyntaxError as e:
-    raise SystemExit(f"ddpm: error: --config {path!r} line {e.lineno}: {e.msg}") from None
+    raise ValueError(f"--config {path!r} line {e.lineno}: {e.msg}") from None
   except Exception as e:  # an error of the config file's own code
-    raise SystemExit(f"ddpm: error: --config {path!r} failed: {type(e).__name__}: {e}") from None
+    raise ValueError(f"--config {path!r} failed: {type(e).__name__}: {e}") from None
   return values.config
 
 
