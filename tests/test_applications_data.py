@@ -198,9 +198,11 @@ def test_a_second_call_reuses_the_sampler_and_its_compiled_programs():
   listener = lambda event, seconds, **kw: traces.append(event)
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    first = inpaint(model, variables, config, data, mask, mesh, key, steps=8, resamplings=2)
+    first = inpaint(model, variables, config, data, mask, mesh, key, steps=8, jump_length=4,
+                    resamplings=2)
     traced = traces.count("/jax/core/compile/jaxpr_trace_duration")
-    again = inpaint(model, variables, config, data + 1, mask, mesh, key, steps=8, resamplings=2)
+    again = inpaint(model, variables, config, data + 1, mask, mesh, key, steps=8, jump_length=4,
+                    resamplings=2)
     retraced = traces.count("/jax/core/compile/jaxpr_trace_duration") - traced
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)

@@ -86,7 +86,7 @@ def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.n
 
 
 def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, key, *,
-            num_samples: int = 1, steps: int = 250, jump_length: int = 10,
+            num_samples: int = 1, steps: int | None = None, jump_length: int = 10,
             resamplings: int = 10, class_label: int | None = None) -> np.ndarray:
   """Fills the positions where `mask` is False.
 
@@ -96,15 +96,19 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
   bool [*shape[:-1]] (pixels, voxels, elements or points; for every example)
   or [N, *shape[:-1]], True = known (kept, all channels). Returns [num_samples
   or N, *shape] in the data's units and dtype. The chain runs on `steps`
-  timesteps respaced from the model's T (RePaint used 250). A
+  timesteps respaced from the model's T (default: 250, as RePaint, or T if fewer). A
   class-conditional model is conditioned on `class_label`, else on its null
   class. Point sets (motif scaffolding): the known points keep their
   coordinates, and the generated ones are placed around them.
   """
   spec = data_spec(config)
   betas = betas_from_config(config)
+  steps = min(250, len(betas)) if steps is None else steps
   if not 1 <= steps <= len(betas):
     raise ValueError(f"--steps must lie in [1, {len(betas)}] (the model's T); got {steps}")
+  if resamplings > 1 and not 1 <= jump_length < steps:
+    raise ValueError(f"--jump-length {jump_length} must lie in [1, {steps}) (--steps) for the "
+                     f"chain to jump back at all (--resamplings {resamplings})")
   if not (isinstance(num_samples, int) and num_samples >= 1):
     raise ValueError(f"--num-samples must be an int >= 1; got {num_samples!r}")
   data, single = spec.batch(data, "the data to inpaint")

@@ -47,7 +47,8 @@ def add_parsers(commands) -> None:
                        help="PNG: white = keep, black = generate; or an .npy of bools over the "
                             "data's positions (config.data.shape[:-1]), True = keep")
   inpaint.add_argument("--out", required=True, help=out)
-  inpaint.add_argument("--steps", type=int, default=250, help="chain length (respaced)")
+  inpaint.add_argument("--steps", type=int,
+                       help="chain length, respaced (default: 250 as RePaint, or T if fewer)")
   inpaint.add_argument("--jump-length", type=int, default=10)
   inpaint.add_argument("--resamplings", type=int, default=10)
   inpaint.add_argument("--num-samples", type=int, default=1)
