@@ -295,6 +295,14 @@ def test_numpy_sources(tmp_path):
     NumpySource(str(tmp_path / "bad.npz"))
   with pytest.raises(FileNotFoundError, match="does not exist"):
     NumpySource(str(tmp_path / "missing.npy"))
+  # Truncated files (a copy that stopped) are named, whatever NumPy or zipfile raises.
+  for name in ("x.npy", "data.npz"):
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / f"cut_{name}").write_bytes(data[:len(data) // 2] if name.endswith("npz")
+                                           else data[:100])
+    with pytest.raises(ValueError, match=f"config.data.path .*cut_{name}' cannot be read as "
+                                         "NumPy arrays \\(a truncated or broken file\\?\\)"):
+      NumpySource(str(tmp_path / f"cut_{name}"))
 
 
 def test_a_checkpoint_from_before_shapes_and_model_state_resumes_exactly(tmp_path):

@@ -77,6 +77,10 @@ def test_damaged_or_missing_shards_are_named(tmp_path, capsys):
                    capsys.readouterr().err.strip())
   with pytest.raises(FileNotFoundError, match="holds no dataset.json"):
     ArrayRecordSource(str(tmp_path))
+  meta = tmp_path / "d" / "dataset.json"
+  meta.write_text(meta.read_text()[:5])
+  with pytest.raises(ValueError, match="dataset.json is not valid JSON .*run `ddpm prepare-data`"):
+    ArrayRecordSource(str(tmp_path / "d"))
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 

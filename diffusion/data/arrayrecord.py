@@ -95,8 +95,12 @@ class ArrayRecordSource:
     if not (folder / META).exists():
       raise FileNotFoundError(f"config.data.path {path!r} holds no {META}: not a dataset "
                               "written by `ddpm prepare-data` (or its preparation stopped)")
-    meta = json.loads((folder / META).read_text())
-    if meta.get("format") != FORMAT:
+    try:
+      meta = json.loads((folder / META).read_text())
+    except ValueError as e:
+      raise ValueError(f"config.data.path {path!r}: {META} is not valid JSON ({e}): a damaged "
+                       "file; run `ddpm prepare-data` again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
       raise ValueError(f"config.data.path {path!r}: {META} is not of format {FORMAT}")
     self.files = []
     for shard in meta["shards"]:

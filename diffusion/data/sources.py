@@ -174,24 +174,30 @@ class NumpySource:
     local = os.fspath(root)
     if not root.exists():
       raise FileNotFoundError(f"config.data.path {path!r} does not exist")
-    load = lambda p: np.load(p, mmap_mode="r") if "://" not in local else np.load(p.open("rb"))
-    if root.is_dir():
-      if not (root / "x.npy").exists():
-        raise FileNotFoundError(f"config.data.path {path!r}: a folder of arrays needs x.npy "
-                                "(and optionally label.npy, cond.npy)")
-      arrays = {name: load(root / f"{name}.npy") for name in ("x", "label", "cond")
-                if (root / f"{name}.npy").exists()}
-    elif local.endswith(".npy"):
-      arrays = {"x": load(root)}
-    elif local.endswith(".npz"):
-      with root.open("rb") as f, np.load(f) as npz:
-        if "x" not in npz:
-          raise ValueError(f"config.data.path {path!r}: the .npz has no array 'x' (it has "
-                           f"{list(npz.keys())})")
-        arrays = {name: npz[name] for name in ("x", "label", "cond") if name in npz}
-    else:
-      raise ValueError(f"config.data.path {path!r} must be a .npy or .npz file or a folder "
-                       "holding x.npy")
+    try:
+      load = lambda p: np.load(p, mmap_mode="r") if "://" not in local else np.load(p.open("rb"))
+      if root.is_dir():
+        if not (root / "x.npy").exists():
+          raise FileNotFoundError(f"config.data.path {path!r}: a folder of arrays needs x.npy "
+                                  "(and optionally label.npy, cond.npy)")
+        arrays = {name: load(root / f"{name}.npy") for name in ("x", "label", "cond")
+                  if (root / f"{name}.npy").exists()}
+      elif local.endswith(".npy"):
+        arrays = {"x": load(root)}
+      elif local.endswith(".npz"):
+        with root.open("rb") as f, np.load(f) as npz:
+          if "x" not in npz:
+            raise ValueError(f"config.data.path {path!r}: the .npz has no array 'x' (it has "
+                             f"{list(npz.keys())})")
+          arrays = {name: npz[name] for name in ("x", "label", "cond") if name in npz}
+      else:
+        raise ValueError(f"config.data.path {path!r} must be a .npy or .npz file or a folder "
+                         "holding x.npy")
+    except Exception as e:  # NumPy's and zipfile's errors of a truncated or broken file
+      if str(e).startswith("config.data.path"):
+        raise
+      raise ValueError(f"config.data.path {path!r} cannot be read as NumPy arrays (a truncated "
+                       f"or broken file?): {type(e).__name__}: {e}") from None
     n = len(arrays["x"])
     if n == 0:
       raise ValueError(f"config.data.path {path!r} holds no examples")
