@@ -286,6 +286,25 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, reference_run
   assert steps[-1] == 24 and steps[0] <= stopped_at
 
 
+def test_ctrl_c_saves_and_stops_without_a_traceback(tmp_path):
+  """Ctrl-C in a terminal (SIGINT to the whole process group) saves the step in flight and
+  stops like a preemption, exit 0 and no traceback."""
+  process = subprocess.Popen(
+      [sys.executable, "-m", "diffusion", "train", "--config", DIGITS, "--workdir",
+       str(tmp_path), *LONG], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      start_new_session=True)
+  metrics = tmp_path / "metrics.jsonl"
+  while not (metrics.exists() and metrics.read_text().strip()):
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.05)
+  os.killpg(process.pid, signal.SIGINT)
+  out, err = process.communicate(timeout=120)
+  assert process.returncode == 0, err
+  assert "interrupted: saved step" in err and "Traceback" not in err, err
+  stopped_at, _ = final_state(tmp_path)
+  assert 0 < stopped_at < 24
+
+
 def test_two_processes_equal_one(tmp_path, reference_run):
   """2 processes of 2 devices, the state split over a (data 2, fsdp 2) mesh, Grain workers:
   the 8-device data-parallel run to float tolerance."""

@@ -46,6 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   except bad_input as e:
     print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:
+    print(f"ddpm {args.command}: interrupted", file=sys.stderr)
+    return 130
   return 0
 
 

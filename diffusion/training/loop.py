@@ -4,7 +4,7 @@ The workdir is a local path or an object-store URI (gs://bucket/run); one
 run at a time holds it (`lock.py`). Resume order: the newest readable
 checkpoint in `workdir/checkpoints/` (damaged newer ones are set aside with a
 warning), once its config is found to compute the same run as the new one;
-else a fresh start from config.seed. A SIGTERM (preemption) saves a
+else a fresh start from config.seed. A SIGTERM (preemption) or a Ctrl-C saves a
 checkpoint at the current step, agreed on by every process, and returns;
 running the same command again continues exactly, data position included.
 """
@@ -109,7 +109,8 @@ def _check_output(model, spec) -> None:
 
 
 class _Preemption:
-  """Whether a preemption notice (SIGTERM) has reached any process, agreed on by all of them.
+  """Whether a preemption notice (SIGTERM) or a Ctrl-C (SIGINT) has reached any process,
+  agreed on by all of them.
 
   A Python handler turns SIGTERM into a flag on the process that gets it. With
   several processes, every dispatch also launches a reduction of all the flags
@@ -120,7 +121,10 @@ class _Preemption:
 
   def __init__(self, mesh):
     self.flag = False
+    self.why = "preempted"
     self._previous = signal.signal(signal.SIGTERM, self._handle)
+    # Ctrl-C (SIGINT) stops the same way, saving; a second one stops at once, unsaved.
+    self._previous_interrupt = signal.signal(signal.SIGINT, self._interrupt)
     self.coordinated = jax.process_count() > 1
     if self.coordinated:
       self._sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))
@@ -130,6 +134,13 @@ class _Preemption:
 
   def _handle(self, signum, frame):
     self.flag = True
+
+  def _interrupt(self, signum, frame):
+    if self.flag:
+      raise KeyboardInterrupt
+    self.flag, self.why = True, "interrupted"
+    log.warning("interrupted: saving the step in flight and stopping (Ctrl-C again: stop now, "
+                "unsaved)")
 
   def reached(self) -> bool:
     """Call once per dispatch, on every process."""
@@ -142,6 +153,7 @@ class _Preemption:
 
   def close(self):
     signal.signal(signal.SIGTERM, self._previous)
+    signal.signal(signal.SIGINT, self._previous_interrupt)
 
 
 def _sample_grid(sampler, variables, model, spec, config, source, path, key):
@@ -330,7 +342,7 @@ def _train(config, workdir: epath.Path, source, model, variables=None) -> int:
       if preemption.reached():
         if saved != step:
           checkpoints.save(step, state, position, config, force=True)
-        log.warning("preempted: saved step %d; run the same command to resume", step)
+        log.warning("%s: saved step %d; run the same command to resume", preemption.why, step)
         break
       if checkpoints.save(step, state, position, config):
         saved = step
