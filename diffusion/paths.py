@@ -115,8 +115,13 @@ def write_bytes(path: epath.Path, data: bytes) -> None:
     path.write_bytes(data)
     return
   temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  temporary.write_bytes(data)
-  os.replace(temporary, path)
+  try:
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+  except OSError as e:  # e.g. a full disk: no half-written file is left, and the file is named
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+    raise type(e)(e.errno, e.strerror or str(e), os.fspath(path)) from None
 
 
 def read_bytes(path: epath.Path, argument: str = "path") -> bytes:

@@ -59,6 +59,10 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   if student is not None:
     with config.unlocked():
       config.distill.steps = student
+  if model.cond_channels:
+    raise ValueError(f"--workdir {workdir!r}: this model is conditioned on an input "
+                     f"(cond_channels = {model.cond_channels}): draw from it with `ddpm enhance "
+                     "--image DEGRADED`")
   spec = data_spec(config)
   if layout == "folders" and spec.kind != "image":
     raise ValueError(f"--layout folders writes images; this run's data is {spec.kind} data: "

@@ -144,6 +144,11 @@ def test_denoising_float_data_samples_the_gaussian_posterior():
   with pytest.raises(ValueError, match=r"--sigma must be > 0 \(a standard deviation in the data"):
     denoise(model, {"params": jnp.zeros(())}, config, noisy[:, None].astype(np.float32), 0.0,
             make_mesh(), base_key(0, "sample"))
+  most = np.sqrt(1 / schedule_from_config(config).alphas_cumprod[-1] - 1) * scale  # data units
+  with pytest.raises(ValueError, match=rf"--sigma 1000.0 is more noise than the model's last "
+                                       rf"step holds \(at most {most:.3g} in the units of --sigma"):
+    denoise(model, {"params": jnp.zeros(())}, config, noisy[:, None].astype(np.float32), 1000.0,
+            make_mesh(), base_key(0, "sample"))
   with pytest.raises(ValueError, match=r"noisy data is uint8; this run's data is float32"):
     denoise(model, {"params": jnp.zeros(())}, config, np.zeros((16, 1), np.uint8), 0.5,
             make_mesh(), base_key(0, "sample"))

@@ -457,6 +457,11 @@ def test_ddpm_distill_and_sample_a_student_end_to_end(tmp_path, capsys):
   np.testing.assert_array_equal(np.load(tmp_path / "s.npz")["arr_0"], two_step)
   assert sample("--step", "2", "--steps", "1") == 2
   assert "--step 2 holds the 2-step student, not the 1-step one" in capsys.readouterr().err
+  # Resuming the student with other settings names its folder, --out.
+  assert distill("--method", "progressive", "--teacher-steps", "4", "--steps", "1",
+                 "--config.distill.round_steps=3") == 2
+  assert re.search(r"--out '.*student' holds a run with another config \(distill.round_steps: "
+                   r"2 -> 3", capsys.readouterr().err)
   for args, message in ((["--steps", "4"], r"made students of \[2, 1\] steps"),
                         (["--sigmas", "80,x"], "--sigmas must be comma-separated numbers"),
                         (["--sigmas", "80,1"], "a consistency model's chain, and this run is not"),

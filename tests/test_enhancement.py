@@ -17,7 +17,7 @@ from diffusion.training.checkpoint import load_run
 from diffusion.training.state import base_key
 
 
-def test_enhancement_trains_on_degraded_digits_and_restores_them(tmp_path):
+def test_enhancement_trains_on_degraded_digits_and_restores_them(tmp_path, capsys):
   """A model trained on blurred, darkened digits (120 steps, digits.py's lr 4e-3 decayed to 0)
   restores 32 held-out ones: the PSNR gain over the degraded input is about 6.7 dB (measured;
   8 dB after 200 steps at a constant lr 1e-3); at least 5 dB is required, and an improvement on
@@ -42,6 +42,13 @@ def test_enhancement_trains_on_degraded_digits_and_restores_them(tmp_path):
                    save(tmp_path / "degraded.png", degraded[0]), "--out", str(out),
                    "--sampler", "ddim", "--steps", "5"]) == 0
   assert np.asarray(Image.open(out)).shape == (8, 8)
+  # The other commands need an unconditioned model: named before anything runs.
+  for argv in (["sample", "--num", "4", "--out", str(tmp_path / "s.npz")],
+               ["denoise", "--image", str(tmp_path / "degraded.png"), "--sigma", "0.1", "--out",
+                str(tmp_path / "d.png")]):
+    assert cli.main([argv[0], "--workdir", str(workdir), *argv[1:]]) == 2
+    assert "this model is conditioned on an input (cond_channels = 1)" in \
+        capsys.readouterr().err
 
 
 def test_degradations_and_paired_folders(tmp_path):

@@ -263,3 +263,24 @@ def test_a_preemption_notice_between_log_steps_stops_both_processes_at_one_step(
   assert saved[0] == saved[1] > 1, saved
   assert steps_of(tmp_path / "run")[-1] == saved[0]
   assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""  # no log step came
+
+
+def test_a_whole_file_write_that_fails_leaves_no_temporary_and_names_the_file(tmp_path,
+                                                                              monkeypatch):
+  """A full disk while `ddpm sample` writes its .npz: the old file stays, no .tmp file is left
+  on the full disk, and the error names the file."""
+  import errno
+  from etils import epath
+  from diffusion import paths
+  target = epath.Path(tmp_path / "s.npz")
+  target.write_bytes(b"old")
+
+  def full(self, data):
+    open(self, "wb").write(data[:3])  # part of it made it to disk
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(epath.Path, "write_bytes", full)
+  with pytest.raises(OSError, match=r"No space left on device: '.*s.npz'") as error:
+    paths.write_bytes(target, b"new samples")
+  assert paths.is_disk_full(error.value)
+  assert sorted(os.listdir(tmp_path)) == ["s.npz"] and (tmp_path / "s.npz").read_bytes() == b"old"

@@ -40,6 +40,10 @@ def _run(args, *, table: bool = False):
     raise ValueError(f"--workdir {args.workdir!r} is a few-step model (config.distill.method "
                      f"{distill_method(config)!r}), trained at a few noise levels only: "
                      f"ddpm {args.command} needs a model of every timestep, e.g. its teacher's")
+  if model.cond_channels and args.command != "enhance":
+    raise ValueError(f"--workdir {args.workdir!r}: this model is conditioned on an input "
+                     f"(cond_channels = {model.cond_channels}); ddpm {args.command} needs an "
+                     "unconditioned one (this one enhances: `ddpm enhance`)")
   spec = data_spec(config)
   if not table and spec.kind != "image" and out.suffix != ".npz":
     raise ValueError(f"--out {args.out!r}: this run's data is {spec.kind} data; the output is "

@@ -51,7 +51,12 @@ def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key
   std = spec.noise_std(sigma, "--sigma")
   schedule = schedule_from_config(config)
   ac = np.asarray(schedule.alphas_cumprod, np.float64)
-  k, extra = noise_step(ac, std)
+  try:
+    k, extra = noise_step(ac, std)
+  except ValueError:  # say it in the units --sigma was given in
+    most = np.sqrt((1 - ac[-1]) / ac[-1]) * float(sigma) / std
+    raise ValueError(f"--sigma {sigma} is more noise than the model's last step holds (at most "
+                     f"{most:.3g} in the units of --sigma)") from None
   labels = pad_to_devices(class_labels(model, config, len(noisy), class_label), mesh)
   n = len(noisy)
   rng = np.random.default_rng(seed)

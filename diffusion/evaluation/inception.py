@@ -189,7 +189,8 @@ def from_torch_state_dict(state_dict, source: str = "the weights") -> dict:
       params[("fc", "kernel" if leaf == "weight" else "bias")] = value.T if leaf == "weight" \
           else value
     else:
-      raise ValueError(f"{source} is not the FID Inception-v3: unexpected entry {name!r}")
+      raise ValueError(f"Inception weights {source} are not the FID Inception-v3: unexpected "
+                       f"entry {name!r}")
   return {"params": traverse_util.unflatten_dict(params),
           "batch_stats": traverse_util.unflatten_dict(stats)}
 
@@ -237,7 +238,7 @@ def load_inception(path: str) -> dict:
   if got != expected:
     missing = sorted(set(expected) - set(got))[:3]
     wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])[:3]
-    raise ValueError(f"{path!r} is not the FID Inception-v3: missing {missing}, wrong shapes "
+    raise ValueError(f"Inception weights {path!r} are not the FID Inception-v3: missing {missing}, wrong shapes "
                      f"{wrong}, unexpected {sorted(set(got) - set(expected))[:3]}")
   return variables
 

@@ -18,7 +18,7 @@ import ml_collections
 from diffusion import paths
 from diffusion.config import distill_method
 from diffusion.training import objectives
-from diffusion.training.checkpoint import Checkpoints, load_run
+from diffusion.training.checkpoint import Checkpoints, IncompatibleResume, load_run
 from diffusion.training.loop import train
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,10 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
     student.distill.teacher = (saved.distill.get("teacher") if saved is not None
                                else f"{os.fspath(teacher_dir)}@{teacher_step}")
   log.info("distilling %s into %s: %s", student.distill.teacher, out, method)
-  return train(student, out, variables=variables, model=model, source=source)
+  try:
+    return train(student, out, variables=variables, model=model, source=source)
+  except IncompatibleResume as e:  # the student's folder is --out here
+    raise IncompatibleResume(str(e).replace("--workdir", "--out")) from None
 
 
 def _saved_config(out: str) -> ml_collections.ConfigDict | None:

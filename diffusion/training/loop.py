@@ -193,6 +193,9 @@ def _start(checkpoints, model, config, mesh, sample, variables=None):
     return create_state(model, config, mesh, sample, variables), 0
   step, (state, position) = found
   log.info("resuming from step %d of %s", step, os.fspath(checkpoints.directory))
+  if step >= config.train.num_steps:
+    log.warning("the run is at step %d, at or past config.train.num_steps = %d: nothing to "
+                "train (raise config.train.num_steps to continue)", step, config.train.num_steps)
   return state, position
 
 
