@@ -120,16 +120,18 @@ def test_bench_unet_reports_throughput_and_flops(tmp_path, capsys):
       "                'attn_resolutions': (4,), 'num_groups': 8, 'dropout': 0.1}})\n")
   out = tmp_path / "bench.json"
   assert cli.main(["bench-unet", "--config", str(config), "--batch", "2", "--steps", "1",
-                   "--json", str(out)]) == 0
+                   "--json", str(out), "--config.data.channels=3"]) == 0  # overrides, as train
   assert "train_step" in capsys.readouterr().out
   import json
   result = json.loads(out.read_text())
-  assert result["batch"] == 2 and result["shape"] == [8, 8, 1]
+  assert result["batch"] == 2 and result["shape"] == [8, 8, 3]
   for name in ("forward", "train_step"):
     assert result[name]["images_per_s"] > 0 and result[name]["gflops_per_image"] > 0
   # The backward pass costs about twice the forward.
   ratio = result["train_step"]["gflops_per_image"] / result["forward"]["gflops_per_image"]
   assert 2 < ratio < 4
+  assert cli.main(["bench", "--config", str(config), "--no-torch", "--peak-tflops", "-1"]) == 2
+  assert "--peak-tflops must be > 0; got -1.0" in capsys.readouterr().err
 
 
 def test_bench_sampling_times_every_sampler(tmp_path, capsys):

@@ -9,9 +9,9 @@ def _setup(args: argparse.Namespace, steps: int | None = None):
   """(config, model, sampler names) of a bench command: the config's network in --dtype, and
   --samplers checked at `steps`."""
   from diffusion import models
-  from diffusion.config import data_shape, load_config
+  from diffusion.config import data_shape
   from diffusion.sampling import check_options
-  config = load_config(args.config)
+  config = config_with_overrides(args.config, args.overrides)
   model_config = dict(config.model)
   if args.dtype:
     model_config["dtype"] = args.dtype
@@ -51,6 +51,8 @@ def bench(args: argparse.Namespace) -> None:
   """`ddpm bench`: training and sampling speed against the PyTorch reference."""
   import jax
   from diffusion import benchmark
+  if args.peak_tflops is not None and not args.peak_tflops > 0:
+    raise ValueError(f"--peak-tflops must be > 0; got {args.peak_tflops}")
   config, model, names = _setup(args, args.sample_steps)
   if args.batch < 1 or args.train_steps < 1 or (args.sample_batch is not None
                                                  and args.sample_batch < 1):
@@ -113,7 +115,7 @@ def add_parsers(commands) -> None:
   parser.add_argument("--dtype", **dtype)
   parser.add_argument("--steps", type=int, default=5, help="timed steps after a warm-up")
   parser.add_argument("--json", **json_)
-  parser.set_defaults(run=bench_unet, outputs=[("json", False)])
+  parser.set_defaults(run=bench_unet, takes_overrides=True, outputs=[("json", False)])
 
   parser = commands.add_parser(
       "bench", help="training and sampling speed, memory and FLOP utilisation, beside PyTorch")
@@ -134,7 +136,7 @@ def add_parsers(commands) -> None:
   parser.add_argument("--layers", action="store_true",
                       help="also time conv/GroupNorm/swish at each level's shape, JAX vs PyTorch")
   parser.add_argument("--json", **json_)
-  parser.set_defaults(run=bench, outputs=[("json", False)])
+  parser.set_defaults(run=bench, takes_overrides=True, outputs=[("json", False)])
 
   parser = commands.add_parser(
       "bench-sampling", help="samples/s of each sampler on a config's network")
@@ -146,7 +148,7 @@ def add_parsers(commands) -> None:
   parser.add_argument("--dtype", **dtype)
   parser.add_argument("--repeats", type=int, default=1, help="timed chains after the first")
   parser.add_argument("--json", **json_)
-  parser.set_defaults(run=bench_sampling, outputs=[("json", False)])
+  parser.set_defaults(run=bench_sampling, takes_overrides=True, outputs=[("json", False)])
 
   parser = commands.add_parser(
       "bench-data", help="images/s of the data pipeline alone, per worker and in total",
