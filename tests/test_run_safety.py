@@ -284,3 +284,25 @@ def test_a_whole_file_write_that_fails_leaves_no_temporary_and_names_the_file(tm
     paths.write_bytes(target, b"new samples")
   assert paths.is_disk_full(error.value)
   assert sorted(os.listdir(tmp_path)) == ["s.npz"] and (tmp_path / "s.npz").read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("failing_save, then", [
+    (1, "no checkpoint was saved yet; free space and run the same command to start again"),
+    (2, "the earlier checkpoints are intact; free space and run the same command to resume")])
+def test_a_full_disk_stops_training_in_one_line_that_says_what_is_kept(
+    tmp_path, capsys, monkeypatch, failing_save, then):
+  import errno
+  save, calls = Checkpoints.save, []
+
+  def filling(self, step, *args, force=False, **kwargs):  # the n-th save finds the disk full
+    if force or self.manager.should_save(step):
+      calls.append(step)
+      if len(calls) == failing_save:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return save(self, step, *args, force=force, **kwargs)
+
+  monkeypatch.setattr(Checkpoints, "save", filling)
+  assert train(tmp_path / "run", num_samples=0) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("ddpm train: error: the storage of --workdir ") and \
+      err[-1].endswith(f"is full ([Errno 28] No space left on device): {then}"), err[-1]

@@ -283,9 +283,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
     return _train(config, path, source, model, variables)
   except Exception as e:
     if paths.is_disk_full(e):
+      try:
+        kept = Checkpoints.any_in(path)
+      except Exception:  # what the full storage lets be read
+        kept = False
+      then = ("the earlier checkpoints are intact; free space and run the same command to "
+              "resume" if kept else "no checkpoint was saved yet; free space and run the same "
+              "command to start again")
       raise paths.StorageFull(f"the storage of --workdir {os.fspath(path)!r} is full "
-                              f"({paths.first_line(e)}): the earlier checkpoints are intact; "
-                              "free space and run the same command to resume") from e
+                              f"({paths.first_line(e)}): {then}") from e
     raise
   finally:
     lock.release()
