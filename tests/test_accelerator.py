@@ -15,7 +15,8 @@ def test_the_script_runs_parts_in_processes_and_keeps_what_finished(tmp_path):
   """Two parts through the shell script: figures from each part's own process; a part that
   outlives its time is reported as such and the table is still printed."""
   out = tmp_path / "out"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHON=sys.executable)  # this interpreter, activated or not
   run = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "accelerator.sh"), "--cpu-smoke",
                         "--parts", "matmul,attention", "--out", str(out), "--budget", "100"],
                        env=env, capture_output=True, text=True, timeout=300)
