@@ -101,7 +101,7 @@ def test_denoising_improves_psnr(digits_run):
   assert all(gain > 0.5 for gain in gains.values()), gains
 
 
-def test_the_denoise_command_writes_the_uncertainty(digits_run, tmp_path):
+def test_the_denoise_command_writes_the_uncertainty(digits_run, tmp_path, capsys):
   clean = DigitsSource(split="test").images[100]
   noisy = np.clip(clean + np.random.default_rng(0).normal(0, 50, clean.shape), 0, 255)
   out = tmp_path / "clean.png"
@@ -113,6 +113,8 @@ def test_the_denoise_command_writes_the_uncertainty(digits_run, tmp_path):
   assert data["mean"].shape == data["std"].shape == (8, 8, 1) and data["std"].max() > 0
   assert data["samples"].shape == (4, 8, 8, 1)
   assert os.path.exists(tmp_path / "clean_std.png")
+  assert capsys.readouterr().out.endswith(
+      f"{out}: the mean of 4 samples (and clean.npz, clean_std.png)\n")  # says what it wrote
 
 
 def test_anomaly_scores_separate_digits_from_non_digits(digits_run, tmp_path, capsys):
@@ -128,6 +130,7 @@ def test_anomaly_scores_separate_digits_from_non_digits(digits_run, tmp_path, ca
   assert cli.main(["anomaly", "--workdir", str(digits_run), "--images",
                    str(tmp_path / "images.npz"), "--out", str(out)]) == 0
   printed = capsys.readouterr().out
+  assert f"{out}: the scores of 64 examples (maps: scores_maps.npz)" in printed
   with open(out) as f:
     rows = list(csv.DictReader(f))
   scores = np.array([float(r["score"]) for r in rows])

@@ -3,6 +3,7 @@ PNG/NPZ/CSV (local paths or object-store URIs); images as PNGs, data of other ki
 
 import csv
 import io
+import os
 
 import numpy as np
 from etils import epath
@@ -59,9 +60,12 @@ def _write_samples(out: epath.Path, samples: np.ndarray, spec: DataSpec, **extra
   if out.suffix == ".npz":
     paths.save_npz(out, arr_0=samples, **extra)
     save_preview(out.with_suffix(".png"), samples, spec)
+    print(f"{os.fspath(out)}: {len(samples)} samples (preview {out.with_suffix('.png').name})")
     return
   for i, sample in enumerate(samples):
     save_png(out if i == 0 else out.with_name(f"{out.stem}_{i}{out.suffix or '.png'}"), sample)
+  more = f" and {out.stem}_1{out.suffix} ... _{len(samples) - 1}" if len(samples) > 1 else ""
+  print(f"{os.fspath(out)}{more}: {len(samples)} samples")
 
 
 def read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
@@ -131,6 +135,9 @@ def denoise_command(args) -> None:
                    samples=to_uint8(samples))
     scale = 255 / max(float(std.max()), 1e-8)
     save_png(out.with_name(f"{out.stem}_std.png"), np.clip(std * scale, 0, 255).astype(np.uint8))
+  print(f"{os.fspath(out)}: the mean of {len(samples)} samples" + (
+      f" (and {out.with_suffix('.npz').name}, {out.stem}_std.png)" if args.num_samples > 1
+      else ""))
 
 
 def enhance_command(args) -> None:
@@ -159,6 +166,7 @@ def anomaly_command(args) -> float | None:
     writer.writerow([name, f"{scores[i]:.6g}"] + ([int(labels[i])] if labels is not None else []))
   paths.write_bytes(out, table.getvalue().encode())
   paths.save_npz(out.with_name(f"{out.stem}_maps.npz"), maps=maps, scores=scores)
+  print(f"{os.fspath(out)}: the scores of {len(names)} examples (maps: {out.stem}_maps.npz)")
   if labels is None:
     return None
   if len(set(np.asarray(labels).tolist())) < 2:

@@ -75,6 +75,11 @@ def sample_command(args: argparse.Namespace) -> None:
       sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
       guidance=args.guidance, class_label=args.class_label, layout=args.layout, churn=args.churn,
       sigmas=sigmas)
+  import jax
+  if jax.process_index() == 0:
+    where = ("one PNG per sample" if args.layout == "folders"
+             else f"preview {os.path.splitext(args.out)[0]}.png")
+    print(f"{args.out}: {args.num} samples ({where})")
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
