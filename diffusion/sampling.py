@@ -31,8 +31,9 @@ def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta
     raise ValueError(f"--sampler must be one of {', '.join(samplers.SAMPLERS)}; got {sampler!r}")
   if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= num_steps):
     raise ValueError(f"--steps must be an int in [1, {num_steps}] (the model's T); got {steps!r}")
-  if not 0.0 <= eta <= 1.0:
-    raise ValueError(f"--eta must lie in [0, 1]; got {eta!r}")
+  if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) \
+      or not 0.0 <= eta <= 1.0:
+    raise ValueError(f"--eta must be a number in [0, 1]; got {eta!r}")
   if eta and sampler != "ddim":
     raise ValueError(f"--eta is DDIM's η: it needs --sampler ddim; got --sampler {sampler}")
   if churn is not None and not (churn >= 0 and sampler == "edm-sde"):

@@ -183,7 +183,7 @@ def test_auroc_counts_the_ordered_pairs():
     (["sample", "--num", "4", "--out", "s.npz", "--steps", "201"], r"--steps must be an int in \[1, 200\]"),
     (["sample", "--num", "4", "--out", "s.npz", "--class", "10"], r"--class must lie in \[0, 10\)"),
     (["sample", "--num", "4", "--out", "s.npz", "--eta", "2", "--sampler", "ddim"],
-     r"--eta must lie in \[0, 1\]"),
+     r"--eta must be a number in \[0, 1\]"),
     (["sample", "--num", "4", "--out", "s.npz", "--eta", "0.5", "--sampler", "ddpm"],
      "--eta is DDIM's η: it needs --sampler ddim; got --sampler ddpm"),
     (["enhance", "--image", "IMG", "--out", "o.png"], "not conditioned"),
