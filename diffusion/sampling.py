@@ -45,8 +45,8 @@ def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta
     raise ValueError("--guidance needs a class-conditional model (trained with num_classes > 0 "
                      "and label dropout); this one is unconditional")
   if guidance is not None and not guidance >= 0:
-    raise ValueError(f"--guidance must be a scale w >= 0 (0: the conditional model alone); got "
-                     f"{guidance!r}")
+    raise ValueError(f"--guidance must be a scale w >= 0 (ε(∅) + w (ε(y) - ε(∅)): 1 is the "
+                     f"conditional model alone, 0 the unconditional one); got {guidance!r}")
 
 
 def class_labels(model, config, num: int, class_label: int | None, *,

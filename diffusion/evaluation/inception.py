@@ -238,8 +238,9 @@ def load_inception(path: str) -> dict:
   if got != expected:
     missing = sorted(set(expected) - set(got))[:3]
     wrong = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])[:3]
-    raise ValueError(f"Inception weights {path!r} are not the FID Inception-v3: missing {missing}, wrong shapes "
-                     f"{wrong}, unexpected {sorted(set(got) - set(expected))[:3]}")
+    raise ValueError(f"Inception weights {path!r} are not the FID Inception-v3: missing "
+                     f"{missing}, wrong shapes {wrong}, unexpected "
+                     f"{sorted(set(got) - set(expected))[:3]}")
   return variables
 
 
