@@ -147,14 +147,16 @@ def memoized(build):
   """`build(model, config, *args, **options) -> fn`, returning the same `fn` for the same model
   (`_model_key`), config contents, args and options, so that calling an application or a
   sampler again in one process (a notebook, a research loop, each checkpoint of a run) reuses
-  its traced and compiled programs instead of building new ones. The PROGRAMS_KEPT most recent builds are kept, each with its
-  model. A config is compared by its contents at the time of the call; arguments that cannot
-  be hashed (or a config that is not an ml_collections ConfigDict) build afresh."""
+  its traced and compiled programs instead of building new ones. The PROGRAMS_KEPT most
+  recent builds are kept, each with its model. A config is compared by its contents at the
+  time of the call; arguments that cannot be hashed (or a config that is not an
+  ml_collections ConfigDict) build afresh."""
   @functools.wraps(build)
   def wrapper(model, config, *args, **options):
     try:
-      key = (build.__module__, build.__qualname__, _model_key(model), config.to_json_best_effort(sort_keys=True),
-             _frozen(args), _frozen(tuple(sorted(options.items()))))
+      key = (build.__module__, build.__qualname__, _model_key(model),
+             config.to_json_best_effort(sort_keys=True), _frozen(args),
+             _frozen(tuple(sorted(options.items()))))
     except (AttributeError, TypeError, ValueError):
       return build(model, config, *args, **options)
     if key in _programs:
