@@ -203,6 +203,8 @@ def test_auroc_counts_the_ordered_pairs():
     (["sample", "--num", "4", "--out", "o.png"], r"--out .*o.png' must end in .npz"),
     (["sample", "--num", "4", "--out", "TMP", "--layout", "folders"],
      "is a folder that already holds files"),
+    (["sample", "--num", "4", "--out", "o.npz", "--layout", "folders"],
+     "--layout folders writes a folder of PNGs; give a folder name"),
     (["anomaly", "--images", "IMG", "--out", "o.npz"], r"--out .*o.npz' must end in .csv"),
     # --steps beyond the chain that --sigma leaves is refused, not cut short.
     (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--steps", "150"],
