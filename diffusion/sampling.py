@@ -12,12 +12,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion import consistency, progressive, samplers
 from diffusion.config import (betas_from_config, clip_x0, data_spec, default_sampler,
                               distill_method)
-from diffusion.distributed import BATCH
+from diffusion.distributed import BATCH, gather, padded
 from diffusion.models import Denoiser, as_denoiser
 from diffusion.schedules import Schedule
 
@@ -278,6 +279,28 @@ def _checked_labels(labels, model) -> np.ndarray:
                      f"{model.num_classes} for its null class); got {labels.dtype} in "
                      f"[{labels.min()}, {labels.max()}]")
   return labels.astype(np.int32)
+
+
+def in_batches(fn, n: int, batch: int, mesh: Mesh, *, desc: str, progress: bool = True
+               ) -> np.ndarray:
+  """fn(first, rows) -> [len(rows), ...] on the mesh, for consecutive batches of at most `batch`
+  of n examples (`rows`: their indices, padded cyclically to `batch`, or to the device count
+  for a single batch, so that every batch has one shape: one compile); the results [n, ...]
+  on the host, with a progress bar (examples/s, ETA) on process 0. `first` numbers the batch's
+  first example, from which its keys derive: the results do not depend on `batch`."""
+  if not (isinstance(batch, int) and batch >= 1):
+    raise ValueError(f"batch must be a positive int; got {batch!r}")
+  batch = max(mesh.size, batch - batch % mesh.size)
+  width = batch if n > batch else padded(n, mesh)
+  bar = tqdm.tqdm(total=n, desc=desc, unit="example",
+                  disable=not progress or jax.process_index() != 0)
+  out = []
+  for first in range(0, n, batch):
+    count = min(batch, n - first)
+    out.append(gather(fn(first, first + np.arange(width) % count))[:count])
+    bar.update(count)
+  bar.close()
+  return np.concatenate(out)
 
 
 def over_samples(fn, mesh: Mesh, num_per_sample: int):

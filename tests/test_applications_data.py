@@ -276,3 +276,29 @@ def test_a_sampler_refuses_labels_outside_the_models_classes():
   with pytest.raises(ValueError, match="--guidance must be a scale w >= 0"):
     make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2, guidance=-3.0)
   make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2, guidance=2.0)
+
+
+def test_the_applications_run_in_batches_and_give_the_same_answer_whatever_the_batch():
+  """24 examples at once, or 8 at a time (3 batches and a progress bar): each example draws
+  its noise from its own key, so the results are the same."""
+  config = config_for(shape=(8, 1), kind="sequence", dtype="float32", scale=1.0)
+  model = gaussian_denoiser(config, np.zeros((8, 1)), correlated(8))
+  variables, mesh, key = {"params": jnp.zeros(())}, make_mesh(), base_key(0, "sample")
+  data = np.random.default_rng(0).normal(size=(24, 8, 1)).astype(np.float32)
+  mask = np.arange(8) < 4
+  runs = {
+      "denoise": lambda b: denoise(model, variables, config, data, 0.3, mesh, key,
+                                   sampler="ddim", steps=5, batch=b),
+      "inpaint": lambda b: inpaint(model, variables, config, data, mask, mesh, key, steps=6,
+                                   jump_length=2, resamplings=2, batch=b),
+      "anomaly": lambda b: anomaly_scores(model, variables, config, data, mesh, key, step=20,
+                                          sampler="ddim", steps=5, batch=b)[2],
+      "enhance": lambda b: enhance(gaussian_denoiser(config, None, 0.01 * np.eye(8),
+                                                     cond_channels=1), variables, config, data,
+                                   mesh, key, sampler="ddim", steps=5, batch=b),
+  }
+  for name, run in runs.items():
+    whole, parts = run(256), run(8)
+    assert whole.shape == parts.shape == data.shape, name
+    np.testing.assert_allclose(parts, whole, atol=1e-5, err_msg=name)
+    assert np.abs(whole[:8] - whole[8:16]).max() > 1e-3, name  # not the same noise twice

@@ -11,13 +11,12 @@ range for uint8 data, the data's own for float data).
 import numpy as np
 
 from diffusion.config import data_spec, schedule_from_config
-from diffusion.distributed import gather, pad_to_devices
-from diffusion.sampling import class_labels, make_sampler
+from diffusion.sampling import class_labels, in_batches, make_sampler
 
 
 def anomaly_scores(model, variables, config, data: np.ndarray, mesh, key, *, step: int | None = None,
                    sampler: str = "ddpm", steps: int | None = None, batch: int = 256,
-                   seed: int = 0, class_label: int | None = None
+                   seed: int = 0, class_label: int | None = None, progress: bool = True
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(scores [N], maps [N, *shape[:-1]], reconstructions float32 [N, *shape] in the model's units).
 
@@ -34,8 +33,6 @@ def anomaly_scores(model, variables, config, data: np.ndarray, mesh, key, *, ste
   if not 0 <= step < num_steps:
     raise ValueError(f"--at-step must lie in [0, {num_steps}) (the model's T); got {step}")
   labels = class_labels(model, config, len(data), class_label)
-  devices = mesh.size
-  batch = max(devices, batch - batch % devices)
   ac = float(schedule.alphas_cumprod[step])
   if steps is not None and not isinstance(steps, bool) and isinstance(steps, int) \
       and steps > step + 1:
@@ -44,15 +41,11 @@ def anomaly_scores(model, variables, config, data: np.ndarray, mesh, key, *, ste
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=step)
   rng = np.random.default_rng(seed)
   x0 = spec.project(spec.to_model(data))
-  recon = []
-  for first in range(0, len(data), batch):
-    n = len(x0[first:first + batch])
-    chunk = pad_to_devices(x0[first:first + batch], mesh)
-    x_k = np.sqrt(ac) * chunk + np.sqrt(1 - ac) * spec.project(rng.standard_normal(chunk.shape))
-    chunk_labels = pad_to_devices(labels[first:first + batch], mesh)
-    recon.append(gather(sample(variables, key, first, chunk_labels,
-                               x_start=x_k.astype(np.float32)))[:n])
-  recon = np.concatenate(recon)
+  x_k = (np.sqrt(ac) * x0 + np.sqrt(1 - ac) * spec.project(rng.standard_normal(x0.shape))
+         ).astype(np.float32)
+  recon = in_batches(lambda first, rows: sample(variables, key, first, labels[rows],
+                                                x_start=x_k[rows]),
+                     len(data), batch, mesh, desc="anomaly", progress=progress)
   difference = spec.difference(x0 - recon)
   maps = np.abs(difference).mean(axis=-1)
   scores = np.mean(difference ** 2, axis=tuple(range(1, difference.ndim)))

@@ -13,8 +13,7 @@ k. Several chains give the posterior mean and a per-element standard deviation.
 import numpy as np
 
 from diffusion.config import data_spec, schedule_from_config
-from diffusion.distributed import gather, pad_to_devices
-from diffusion.sampling import class_labels, make_sampler
+from diffusion.sampling import class_labels, in_batches, make_sampler
 
 
 def noise_step(alphas_cumprod: np.ndarray, std: float) -> tuple[int, float]:
@@ -33,7 +32,8 @@ def noise_step(alphas_cumprod: np.ndarray, std: float) -> tuple[int, float]:
 
 def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key, *,
             sampler: str = "ddpm", steps: int | None = None, seed: int = 0,
-            class_label: int | None = None) -> np.ndarray:
+            class_label: int | None = None, batch: int = 256,
+            progress: bool = True) -> np.ndarray:
   """One posterior sample of the clean data for each noisy example.
 
   noisy: [N, *shape] in the data's units and dtype (`config.data`: uint8
@@ -44,7 +44,8 @@ def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key
   (`DataSpec.from_model` gives the data's). Pass an example several times
   for several samples (their mean and standard deviation: an uncertainty
   map). A class-conditional model is conditioned on `class_label`, else on
-  its null class (`sampling.class_labels`). Point sets are centred.
+  its null class (`sampling.class_labels`). Point sets are centred. Drawn `batch` at a
+  time with a progress bar (`progress`); the result does not depend on `batch`.
   """
   spec = data_spec(config)
   noisy, single = spec.batch(noisy, "noisy data")
@@ -57,15 +58,17 @@ def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key
     most = np.sqrt((1 - ac[-1]) / ac[-1]) * float(sigma) / std
     raise ValueError(f"--sigma {sigma} is more noise than the model's last step holds (at most "
                      f"{most:.3g} in the units of --sigma)") from None
-  labels = pad_to_devices(class_labels(model, config, len(noisy), class_label), mesh)
-  n = len(noisy)
+  labels = class_labels(model, config, len(noisy), class_label)
   rng = np.random.default_rng(seed)
-  y = pad_to_devices(spec.project(spec.to_model(noisy)), mesh)
-  x_k = np.sqrt(ac[k]) * (y + extra * spec.project(rng.standard_normal(y.shape)))
+  y = spec.project(spec.to_model(noisy))
+  x_k = (np.sqrt(ac[k]) * (y + extra * spec.project(rng.standard_normal(y.shape)))
+         ).astype(np.float32)
   if steps is not None and not isinstance(steps, bool) and isinstance(steps, int) \
       and steps > k + 1:
     raise ValueError(f"--steps {steps}: the noise of --sigma {sigma} is the model's step {k}, "
                      f"so the chain from it has at most {k + 1} steps")
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=k)
-  out = gather(sample(variables, key, 0, labels, x_start=x_k.astype(np.float32)))[:n]
+  out = in_batches(lambda first, rows: sample(variables, key, first, labels[rows],
+                                              x_start=x_k[rows]),
+                   len(noisy), batch, mesh, desc="denoise", progress=progress)
   return out[0] if single else out

@@ -11,20 +11,21 @@ degraded example as condition.
 import numpy as np
 
 from diffusion.config import data_spec
-from diffusion.distributed import gather, pad_to_devices
 from diffusion.models import as_denoiser
-from diffusion.sampling import class_labels, make_sampler
+from diffusion.sampling import class_labels, in_batches, make_sampler
 
 
 def enhance(model, variables, config, degraded: np.ndarray, mesh, key, *, sampler: str = "ddpm",
-            steps: int | None = None, class_label: int | None = None) -> np.ndarray:
+            steps: int | None = None, class_label: int | None = None, batch: int = 256,
+            progress: bool = True) -> np.ndarray:
   """An enhanced version of each degraded example.
 
   degraded: [N, *shape[:-1], cond_channels] in the data's units and dtype (as
   the training source's "cond"), or one example without N; returns float32
   [N, *shape] (or [*shape]) in the model's units (`DataSpec.from_model`
   gives the data's). Pass an example several times for several samples. A
-  class-conditional model is conditioned on `class_label`, else on its null class.
+  class-conditional model is conditioned on `class_label`, else on its null class. Drawn
+  `batch` at a time with a progress bar (`progress`); the result does not depend on `batch`.
   """
   cond_channels = as_denoiser(model, config.model).cond_channels
   if not cond_channels:
@@ -32,9 +33,10 @@ def enhance(model, variables, config, degraded: np.ndarray, mesh, key, *, sample
                      "train it with config.data.condition set or a source that gives 'cond'")
   spec = data_spec(config)
   degraded, single = spec.batch(degraded, "the degraded data", channels=cond_channels)
-  n = len(degraded)
-  labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
+  labels = class_labels(model, config, len(degraded), class_label)
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps)
-  cond = pad_to_devices(spec.to_model(degraded), mesh)
-  out = gather(sample(variables, key, 0, labels, cond=cond))[:n]
+  cond = spec.to_model(degraded).astype(np.float32)
+  out = in_batches(lambda first, rows: sample(variables, key, first, labels[rows],
+                                              cond=cond[rows]),
+                   len(degraded), batch, mesh, desc="enhance", progress=progress)
   return out[0] if single else out

@@ -23,8 +23,7 @@ from diffusion.config import betas_from_config, clip_x0, data_spec
 from diffusion.forward import q_sample
 from diffusion.models import as_denoiser
 from diffusion.reverse import p_sample
-from diffusion.distributed import gather, pad_to_devices
-from diffusion.sampling import class_labels, memoized, over_samples
+from diffusion.sampling import class_labels, in_batches, memoized, over_samples
 from diffusion.schedules import Schedule, respace_betas
 
 
@@ -87,7 +86,8 @@ def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.n
 
 def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, key, *,
             num_samples: int = 1, steps: int | None = None, jump_length: int = 10,
-            resamplings: int = 10, class_label: int | None = None) -> np.ndarray:
+            resamplings: int = 10, class_label: int | None = None, batch: int = 256,
+            progress: bool = True) -> np.ndarray:
   """Fills the positions where `mask` is False.
 
   data: one example [*shape] in the data's units and dtype (`config.data`:
@@ -99,7 +99,8 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
   timesteps respaced from the model's T (default: 250, as RePaint, or T if fewer). A
   class-conditional model is conditioned on `class_label`, else on its null
   class. Point sets (motif scaffolding): the known points keep their
-  coordinates, and the generated ones are placed around them.
+  coordinates, and the generated ones are placed around them. Drawn `batch` at a time with
+  a progress bar (`progress`); the result does not depend on `batch`.
   """
   spec = data_spec(config)
   betas = betas_from_config(config)
@@ -121,12 +122,12 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
     raise ValueError(f"the mask must be bool of shape {positions} or {(len(data),) + positions} "
                      f"(True = known); got {mask.dtype} {mask.shape}")
   known = np.broadcast_to(mask, data.shape[:-1])[..., None]
-  n = len(data)
-  labels = pad_to_devices(class_labels(model, config, n, class_label), mesh)
+  labels = class_labels(model, config, len(data), class_label)
   run = _repaint_program(model, config, mesh, steps, jump_length, resamplings)
-  generated = spec.from_model(gather(run(variables, key, 0,
-                                         pad_to_devices(spec.to_model(data), mesh),
-                                         pad_to_devices(known, mesh), labels)))[:n]
+  x0 = spec.to_model(data).astype(np.float32)
+  generated = spec.from_model(in_batches(
+      lambda first, rows: run(variables, key, first, x0[rows], known[rows], labels[rows]),
+      len(data), batch, mesh, desc="inpaint", progress=progress))
   return np.where(known, data, generated)
 
 
