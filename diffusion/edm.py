@@ -91,17 +91,22 @@ def heun_step(d, x: jax.Array, t: jax.Array, t_next: jax.Array, sigma: jax.Array
 
 def check_chain(schedule: Schedule, steps, x: jax.Array | None = None,
                 keys: jax.Array | None = None) -> np.ndarray:
-  """The timesteps of a chain as a host int array, after checking them (decreasing, in [0,
-  T)), `schedule` (a Schedule) and `keys` (one per sample of x [N, ...], if given): a
-  ValueError or TypeError naming the argument instead of a failure inside the trace."""
+  """`check_steps` for a chain on `schedule`, after checking that it is a Schedule."""
   if not isinstance(schedule, Schedule):
     raise TypeError(f"schedule must be a diffusion Schedule (Schedule.from_betas(betas)); got "
                     f"{type(schedule).__name__}")
+  return check_steps(steps, schedule.num_steps, x, keys)
+
+
+def check_steps(steps, num_steps: int, x: jax.Array | None = None,
+                keys: jax.Array | None = None) -> np.ndarray:
+  """The timesteps of a chain as a host int array, after checking them (decreasing, in [0,
+  num_steps)) and `keys` (one per sample of x [N, ...], if given): a ValueError naming the
+  argument instead of a failure inside the trace."""
   steps = np.asarray(steps)
   if (steps.ndim != 1 or len(steps) < 1 or steps.dtype.kind not in "iu"
-      or np.any(np.diff(steps) >= 0) or steps[-1] < 0 or steps[0] >= schedule.num_steps):
-    raise ValueError(f"steps must be decreasing int timesteps in [0, {schedule.num_steps}); "
-                     f"got {steps}")
+      or np.any(np.diff(steps) >= 0) or steps[-1] < 0 or steps[0] >= num_steps):
+    raise ValueError(f"steps must be decreasing int timesteps in [0, {num_steps}); got {steps}")
   if keys is not None and (getattr(keys, "ndim", 0) < 1 or keys.shape[0] != x.shape[0]):
     raise ValueError(f"keys must hold one key per sample, [{x.shape[0]}] for x {x.shape} "
                      f"(jax.random.split(key, {x.shape[0]})); got shape "

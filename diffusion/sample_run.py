@@ -5,23 +5,16 @@ import os
 
 import jax
 import numpy as np
-import tqdm
 
 from diffusion import images, paths, progressive
 from diffusion.config import data_spec, default_sampler
-from diffusion.distributed import gather, make_mesh, replicate
+from diffusion.distributed import make_mesh, replicate
 from diffusion.previews import save_preview
-from diffusion.sampling import class_labels, make_sampler
+from diffusion.sampling import class_labels, in_batches, make_sampler
 from diffusion.training.checkpoint import Checkpoints, load_run
 from diffusion.training.state import base_key
 
 LAYOUTS = ("npz", "folders")
-
-
-def batch_size(requested: int) -> int:
-  """`requested` rounded down to a multiple of the device count (at least one per device)."""
-  devices = jax.device_count()
-  return max(devices, requested - requested % devices)
 
 
 def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: int = 256,
@@ -126,9 +119,8 @@ def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0,
                  churn: float | None = None, sigmas=None, desc: str = "sample") -> np.ndarray:
   """Samples [len(labels), *shape] in the data's units of a run's Denoiser (labels: classes,
   ignored by an unconditional model), drawn `batch` at a time over every device with a
-  progress bar (samples/s, ETA). The next batch is dispatched before the last one is copied
-  to the host, so the devices do not wait for the copy; the samples are written into one
-  array as they arrive."""
+  progress bar (samples/s, ETA), each batch converted to the data's units as it arrives
+  (`sampling.in_batches`)."""
   labels = np.asarray(labels)
   if labels.ndim != 1:
     raise ValueError(f"labels must be a 1-D array, one class per sample (np.zeros(N, int) for an "
@@ -139,29 +131,11 @@ def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0,
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps,
                         eta=eta, spacing=spacing, guidance=guidance, churn=churn,
                         sigmas=sigmas)
-  variables, key, batch = replicate(variables, mesh), base_key(seed, "sample"), batch_size(batch)
-  bar = tqdm.tqdm(total=num, desc=desc, unit="sample", disable=jax.process_index() != 0)
-  out, pending = None, None
-
-  def collect(first, n, result):
-    nonlocal out
-    x = spec.from_model(gather(result))[:n]
-    if out is None:
-      out = np.empty((num, *x.shape[1:]), x.dtype)
-    out[first:first + n] = x
-    bar.update(n)
-
-  for first in range(0, num, batch):
-    n = min(batch, num - first)
-    padded = np.resize(labels[first:first + n], n + (-n) % jax.device_count())
-    result = sample(variables, key, first, padded)  # dispatched, not waited for
-    if pending:
-      collect(*pending)
-    pending = (first, n, result)
-  if pending:
-    collect(*pending)
-  bar.close()
-  return out if out is not None else np.zeros((0, *spec.shape), np.float32)
+  if not num:
+    return np.zeros((0, *spec.shape), np.float32)
+  variables, key = replicate(variables, mesh), base_key(seed, "sample")
+  return in_batches(lambda first, rows: sample(variables, key, first, labels[rows]), num,
+                    batch, mesh, desc=desc, unit="sample", convert=spec.from_model)
 
 
 def write_samples(out: str, samples: np.ndarray, labels: np.ndarray, num_classes: int,

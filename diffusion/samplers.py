@@ -112,7 +112,7 @@ def ancestral(denoise_fn: Denoiser, betas: np.ndarray, steps: np.ndarray, x: jax
   if isinstance(betas, Schedule):
     raise TypeError("ancestral takes the schedule's float64 betas [T] (it respaces them), not "
                     "a Schedule: samplers.ancestral(denoise_fn, betas, steps, x, keys)")
-  kept = np.sort(edm.check_chain(Schedule.from_betas(betas), steps, x, keys))
+  kept = np.sort(edm.check_steps(steps, len(betas), x, keys))
   respaced = Schedule.from_betas(respace_betas(betas, kept))
   index = np.arange(len(kept))[::-1]  # the respaced index of each visited step
 

@@ -281,26 +281,44 @@ def _checked_labels(labels, model) -> np.ndarray:
   return labels.astype(np.int32)
 
 
-def in_batches(fn, n: int, batch: int, mesh: Mesh, *, desc: str, progress: bool = True
-               ) -> np.ndarray:
-  """fn(first, rows) -> [len(rows), ...] on the mesh, for consecutive batches of at most `batch`
-  of n examples (`rows`: their indices, padded cyclically to `batch`, or to the device count
-  for a single batch, so that every batch has one shape: one compile); the results [n, ...]
-  on the host, with a progress bar (examples/s, ETA) on process 0. `first` numbers the batch's
-  first example, from which its keys derive: the results do not depend on `batch`."""
+def in_batches(fn, n: int, batch: int, mesh: Mesh, *, desc: str, progress: bool = True,
+               unit: str = "example", convert=None):
+  """fn(first, rows) -> a result [len(rows), ...] (or a tuple of them) on the mesh, for
+  consecutive batches of at most `batch` of n >= 1 examples; the results [n, ...] on the host.
+
+  `rows` are the batch's indices padded cyclically to `batch` (to the device count for a single
+  batch), so that every batch has one shape: one compile. `first` numbers the batch's first
+  example, from which its keys derive: the results do not depend on `batch`. The next batch
+  is dispatched before the last one is copied to the host, so the devices do not wait for the
+  copy; `convert` maps each batch's host results (e.g. to uint8) before they are stored. A
+  progress bar (`unit`s/s, ETA) shows on process 0.
+  """
   if not (isinstance(batch, int) and batch >= 1):
     raise ValueError(f"batch must be a positive int; got {batch!r}")
   batch = max(mesh.size, batch - batch % mesh.size)
   width = batch if n > batch else padded(n, mesh)
-  bar = tqdm.tqdm(total=n, desc=desc, unit="example",
-                  disable=not progress or jax.process_index() != 0)
-  out = []
+  bar = tqdm.tqdm(total=n, desc=desc, unit=unit, disable=not progress or jax.process_index() != 0)
+  out, pending = None, None
+
+  def collect(first, count, result):
+    nonlocal out
+    host = jax.tree.map(lambda a: gather(a)[:count], result)
+    host = convert(host) if convert else host
+    if out is None:
+      out = jax.tree.map(lambda a: np.empty((n, *a.shape[1:]), a.dtype), host)
+    jax.tree.map(lambda o, a: o.__setitem__(slice(first, first + count), a), out, host)
+    bar.update(count)
+
   for first in range(0, n, batch):
     count = min(batch, n - first)
-    out.append(gather(fn(first, first + np.arange(width) % count))[:count])
-    bar.update(count)
+    result = fn(first, first + np.arange(width) % count)  # dispatched, not waited for
+    if pending:
+      collect(*pending)
+    pending = (first, count, result)
+  if pending:
+    collect(*pending)
   bar.close()
-  return np.concatenate(out)
+  return out
 
 
 def over_samples(fn, mesh: Mesh, num_per_sample: int):

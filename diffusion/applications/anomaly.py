@@ -34,8 +34,7 @@ def anomaly_scores(model, variables, config, data: np.ndarray, mesh, key, *, ste
     raise ValueError(f"--at-step must lie in [0, {num_steps}) (the model's T); got {step}")
   labels = class_labels(model, config, len(data), class_label)
   ac = float(schedule.alphas_cumprod[step])
-  if steps is not None and not isinstance(steps, bool) and isinstance(steps, int) \
-      and steps > step + 1:
+  if isinstance(steps, int) and steps > step + 1:
     raise ValueError(f"--steps {steps}: the chain from --at-step {step} has at most "
                      f"{step + 1} steps")
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=step)

@@ -63,8 +63,7 @@ def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key
   y = spec.project(spec.to_model(noisy))
   x_k = (np.sqrt(ac[k]) * (y + extra * spec.project(rng.standard_normal(y.shape)))
          ).astype(np.float32)
-  if steps is not None and not isinstance(steps, bool) and isinstance(steps, int) \
-      and steps > k + 1:
+  if isinstance(steps, int) and steps > k + 1:
     raise ValueError(f"--steps {steps}: the noise of --sigma {sigma} is the model's step {k}, "
                      f"so the chain from it has at most {k + 1} steps")
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=k)

@@ -8,15 +8,13 @@ on the batch size or the number of devices.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.sharding import Mesh
 
 from diffusion.config import clip_x0, data_spec, schedule_from_config
 from diffusion.likelihood import bits_per_dim
 from diffusion.models import as_denoiser
-from diffusion.distributed import gather
 from diffusion.images import to_float
-from diffusion.sampling import memoized, over_samples
+from diffusion.sampling import in_batches, memoized, over_samples
 
 
 @memoized
@@ -69,17 +67,10 @@ def dataset_bits_per_dim(model, variables, config, images: np.ndarray, mesh: Mes
     raise ValueError(f"--batch must be positive; got {batch}")
   batch += (-batch) % mesh.size
   fn = make_bpd_fn(model, config, mesh, chunk_size=chunk_size)
-  totals, terms, priors = [], [], []
-  for first in tqdm.tqdm(range(0, len(images), batch), desc="bits/dim", unit="batch",
-                         disable=not progress or jax.process_index() != 0):
-    n = min(batch, len(images) - first)
-    rows = first + np.arange(n + (-n) % mesh.size) % n
-    total, term, prior = fn(variables, key, first, to_float(images[rows]),
-                            None if labels is None else labels[rows])
-    totals.append(gather(total)[:n])
-    terms.append(gather(term)[:n])
-    priors.append(gather(prior)[:n])
-  totals, terms, priors = map(np.concatenate, (totals, terms, priors))
+  totals, terms, priors = in_batches(
+      lambda first, rows: fn(variables, key, first, to_float(images[rows]),
+                             None if labels is None else labels[rows]),
+      len(images), batch, mesh, desc="bits/dim", unit="image", progress=progress)
   return {"bpd": float(totals.mean()), "bpd_stderr": float(totals.std(ddof=1) / np.sqrt(len(totals)))
           if len(totals) > 1 else float("nan"), "per_image": totals, "terms": terms.mean(axis=0),
           "prior": float(priors.mean()), "num_images": len(totals)}
