@@ -176,21 +176,24 @@ def edm_sde(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.
   x = to_edm(schedule, x, steps[0])
   full = lambda v: jnp.full((n,), v)
 
-  def churn_noise(x, i, sigma, sigma_hat):
-    noise = visit_noise(keys, i, x.shape[1:])
-    spread = jnp.sqrt(jnp.maximum(sigma_hat ** 2 - sigma ** 2, 0.0)) * s_noise
-    return x + spread.astype(x.dtype) * noise.astype(x.dtype)
+  # The spread of each visit's added noise, on the host in float64: exactly 0 where σ̂ = σ
+  # (γ = 0). In float32 under jit, σ̂² - σ² keeps a rounding residue that the square root
+  # turns into noise of ~1e-4 σ at every step Algorithm 2 adds none.
+  spreads = np.sqrt(np.maximum(table[hats] ** 2 - table[steps] ** 2, 0.0)) * s_noise
+
+  def churn_noise(x, i, spread):
+    return x + spread.astype(x.dtype) * visit_noise(keys, i, x.shape[1:]).astype(x.dtype)
 
   def body(x, visit):
-    i, t_hat, t_next, sigma, sigma_hat, sigma_next = visit
-    x = churn_noise(x, i, sigma, sigma_hat)
+    i, t_hat, t_next, spread, sigma_hat, sigma_next = visit
+    x = churn_noise(x, i, spread)
     return heun_step(d, x, full(t_hat), full(t_next), sigma_hat.astype(x.dtype),
                      sigma_next.astype(x.dtype)).astype(x.dtype), None
 
-  visits = (np.arange(len(steps) - 1), hats[:-1], steps[1:], table[steps[:-1]],
-            table[hats[:-1]], table[steps[1:]])
+  visits = (np.arange(len(steps) - 1), hats[:-1], steps[1:], spreads[:-1], table[hats[:-1]],
+            table[steps[1:]])
   if len(steps) > 1:
     x, _ = jax.lax.scan(body, x, jax.tree.map(jnp.asarray, visits))
   last = len(steps) - 1
-  x = churn_noise(x, last, table[steps[-1]], table[hats[-1]])
+  x = churn_noise(x, last, jnp.asarray(spreads[last]))
   return d(x, full(hats[-1])).astype(x.dtype)

@@ -191,6 +191,32 @@ def test_edm_sde_samples_the_data_and_depends_on_its_noise():
                              rtol=0.35)  # γ = min(S_churn / N, sqrt(2) - 1) = 0.41, rounded
 
 
+def test_edm_sde_adds_no_noise_where_there_is_no_churn():
+  """With ε ≡ 0 the denoiser returns its input, so x never moves and the output is x_T's
+  EDM units plus the churn noise alone: N(0, Σ (σ̂_i² - σ_i²) S_noise²) per coordinate, from
+  the γ > 0 steps only. Jitted and eager chains agree (in float32 under jit, σ̂² - σ² left a
+  rounding residue that added noise of ~1e-4 σ at each of the γ = 0 steps)."""
+  n, count = 512, 40
+  steps = samplers.spaced_steps(SCHEDULE, count, "karras")
+  x_T = jax.random.normal(jax.random.key(1000), (n, 8, 8, 1))
+  keys = jax.random.split(jax.random.key(0), n)
+  run = lambda x, k: samplers.run("edm-sde", lambda x, t: jnp.zeros_like(x), BETAS, SCHEDULE,
+                                  steps, x, k, prediction="eps", variance="fixed_small",
+                                  clip_x0=False)
+  # At XLA's default optimisation level (the suite compiles at 0, where LLVM contracts no
+  # multiply-add and the residue never shows).
+  jitted = np.asarray(jax.jit(run, compiler_options={"xla_backend_optimization_level": 2})(
+      x_T, keys), np.float64)
+  with jax.disable_jit():
+    eager = np.asarray(run(x_T, keys), np.float64)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
+  sigmas = diffusion.edm.sigmas(SCHEDULE)
+  hats = diffusion.edm.churned_steps(SCHEDULE, steps)
+  added = jitted - np.asarray(x_T, np.float64) * np.sqrt(1 + sigmas[steps[0]] ** 2)
+  want = np.sqrt(np.sum(sigmas[hats] ** 2 - sigmas[steps] ** 2)) * diffusion.edm.S_NOISE
+  assert abs(added.std() / want - 1) < 0.03, (added.std(), want)
+
+
 def test_edm_samplers_count_their_evaluations():
   calls = []
 
