@@ -108,8 +108,24 @@ def with_channels(image: np.ndarray, channels: int) -> np.ndarray:
   raise ValueError(f"cannot turn an image of {image.shape[-1]} channels into {channels}")
 
 
+def pixels(image: Image.Image) -> np.ndarray:
+  """A PIL image's pixels as uint8 [H, W, C]: C = 1 for grey (bilevel, 8- and 16-bit), 4 for
+  RGBA and palettes with transparency, 3 for every other colour mode. 16-bit grey is scaled
+  to 8 bits (v / 257, rounded: PIL's own conversion clips it to 255); a mode of no known range
+  (32-bit integers outside a PNG, floats) is a ValueError."""
+  mode = image.mode
+  if mode.startswith("I;16") or (mode == "I" and image.format == "PNG"):  # PNG's 16-bit grey
+    wide = np.asarray(image).astype(np.float64)
+    return np.clip(np.round(wide / 257.0), 0, 255).astype(np.uint8)[..., None]
+  if mode in ("I", "F"):
+    raise ValueError(f"its pixels are {'32-bit integers' if mode == 'I' else 'floats'} (PIL "
+                     f"mode {mode}) of no known range: save it as an 8- or 16-bit PNG")
+  if mode in ("1", "L", "LA", "La"):
+    return np.asarray(image.convert("L"))[..., None]
+  alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info)
+  return np.asarray(image.convert("RGBA" if alpha else "RGB"))
+
+
 def image_array(image, channels: int, size: int) -> np.ndarray:
   """A PIL image as uint8 [size, size, channels]: converted, resized and center-cropped."""
-  array = np.asarray(image.convert("RGBA" if image.mode in ("RGBA", "P") else
-                                   "L" if image.mode in ("L", "I", "I;16", "1") else "RGB"))
-  return resize_and_crop(with_channels(array, channels), size)
+  return resize_and_crop(with_channels(pixels(image), channels), size)

@@ -105,6 +105,38 @@ def test_image_folder(tmp_path):
     ImageFolderSource(str(tmp_path), image_size=16, channels=3)
 
 
+def test_every_reader_scales_16_bit_and_expands_palettes(tmp_path):
+  """Training's folder reader (and so prepare-data), evaluate's and the applications' read a
+  grey 16-bit PNG at 32768 / 65535 as 128 (PIL's convert("L") clipped it to 255, a uint8 cast
+  wrapped it to 0), bilevel and palette images as their grey levels and colours, and refuse
+  float pixels naming the file."""
+  from diffusion.applications.imageio import read_image
+  from diffusion.evaluation.commands import load_image_set
+  folder = tmp_path / "images"
+  folder.mkdir()
+  Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(folder / "a16.png")
+  assert Image.open(folder / "a16.png").mode == "I;16"
+  Image.fromarray(np.full((8, 8), 255, np.uint8)).convert("1").save(folder / "b1.png")
+  grey = ImageFolderSource(str(folder), image_size=8, channels=1)
+  assert [int(grey[i]["x"].max()) for i in range(2)] == [128, 255]
+  assert ImageFolderSource(str(folder), image_size=8, channels=3)[0]["x"].max() == 128
+  assert np.all(read_image(folder / "a16.png", (8, 8, 1)) == 128)
+  assert np.all(load_image_set(str(folder), "--samples")[..., 0] == [[[128]], [[255]]])
+  palette = tmp_path / "palette"
+  palette.mkdir()
+  Image.fromarray(np.full((8, 8, 3), (204, 51, 102), np.uint8)).convert("P").save(palette / "p.png")
+  assert Image.open(palette / "p.png").mode == "P"
+  assert tuple(ImageFolderSource(str(palette), 8, 3)[0]["x"][0, 0]) == (204, 51, 102)
+  assert tuple(read_image(palette / "p.png", (8, 8, 3))[0, 0]) == (204, 51, 102)
+  floats = tmp_path / "floats"
+  floats.mkdir()
+  Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(floats / "f.png", format="TIFF")
+  with pytest.raises(ValueError, match=r"broken image file .*f.png: .*floats \(PIL mode F\)"):
+    ImageFolderSource(str(floats), 8, 1)[0]
+  with pytest.raises(ValueError, match=r"--image .*f.png' is not a readable image: .*floats"):
+    read_image(floats / "f.png", (8, 8, 1))
+
+
 def test_image_folder_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.data.path .* is not a folder"):
     ImageFolderSource(str(tmp_path / "missing"), 8, 3)

@@ -17,7 +17,7 @@ from diffusion.applications.imageio import is_array_file, read_array, read_examp
 from diffusion.config import data_spec, distill_method
 from diffusion.dataspec import DataSpec
 from diffusion.distributed import make_mesh, replicate
-from diffusion.images import open_image, save_png, to_uint8
+from diffusion.images import open_image, pixels, save_png, to_uint8, with_channels
 from diffusion.previews import save_preview
 from diffusion.training.checkpoint import load_run
 from diffusion.training.state import base_key
@@ -87,7 +87,7 @@ def read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
     raise ValueError(f"--mask {path!r}: a PNG mask is for images; this data's positions are "
                      f"{tuple(shape)}: give an .npy of bools")
   try:
-    mask = np.asarray(open_image(file).convert("L"))
+    mask = with_channels(pixels(open_image(file)), 1)[..., 0]
   except Exception as e:  # PIL raises many types for a broken file
     raise ValueError(f"--mask {path!r} is not a readable image: {e}") from None
   if mask.shape != tuple(shape):

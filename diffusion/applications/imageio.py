@@ -8,7 +8,7 @@ import numpy as np
 
 from diffusion import paths
 from diffusion.dataspec import DataSpec
-from diffusion.images import list_images, open_image
+from diffusion.images import list_images, open_image, pixels
 
 ARRAY_KEYS = ("x", "images", "arr_0")
 
@@ -63,15 +63,13 @@ def read_image(path: str | os.PathLike, shape: tuple[int, int, int],
   if not file.exists():
     raise FileNotFoundError(f"{argument} {os.fspath(path)!r} does not exist")
   try:
-    array = np.asarray(open_image(file))
+    array = pixels(open_image(file))
   except Exception as e:  # PIL raises many types for a broken file
     raise ValueError(f"{argument} {os.fspath(path)!r} is not a readable image: {e}") from None
-  if array.ndim == 2:
-    array = array[..., None]
   if array.shape != tuple(shape):
     raise ValueError(f"{argument} {os.fspath(path)!r} has shape {array.shape} (H, W, C); the "
                      f"model takes {tuple(shape)}")
-  return array.astype(np.uint8)
+  return array
 
 
 def read_images(path: str, spec: DataSpec) -> tuple[list[str], np.ndarray, np.ndarray | None]:

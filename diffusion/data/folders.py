@@ -129,10 +129,9 @@ class ImageFolderSource:
     cannot be decoded."""
     file = self.root / self.relative[index]
     try:
-      image = open_image(file)
+      return image_array(open_image(file), self.channels, self.image_size)
     except Exception as e:  # PIL and the storage raise many types for a broken file
       raise ValueError(f"broken image file {os.fspath(file)}: {paths.first_line(e)}") from None
-    return image_array(image, self.channels, self.image_size)
 
   def __getitem__(self, index: int) -> dict:
     return {"x": self.read(index), "label": self.labels[index]}

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from diffusion import paths
-from diffusion.images import IMAGE_EXTENSIONS, list_images, open_image
+from diffusion.images import IMAGE_EXTENSIONS, list_images, open_image, pixels, with_channels
 
 
 def load_image_set(path: str, argument: str) -> np.ndarray:
@@ -28,8 +28,8 @@ def load_image_set(path: str, argument: str) -> np.ndarray:
     arrays = []
     for file in files:
       try:
-        image = open_image(file)
-        array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I", "I;16") else "RGB"))
+        array = pixels(open_image(file))
+        array = with_channels(array, 1 if array.shape[-1] == 1 else 3)
       except Exception as e:  # PIL raises many types for a broken file
         raise ValueError(f"{argument}: {os.fspath(file)!r} is not a readable image: {e}") from None
       arrays.append(array[..., None] if array.ndim == 2 else array)
