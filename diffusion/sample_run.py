@@ -134,8 +134,19 @@ def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0,
   if not num:
     return np.zeros((0, *spec.shape), np.float32)
   variables, key = replicate(variables, mesh), base_key(seed, "sample")
-  return in_batches(lambda first, rows: sample(variables, key, first, labels[rows]), num,
-                    batch, mesh, desc=desc, unit="sample", convert=spec.from_model)
+  bad = 0
+
+  def convert(x):  # the check comes before the conversion, which would turn NaN into pixels
+    nonlocal bad
+    bad += int(np.sum(~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))))
+    return spec.from_model(x)
+
+  samples = in_batches(lambda first, rows: sample(variables, key, first, labels[rows]), num,
+                       batch, mesh, desc=desc, unit="sample", convert=convert)
+  if bad:
+    raise ValueError(f"{bad} of {num} samples are not finite (NaN or inf): the network "
+                     "diverged or the sampler's settings do not suit it; nothing was written")
+  return samples
 
 
 def write_samples(out: str, samples: np.ndarray, labels: np.ndarray, num_classes: int,

@@ -46,3 +46,18 @@ def test_scaffold_rmsd_counts_the_generated_points_only():
   completed = np.array([[[9, 9, 9], [9, 9, 9], [3, 0, 0], [0, 4, 0]]], float)
   known = np.array([True, True, False, False])
   np.testing.assert_allclose(scaffold_rmsd(completed, truth, known), [np.sqrt((9 + 16) / 2)])
+
+
+def test_evaluate_synthetic_refuses_samples_that_are_not_finite(tmp_path, capsys):
+  """8 NaN traces of 32 were scored as 1-cycle sines (a NaN spectrum's peak is its first bin)
+  and the command exited 0 with finite figures."""
+  from diffusion import cli
+  t = np.arange(64) / 64
+  traces = np.sin(2 * np.pi * np.arange(1, 33)[:, None] % 4 * t)[..., None].astype(np.float32)
+  traces[::4] = np.nan
+  np.savez(tmp_path / "s.npz", arr_0=traces)
+  assert cli.main(["evaluate", "--samples", str(tmp_path / "s.npz"), "--synthetic",
+                   "sinusoids"]) == 2
+  err = capsys.readouterr().err
+  assert err.splitlines() == ["ddpm evaluate: error: 8 of 32 samples are not finite (NaN or "
+                              "inf): their statistics would mean nothing"]

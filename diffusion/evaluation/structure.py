@@ -115,6 +115,10 @@ def evaluate_synthetic(name: str, samples: np.ndarray, *, num: int = 256,
   if name not in SOURCES:
     raise ValueError(f"--synthetic must be one of {', '.join(SOURCES)}; got {name!r}")
   samples = np.asarray(samples)
+  bad = int(np.sum(~np.isfinite(samples).all(axis=tuple(range(1, samples.ndim)))))
+  if bad:
+    raise ValueError(f"{bad} of {len(samples)} samples are not finite (NaN or inf): their "
+                     "statistics would mean nothing")
   spec = DataSpec(samples.shape[1:], KINDS[name],
                   "uint8" if samples.dtype == np.uint8 else "float32")
   SOURCES[name](spec)  # checks the shape fits the set
