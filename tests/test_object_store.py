@@ -4,8 +4,10 @@ sample with gs:// paths, and nothing lands on the local disk. Paths with no back
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from http import HTTPStatus
 
 import numpy as np
@@ -120,3 +122,80 @@ def test_paths_no_backend_serves_are_refused(tmp_path, capsys, monkeypatch):
                                        r"gcsfs package \(pip install gcsfs\)"):
     paths.resolve("gs://b/s.npz", "--out")
   assert not os.path.exists("gs:")
+
+
+def _closed_port() -> int:
+  """A localhost port that nothing listens on (bound, then freed)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_an_unreachable_store_is_one_line_in_seconds(tmp_path):
+  """No network (here: the emulator's address with nothing listening) fails at once, in a line
+  naming the path, instead of minutes of gcsfs's retries and their tracebacks."""
+  env = {**os.environ, "STORAGE_EMULATOR_HOST": f"http://localhost:{_closed_port()}"}
+  command = [sys.executable, "-m", "diffusion", "train", "--config",
+             os.path.join(CONFIGS, "digits.py"), "--workdir", "gs://bucket/run"]
+  start = time.monotonic()
+  run = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+  assert run.returncode == 2 and time.monotonic() - start < 30, run.stderr[-2000:]
+  assert run.stderr.splitlines() == [
+      f"ddpm train: error: --workdir 'gs://bucket/run': cannot reach localhost:"
+      f"{env['STORAGE_EMULATOR_HOST'].rsplit(':', 1)[1]} (no network? Connection refused)"]
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--config", os.path.join(CONFIGS, "digits.py"), "--workdir", "gs://nobucket/run"],
+    ["sample", "--workdir", "gs://nobucket/run", "--num", "8", "--out", "samples.npz"],
+    ["evaluate", "--samples", "gs://nobucket/samples.npz"],
+])
+def test_a_missing_bucket_is_one_line(gcs, tmp_path, monkeypatch, capsys, argv):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(argv) == 2
+  path = next(a for a in argv if "nobucket" in a)
+  flag = argv[argv.index(path) - 1]
+  assert capsys.readouterr().err.splitlines() == [
+      f"ddpm {argv[0]}: error: {flag} {path!r}: no such bucket 'nobucket'"]
+  assert os.listdir(tmp_path) == []
+
+
+def test_resolve_probes_each_bucket_once(gcs, monkeypatch):
+  """A ValueError naming the argument for a store that cannot be reached; a bucket that answered
+  is not probed again (resolve runs for every path)."""
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://localhost:{_closed_port()}")
+  with pytest.raises(ValueError, match=r"^--out 'gs://bucket/s\.npz': cannot reach localhost:\d+ "
+                                       r"\(no network\? Connection refused\)$"):
+    paths.resolve("gs://bucket/s.npz", "--out")
+  monkeypatch.undo()
+  assert paths.resolve("gs://bucket/a", "--out") == epath.Path("gs://bucket/a")
+  monkeypatch.setattr(paths, "_probe", lambda *args: pytest.fail("probed twice"))
+  assert paths.resolve("gs://bucket/b/c.npz", "--out") == epath.Path("gs://bucket/b/c.npz")
+  with pytest.raises(ValueError, match=r"^--out 'gs:///x': names no bucket"):
+    paths.resolve("gs:///x", "--out")
+
+
+@pytest.mark.parametrize("error, cause", [
+    (FileNotFoundError("b/{}/o"), "no such bucket 'b'"),
+    (OSError("Forbidden: b/b/o\nme@x does not have storage.objects.list access"),
+     "no credentials or no permission for bucket 'b' (Forbidden: b/b/o me@x does not have "
+     "storage.objects.list access; gcloud auth application-default login, or set "
+     "GOOGLE_APPLICATION_CREDENTIALS)"),
+    (PermissionError("Access Denied"), "no credentials or no permission for bucket 'b'"),
+    (TimeoutError(), "no answer from storage.googleapis.com:443 within 30 s"),
+    (ConnectionResetError(104, "Connection reset by peer"),
+     "cannot reach storage.googleapis.com:443 (no network? [Errno 104] Connection reset by peer)"),
+    (RuntimeError("odd"), "the store refused bucket 'b': RuntimeError: odd"),
+])
+def test_refusals_name_the_cause(error, cause):
+  assert paths.refusal(error, "gs", "b", "storage.googleapis.com:443").startswith(cause)
+
+
+def test_refusal_names_missing_credentials():
+  from gcsfs.retry import HttpError
+  from google.auth.exceptions import RefreshError
+  for error in (HttpError({"code": 401, "message": "Anonymous caller does not have access"}),
+                RefreshError("invalid_grant: Token has been expired or revoked.")):
+    assert paths.refusal(error, "gs", "b", None).startswith(
+        "no credentials or no permission for bucket 'b' (")
