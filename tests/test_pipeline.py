@@ -58,6 +58,41 @@ def test_prepare_data_writes_the_examples_of_the_source(tmp_path, capsys):
   np.testing.assert_array_equal(batch["label"], digits.labels[order])
 
 
+def test_prepare_data_on_a_full_disk_says_so_in_one_line_and_leaves_no_shard(
+    tmp_path, capsys, monkeypatch):
+  """ArrayRecord's writer raises RuntimeError("write() failed: No space left on device") when
+  the disk fills (a traceback: the command caught OSError only): one line under a closed
+  progress bar, exit 2, no partial shard; the same command then succeeds."""
+  from array_record.python import array_record_module
+  real, written = array_record_module.ArrayRecordWriter, []
+
+  class FillsUp:
+    def __init__(self, *args):
+      self.writer = real(*args)
+
+    def write(self, record):
+      if len(written) == 25:
+        raise RuntimeError("write() failed: No space left on device")
+      written.append(record)
+      self.writer.write(record)
+
+    def close(self):
+      self.writer.close()
+
+  folder, out = image_folder(tmp_path / "images"), tmp_path / "shards"
+  command = ["prepare-data", "--config", DIGITS, "--out", str(out), "--shards", "3",
+             "--config.data.name=folder", f"--config.data.path={folder}"]
+  monkeypatch.setattr(array_record_module, "ArrayRecordWriter", FillsUp)
+  assert cli.main(command) == 2
+  lines = capsys.readouterr().err.split("\n")
+  assert lines[-1] == "" and lines[-2] == (
+      f"ddpm prepare-data: error: --out {str(out)!r}: the disk is full (write() failed: No space "
+      "left on device); the partial shards were removed"), lines
+  assert not out.exists()
+  monkeypatch.undo()
+  assert cli.main(command) == 0 and len(ArrayRecordSource(str(out))) == 40
+
+
 def test_damaged_or_missing_shards_are_named(tmp_path, capsys):
   write(DigitsSource(), str(tmp_path / "d"), shards=3, progress=False)
   with pytest.raises(ValueError, match="holds a dataset already"):

@@ -42,8 +42,8 @@ def _fields(example: dict) -> dict:
 def write(source, out: str, *, shards: int = 8, progress: bool = True) -> dict:
   """Writes every example of `source` to `shards` ArrayRecord files under the local folder
   `out` (created; it must not hold a dataset already); returns the metadata written to
-  `out/dataset.json`. Example i goes to shard i * shards // len(source), in order."""
-  from array_record.python.array_record_module import ArrayRecordWriter
+  `out/dataset.json`. Example i goes to shard i * shards // len(source), in order. A write
+  that fails (a full disk: `paths.StorageFull`) removes the shards written so far."""
   folder = paths.resolve(out, "--out")
   if paths.is_remote(folder):
     raise ValueError(f"--out {out!r}: ArrayRecord shards are written to a local folder (copy "
@@ -53,36 +53,54 @@ def write(source, out: str, *, shards: int = 8, progress: bool = True) -> dict:
   n = len(source)
   if not 1 <= shards <= n:
     raise ValueError(f"--shards must be between 1 and the {n} examples; got {shards}")
+  created = not folder.exists()
   folder.mkdir(parents=True, exist_ok=True)
   first = _fields(source[0])
   layout = {name: {"shape": list(a.shape), "dtype": a.dtype.str} for name, a in first.items()}
   bounds = [i * n // shards for i in range(shards + 1)]
   names = [f"data-{i:05d}-of-{shards:05d}.array_record" for i in range(shards)]
   bar = tqdm.tqdm(total=n, unit="ex", desc="prepare-data", disable=not progress)
-  for shard, name in enumerate(names):
-    # One record a chunk, uncompressed: a random read is one seek, with nothing to inflate.
-    writer = ArrayRecordWriter(os.fspath(folder / name), "group_size:1,uncompressed")
-    try:
-      for i in range(bounds[shard], bounds[shard + 1]):
-        example = source[i]
-        fields = _fields(example)
-        for field, spec in layout.items():
-          a = fields.get(field)
-          if a is None or list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
-            raise ValueError(f"example {i}: {field} is {None if a is None else (a.shape, a.dtype)}"
-                             f"; example 0's is {tuple(spec['shape'])} {spec['dtype']}")
-        label = np.int64(example.get("label", 0)).astype("<i8").tobytes()
-        writer.write(label + b"".join(np.ascontiguousarray(fields[f]).tobytes() for f in layout))
-        bar.update()
-    finally:
-      writer.close()
-  bar.close()
-  meta = {"format": FORMAT, "count": n, "num_classes": int(getattr(source, "num_classes", 0)),
-          "fields": layout,
-          "shards": [{"file": name, "count": bounds[i + 1] - bounds[i],
-                      "bytes": _size(folder / name)} for i, name in enumerate(names)]}
-  (folder / META).write_text(json.dumps(meta, indent=1))
+  try:
+    for shard, name in enumerate(names):
+      _write_shard(source, folder / name, range(bounds[shard], bounds[shard + 1]), layout, bar)
+    meta = {"format": FORMAT, "count": n, "num_classes": int(getattr(source, "num_classes", 0)),
+            "fields": layout,
+            "shards": [{"file": name, "count": bounds[i + 1] - bounds[i],
+                        "bytes": _size(folder / name)} for i, name in enumerate(names)]}
+    paths.write_bytes(folder / META, json.dumps(meta, indent=1).encode())
+  except BaseException as e:  # no partial shard is left behind: a preparation is whole or absent
+    for name in names:
+      (folder / name).unlink(missing_ok=True)
+    if created and not any(folder.iterdir()):
+      folder.rmdir()
+    if paths.is_disk_full(e):
+      raise paths.StorageFull(f"--out {out!r}: the disk is full ({paths.first_line(e)}); the "
+                              "partial shards were removed") from None
+    raise
+  finally:
+    bar.close()
   return meta
+
+
+def _write_shard(source, file: epath.Path, indices: range, layout: dict, bar) -> None:
+  """Examples `indices` of `source` as the records of one ArrayRecord file."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  # One record a chunk, uncompressed: a random read is one seek, with nothing to inflate.
+  writer = ArrayRecordWriter(os.fspath(file), "group_size:1,uncompressed")
+  try:
+    for i in indices:
+      example = source[i]
+      fields = _fields(example)
+      for field, spec in layout.items():
+        a = fields.get(field)
+        if a is None or list(a.shape) != spec["shape"] or a.dtype.str != spec["dtype"]:
+          raise ValueError(f"example {i}: {field} is {None if a is None else (a.shape, a.dtype)}"
+                           f"; example 0's is {tuple(spec['shape'])} {spec['dtype']}")
+      label = np.int64(example.get("label", 0)).astype("<i8").tobytes()
+      writer.write(label + b"".join(np.ascontiguousarray(fields[f]).tobytes() for f in layout))
+      bar.update()
+  finally:
+    writer.close()
 
 
 class ArrayRecordSource:
