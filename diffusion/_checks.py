@@ -81,3 +81,16 @@ def concrete(x: jax.typing.ArrayLike, name: str) -> np.ndarray:
         "because it is validated when the schedule is built; build the "
         "Schedule outside jit and pass it in as an argument")
   return np.asarray(x, dtype=np.float64)
+
+
+SEED_LIMIT = 2 ** 63  # jax.random.key takes a C long
+
+
+def seed(value: Any, name: str = "seed") -> int:
+  """`value` if it is an int in [0, 2^63): a seed jax.random.key takes; else a ValueError
+  naming `name` and the range."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+      0 <= value < SEED_LIMIT):
+    raise ValueError(f"{name} must be an int in [0, 2**63 - 1]; got {value!r}")
+  return int(value)
+

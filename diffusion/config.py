@@ -49,7 +49,8 @@ def _real(low: float, high: float, *, open_low: bool = False, open_high: bool = 
 
 # The range of every numeric key a config may hold (a missing key is not checked here).
 RANGES = {
-    "seed": _int(0),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool)
+             and 0 <= v < _checks.SEED_LIMIT, "an int in [0, 2**63 - 1]"),
     "data.image_size": _int(1),
     "data.channels": _int(1),
     "model.ch": _int(1),

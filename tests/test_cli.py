@@ -77,6 +77,15 @@ DIGITS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "conf
     (["prepare-data", "--config", DIGITS, "--out", "{file}"], "--out '{file}' is a file, not a folder"),
     (["sample", "--workdir", "{run}", "--num", "4", "--out", "{run}/new/s.npz"],
      "--out '{run}/new/s.npz': the folder '{run}' takes no new file (Read-only file system)"),
+    # Seeds that jax.random.key cannot take (an OverflowError traceback, after train had taken
+    # the workdir and made checkpoints/).
+    (["train", "--config", DIGITS, "--workdir", "{run}", "--config.seed=18446744073709551615"],
+     "config.seed must be an int in [0, 2**63 - 1]"),
+    (["sample", "--workdir", "{run}", "--num", "4", "--out", "s.npz", "--seed", str(2 ** 63)],
+     f"argument --seed: must be an int in [0, 2**63 - 1]; got '{2 ** 63}'"),
+    (["denoise", "--workdir", "{run}", "--image", "{file}", "--sigma", "0.1", "--out", "o.png",
+      "--seed", "-1"],
+     "argument --seed: must be an int in [0, 2**63 - 1]; got '-1'"),
 ])
 def test_paths_that_cannot_serve_are_named_before_any_work(argv, message, tmp_path, monkeypatch,
                                                             capsys):
@@ -95,7 +104,11 @@ def test_paths_that_cannot_serve_are_named_before_any_work(argv, message, tmp_pa
 
   if "takes no new file" in message:
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-  assert cli.main([fill(a) for a in argv]) == 2
+  try:
+    status = cli.main([fill(a) for a in argv])
+  except SystemExit as e:  # argparse's errors
+    status = e.code
+  assert status == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert err == [f"ddpm {argv[0]}: error: {fill(message)}"] or (
       len(err) == 1 and fill(message) in err[0]), err

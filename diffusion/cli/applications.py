@@ -3,7 +3,7 @@
 import os
 
 from diffusion.applications import commands as apps
-from diffusion.cli.common import sampler_arguments
+from diffusion.cli.common import sampler_arguments, seed
 
 
 def _writes(args) -> list[tuple[str, str]]:
@@ -30,7 +30,7 @@ def add_parsers(commands) -> None:
     parser = commands.add_parser(name, help=help_text)
     parser.add_argument("--workdir", required=True, help="a training run")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed, default=0)
     parser.add_argument("--class", dest="class_label", type=int,
                         help="class-conditional models: condition on class C (default: the null "
                              "class, if the run was trained with label dropout)")

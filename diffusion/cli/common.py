@@ -6,6 +6,15 @@ import os
 import sys
 
 
+def seed(text: str) -> int:
+  """argparse's type for --seed: an int in [0, 2^63) (what jax.random.key takes)."""
+  from diffusion import _checks
+  try:
+    return _checks.seed(int(text))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"must be an int in [0, 2**63 - 1]; got {text!r}") from None
+
+
 def config_with_overrides(path: str, overrides: list[str]):
   """The config file with `--config.a.b=value` overrides applied (ml_collections syntax); a
   ValueError of one line for a missing or broken file or a bad override (exit status 2, as

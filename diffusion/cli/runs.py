@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from diffusion.cli.common import config_with_overrides, sampler_arguments
+from diffusion.cli.common import config_with_overrides, sampler_arguments, seed
 from diffusion.schedules import BETA_SCHEDULES, make_schedule
 
 
@@ -140,7 +140,7 @@ def add_parsers(commands) -> None:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--num", type=int, required=True, help="number of samples N")
   parser.add_argument("--out", required=True, help="an .npz file (arr_0: uint8 NHWC)")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=seed, default=0)
   parser.add_argument("--batch", type=int, default=256, help="samples per compiled call")
   parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
   sampler_arguments(parser)
@@ -180,7 +180,7 @@ def add_parsers(commands) -> None:
   parser.add_argument("--num", type=int, help="evaluate the first N images of the split")
   parser.add_argument("--batch", type=int, default=64, help="images per compiled call")
   parser.add_argument("--chunk", type=int, default=10, help="timesteps per network call (--bpd)")
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seed", type=seed, default=0)
   parser.add_argument("--out", help="also write the figures as JSON")
   parser.set_defaults(run=evaluate_command,
                       inputs=["samples", "reference", "workdir"],

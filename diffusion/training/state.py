@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from diffusion import distributed
+from diffusion import _checks, distributed
 from diffusion.models import as_denoiser
 
 HISTORY = 10  # losses kept per timestep by the importance sampler (improved DDPM)
@@ -119,7 +119,7 @@ def _initializer(model, config, sample):
 
 def base_key(seed: int, purpose: str) -> jax.Array:
   """The root key of one use of the seed: "init", "train", "sample" or "evaluate"."""
-  return jax.random.fold_in(jax.random.key(seed),
+  return jax.random.fold_in(jax.random.key(_checks.seed(seed)),
                             ("init", "train", "sample", "evaluate").index(purpose))
 
 
