@@ -143,10 +143,11 @@ def test_train_on_an_image_folder(tmp_path, monkeypatch, capsys):
   rng = np.random.default_rng(0)
   for i in range(300):  # of several sizes: each is resized and cropped to 8 x 8
     Image.fromarray(rng.integers(0, 255, (8 + i % 5, 10, 3), np.uint8)).save(data / f"{i}.png")
-  # Break two files of the first batch (the stream's order: seed 0, epoch 0; files sorted).
+  # Break two files of the first batch (the stream's order: seed 0, epoch 0; files sorted),
+  # and the first and last by name (the check before training read those outside the skip).
   names, order = sorted(os.listdir(data)), np.random.default_rng([0, 0]).permutation(300)
-  for i in (3, 9):
-    (data / names[order[i]]).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+  for name in (names[order[3]], names[order[9]], names[0], names[-1]):
+    (data / name).write_bytes(b"\x89PNG\r\n\x1a\n broken")
   opened = []
   monkeypatch.setattr(folders, "open_image", lambda f: opened.append(f) or Image.open(f))
   folder = ["--config.data.name=folder", f"--config.data.path={data}", "--config.data.channels=3",

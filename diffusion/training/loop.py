@@ -51,6 +51,22 @@ def validate(config, model, source) -> None:
   _check_fit(config, models.as_denoiser(model, config.model), source)
 
 
+def _readable(source, indices, on_error: str) -> tuple[dict, int]:
+  """(source[i], i) for the first i of `indices` that reads: with on_error="skip" the ones
+  that do not are passed over and logged, as the loader does (which counts them when the
+  stream reaches them); otherwise the first one's error is raised."""
+  for i in indices:
+    try:
+      return source[i], i
+    except Exception as e:  # noqa: BLE001 (the source's own error names the file)
+      if on_error != "skip":
+        raise
+      log.warning("skipped an unreadable example (config.data.on_error='skip'): example %d: "
+                  "%s: %s", i, type(e).__name__, e)
+  raise ValueError(f"no example of the data source can be read (config.data.on_error='skip' "
+                   f"passed over all {len(source)})")
+
+
 def _check_fit(config, model, source) -> None:
   train, spec = config.train, data_spec(config)
   devices = jax.device_count()
@@ -67,8 +83,9 @@ def _check_fit(config, model, source) -> None:
                      f"{spec.kind!r}")
   if len(source) == 0:
     raise ValueError("the data source holds no examples")
-  first = check_example(source[0], 0, spec)
-  check_example(source[len(source) - 1], len(source) - 1, spec)
+  on_error, n = config.data.get("on_error", "raise"), len(source)
+  first = check_example(*_readable(source, range(n), on_error), spec)
+  check_example(*_readable(source, range(n - 1, -1, -1), on_error), spec)
   classes = getattr(source, "num_classes", 0)
   if model.num_classes and model.num_classes != classes:
     raise ValueError(f"config.model.num_classes is {model.num_classes} but the data has "
