@@ -334,7 +334,28 @@ def main(argv=None) -> int:
   print(table)
   with open(os.path.join(args.out, "accelerator.txt"), "w") as f:
     f.write(table + "\n")
+  failed = failed_parts(results)
+  if failed:
+    print(f"accelerator.sh: {len(failed)} of {len(chosen)} parts failed: "
+          + "; ".join(f"{name} ({why})" for name, why in failed.items()), file=sys.stderr)
+    return 1
   return 0
+
+
+def failed_parts(results: dict) -> dict[str, str]:
+  """{part: why} for each part that failed: an error of its own or of one of its variants,
+  no result, or stopped at its time limit. A part skipped for a stated reason (the budget
+  spent, cuDNN without a GPU) has not failed, nor has train-max's last probe, whose out of
+  memory ends the search for the largest batch."""
+  failed = {}
+  for name, part in results["parts"].items():
+    why = part.get("error") or part.get("stopped") and f"stopped {part['stopped']}"
+    if not why and name != "train-max":
+      why = next((f"{key}: {value['error']}" for key, value in part.items()
+                  if isinstance(value, dict) and "error" in value), None)
+    if why:
+      failed[name] = why[:200]
+  return failed
 
 
 def _num(value, digits=1) -> str:

@@ -52,3 +52,29 @@ def test_the_table_derives_utilisation_ratios_and_the_50k_extrapolation():
   assert any(line.startswith("bfloat16 batch 512") and line.endswith("out of memory")
              for line in table.splitlines())
   assert "inception: no result after 90 s" in table
+
+
+def test_a_failed_part_fails_the_script(tmp_path):
+  """With an interpreter without JAX every part fails ("No module named 'jax'"): the table is
+  still printed, and the exit status is non-zero with a line naming the failed parts (it was
+  0). A part skipped for a stated reason, or train-max's last out-of-memory probe, is no
+  failure."""
+  import venv
+  bare = tmp_path / "bare"
+  venv.create(bare, with_pip=False)  # no site-packages: no JAX
+  out = tmp_path / "out"
+  env = dict(os.environ, PYTHON=str(bare / "bin" / "python"))
+  run = subprocess.run(["bash", os.path.join(ROOT, "benchmarks", "accelerator.sh"), "--cpu-smoke",
+                        "--parts", "matmul", "--out", str(out), "--budget", "60"],
+                       env=env, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 1, (run.stdout, run.stderr)
+  assert "bf16 matmul" in run.stdout
+  assert run.stderr.strip().splitlines()[-1] == (
+      "accelerator.sh: 1 of 1 parts failed: matmul (ModuleNotFoundError: No module named 'jax')")
+  fine = {"parts": {"train-max": {"256": {"images_per_s": 1.0}, "512": {"error": "OOM"}},
+                    "attention": {"4 heads of 64, cudnn": {"skipped": "cuDNN needs a GPU"}},
+                    "inception": {"skipped": "the budget of 60 s was spent"}}}
+  assert accelerator.failed_parts(fine) == {}
+  fine["parts"]["sample"] = {"ddim": {"error": "boom"}, "ddpm": {"ms_per_network_call": 1.0}}
+  fine["parts"]["train"] = {"bfloat16": {"images_per_s": 5.0}, "stopped": "after 90 s"}
+  assert accelerator.failed_parts(fine) == {"sample": "ddim: boom", "train": "stopped after 90 s"}
