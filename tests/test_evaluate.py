@@ -115,7 +115,15 @@ def test_evaluate_digits_measures(tmp_path, capsys):
     (["--samples", "{tmp}/one.npz", "--digits"], "is a single .npy array"),
     (["--samples", "{tmp}/text.npz", "--digits"], "is no .npz archive"),
 ])
-def test_evaluate_bad_input(tmp_path, capsys, argv, message):
+def test_evaluate_bad_input(tmp_path, capsys, monkeypatch, argv, message):
+  """Refused before any work: the digits classifier (trained on a cold cache, 51 s) is not
+  loaded for samples it would refuse."""
+  from diffusion.evaluation import digits
+
+  def load(*args, **kwargs):
+    raise AssertionError("the digits classifier was loaded before the input was checked")
+
+  monkeypatch.setattr(digits.DigitsEvaluator, "load", load)
   np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 8, 8, 1), np.float32))
   np.savez(tmp_path / "big.npz", arr_0=np.zeros((4, 16, 16, 1), np.uint8))
   np.save(tmp_path / "one.npy", np.zeros((4, 8, 8, 1), np.uint8))

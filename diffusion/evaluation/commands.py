@@ -208,8 +208,9 @@ def evaluate(args) -> dict:
   if args.samples:
     samples = load_image_set(args.samples, "--samples")
     if args.digits:
-      from diffusion.evaluation.digits import DigitsEvaluator, digits_metrics
-      metrics = digits_metrics(samples, DigitsEvaluator.load(), reference=args.digits_reference)
+      from diffusion.evaluation.digits import digits_metrics
+      # The classifier is loaded (or trained, on a cold cache) once the samples are checked.
+      metrics = digits_metrics(samples, reference=args.digits_reference)
       names = {"fid": "digits-FID", "kid": "digits-KID", "is": "digits-IS"}
     else:
       metrics = inception_metrics(samples, args.inception, args.reference,
