@@ -109,7 +109,7 @@ def student_steps(config, schedule: Schedule, sampler: str, steps: int | None,
       raise ValueError("--sigmas sets the chain's steps: give --steps or --sigmas, not both")
     return consistency.steps_at(schedule, sigmas, most)
   count = samplers.DEFAULT_STEPS["consistency"] if steps is None else steps
-  if not 1 <= count <= most:
+  if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= most:
     raise ValueError(f"--steps must lie in [1, {most}] for this consistency model (it was "
                      f"trained on {most + 1} noise levels); got {count}")
   return consistency.sampling_steps(schedule, count)
@@ -200,8 +200,9 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
   d = config.diffusion
   model = as_denoiser(model, config.model)
   sampler = default_sampler(config) if sampler is None else sampler
-  check_options(model, d.num_steps, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                guidance=guidance, churn=churn)
+  # A few-step model's steps are checked against its own chain (`student_steps`), not T.
+  check_options(model, d.num_steps, sampler=sampler, eta=eta, spacing=spacing, guidance=guidance,
+                steps=None if distill_method(config) else steps, churn=churn)
   if guidance is not None and not config.train.get("label_dropout", 0.0) > 0:
     raise ValueError("--guidance mixes in the unconditional model, the null class, which a run "
                      "learns only with label dropout: this one was trained with "

@@ -513,6 +513,7 @@ def test_a_consistency_model_samples_with_its_own_chain(method):
   assert not np.array_equal(run(through), run(make_sampler(affine_model(), config, SHAPE, mesh,
                                                            steps=1)))
   for options, message in (({"steps": most + 1}, rf"--steps must lie in \[1, {most}\]"),
+                           ({"steps": 0}, rf"--steps must lie in \[1, {most}\]"),  # not [1, T]
                            ({"sampler": "ddim"}, "samples with its own chain"),
                            ({"start": 5}, "the applications need a model of every timestep"),
                            ({"sigmas": (1.0, 2.0)}, "--sigmas must decrease"),
