@@ -15,7 +15,7 @@ import pytest
 from etils import epath
 
 from _tiny import CONFIGS, tiny_overrides
-from diffusion import cli, paths
+from diffusion import buckets, cli, paths
 
 
 def _emulator_with_generation_headers():
@@ -170,7 +170,7 @@ def test_resolve_probes_each_bucket_once(gcs, monkeypatch):
     paths.resolve("gs://bucket/s.npz", "--out")
   monkeypatch.undo()
   assert paths.resolve("gs://bucket/a", "--out") == epath.Path("gs://bucket/a")
-  monkeypatch.setattr(paths, "_probe", lambda *args: pytest.fail("probed twice"))
+  monkeypatch.setattr(buckets, "_probe", lambda *args: pytest.fail("probed twice"))
   assert paths.resolve("gs://bucket/b/c.npz", "--out") == epath.Path("gs://bucket/b/c.npz")
   with pytest.raises(ValueError, match=r"^--out 'gs:///x': names no bucket"):
     paths.resolve("gs:///x", "--out")
@@ -189,7 +189,7 @@ def test_resolve_probes_each_bucket_once(gcs, monkeypatch):
     (RuntimeError("odd"), "the store refused bucket 'b': RuntimeError: odd"),
 ])
 def test_refusals_name_the_cause(error, cause):
-  assert paths.refusal(error, "gs", "b", "storage.googleapis.com:443").startswith(cause)
+  assert buckets.refusal(error, "gs", "b", "storage.googleapis.com:443").startswith(cause)
 
 
 def test_refusal_names_missing_credentials():
@@ -197,5 +197,5 @@ def test_refusal_names_missing_credentials():
   from google.auth.exceptions import RefreshError
   for error in (HttpError({"code": 401, "message": "Anonymous caller does not have access"}),
                 RefreshError("invalid_grant: Token has been expired or revoked.")):
-    assert paths.refusal(error, "gs", "b", None).startswith(
+    assert buckets.refusal(error, "gs", "b", None).startswith(
         "no credentials or no permission for bucket 'b' (")
