@@ -184,7 +184,7 @@ def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5,
   `hlo`: also return the optimised program's text (under "hlo")."""
   from diffusion.config import data_spec, schedule_from_config
   from diffusion.distributed import make_mesh
-  from diffusion.training.state import base_key, create_state
+  from diffusion.training.state import base_key, create_state, init_inputs
   from diffusion.training.step import make_train_step, shard_batch
   mesh = make_mesh()
   if batch % mesh.size:
@@ -197,11 +197,7 @@ def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5,
   data = {"x": draw(shape), "label": np.zeros(batch, np.int32)}
   if model.cond_channels:
     data["cond"] = draw(cond_shape)
-  sample = {"x": jnp.zeros((1, *shape))}
-  if model.num_classes:
-    sample["y"] = jnp.zeros((1,), jnp.int32)
-  if model.cond_channels:
-    sample["cond"] = jnp.zeros((1, *cond_shape))
+  sample = init_inputs(model, shape)
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.train.steps_per_dispatch = 1

@@ -45,6 +45,26 @@ def initialize() -> None:
     jax.distributed.initialize()
 
 
+def skip_absent_tpu() -> bool:
+  """On a host with libtpu installed (to plan for TPUs: `ddpm plan`) but neither a TPU nor an
+  NVIDIA GPU attached, JAX tries the TPU backend at start, and libtpu prints warnings (no
+  TPU_ACCELERATOR_TYPE, no TPU_WORKER_HOSTNAMES) before JAX falls back to the CPU: ask for
+  the CPU at once. Left alone where JAX_PLATFORMS (or jax_platforms) is set. Call before
+  touching any device; returns whether it asked."""
+  if os.environ.get("JAX_PLATFORMS") or jax.config.jax_platforms:
+    return False
+  from jax._src import cloud_tpu_init, hardware_utils
+  if (cloud_tpu_init.get_tpu_library_path() is None
+      or hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
+      or hardware_utils.has_visible_nvidia_gpu()):
+    return False
+  try:
+    jax.config.update("jax_platforms", "cpu")
+  except RuntimeError:  # the backends are already up
+    return False
+  return True
+
+
 COMPILATION_CACHE_GIB = 4  # the default folder's bound (least recently used entries go first)
 
 
@@ -118,6 +138,15 @@ def make_mesh(devices=None, *, fsdp: int = 1) -> Mesh:
   if fsdp < 1 or len(devices) % fsdp:
     raise ValueError(f"config.mesh.fsdp {fsdp} must divide the {len(devices)} devices")
   auto = jax.sharding.AxisType.Auto
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if slices > 1:  # multi-slice: "data" spans the slices (over DCN), "fsdp" stays within one
+    from jax.experimental import mesh_utils
+    per_slice = len(devices) // slices
+    if per_slice % fsdp:
+      raise ValueError(f"config.mesh.fsdp {fsdp} must divide the {per_slice} devices of each of "
+                       f"the {slices} slices")
+    grid = mesh_utils.create_hybrid_device_mesh((per_slice // fsdp, fsdp), (slices, 1), devices)
+    return Mesh(grid, AXES, axis_types=(auto, auto))
   return jax.make_mesh((len(devices) // fsdp, fsdp), AXES, devices=devices,
                        axis_types=(auto, auto))
 

@@ -15,7 +15,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffusion import consistency, progressive, samplers
+from diffusion import consistency, progressive, samplers, platforms
 from diffusion.config import (betas_from_config, clip_x0, data_spec, default_sampler,
                               distill_method)
 from diffusion.distributed import BATCH, gather, padded
@@ -265,6 +265,17 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
     labels = np.zeros(n, np.int32) if labels is None else _checked_labels(labels, model)
     as_float = lambda a: None if a is None else np.asarray(a, np.float32)
     return run(variables, key, first_index, labels, as_float(cond), as_float(x_start))
+
+  def lower(variables, n: int):
+    """The program `sample(variables, key, 0, labels[, cond])` runs for n samples (from x_T),
+    lowered from the shapes of `variables` (arrays or ShapeDtypeStructs) alone."""
+    labels = jax.ShapeDtypeStruct((n,), jnp.int32)
+    cond = (jax.ShapeDtypeStruct((n, *shape[:-1], model.cond_channels), jnp.float32)
+            if model.cond_channels else None)
+    return run.lower(variables, jax.eval_shape(jax.random.key, 0), n, labels, cond, None)
+
+  sample.lower = lower
+  sample.loop_trips = len(visit)  # the chain's scan: one network step (or two: heun) a trip
   return sample
 
 
@@ -330,14 +341,26 @@ def over_samples(fn, mesh: Mesh, num_per_sample: int):
   (None allowed) are split over every device (`distributed.BATCH`). Call the result as
   run(variables, key, first_index, *per_sample) with host arrays.
   """
-  data = NamedSharding(mesh, BATCH)
+  data, replicated = NamedSharding(mesh, BATCH), NamedSharding(mesh, P())
   specs = (P(), P(), BATCH) + (BATCH,) * num_per_sample
-  jitted = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=BATCH,
-                                 check_vma=False))
+  jitted = jax.jit(jax.shard_map(platforms.traced_for(mesh, fn), mesh=mesh, in_specs=specs,
+                                 out_specs=BATCH, check_vma=False))
 
   def call(variables, key, first_index, *per_sample):
     n = next(len(a) for a in per_sample if a is not None)
     put = lambda a: None if a is None else jax.device_put(a, data)
     index = np.arange(first_index, first_index + n, dtype=np.int32)
     return jitted(variables, key, put(index), *map(put, per_sample))
+
+  def lower(variables, key, n: int, *per_sample):
+    """The program `call` runs for n samples, lowered from shapes: variables and key
+    (replicated), per_sample [n, ...] (split), as arrays or ShapeDtypeStructs (None allowed)."""
+    shaped = lambda a, sharding: None if a is None else jax.ShapeDtypeStruct(
+        a.shape, a.dtype, sharding=sharding)
+    return jitted.lower(jax.tree.map(lambda a: shaped(a, replicated), variables),
+                        shaped(key, replicated),
+                        shaped(jax.ShapeDtypeStruct((n,), jnp.int32), data),
+                        *(shaped(a, data) for a in per_sample))
+
+  call.lower = lower
   return call

@@ -20,6 +20,9 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), f"ddpm-test-jit-{_RUN}") if _RUN
                       else tempfile.mkdtemp(prefix="ddpm-test-jit-"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# The tests run on the CPU's devices. With libtpu installed (the test extra has it, for `ddpm
+# plan`), JAX would otherwise start the TPU backend first and libtpu print its warnings.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The digits classifier of the digits measures is trained into a cache of the test session's own.
 os.environ.setdefault("DDPM_CACHE_DIR", tempfile.mkdtemp(prefix="ddpm-test-cache-"))
 # gs:// goes to a local emulator (test_object_store.py): gcsfs must not look for credentials or

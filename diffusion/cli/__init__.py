@@ -1,12 +1,12 @@
 """The `ddpm` command (also `python -m diffusion`): each command's parser lives beside its runner
-(`runs.py`, `applications.py`, `bench.py`); this module parses and reports bad input."""
+(`runs.py`, `applications.py`, `bench.py`, `plan.py`); this module parses and reports bad input."""
 
 import argparse
 import logging
 import sys
 from collections.abc import Sequence
 
-from diffusion.cli import applications, bench, runs
+from diffusion.cli import applications, bench, plan, runs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = _Parser(
       prog="ddpm", description="Denoising diffusion probabilistic models in JAX.")
   commands = parser.add_subparsers(dest="command", required=True)
-  for module in (runs, applications, bench):
+  for module in (runs, applications, bench, plan):
     module.add_parsers(commands)
   args, extra = parser.parse_known_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -38,18 +38,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   bad_input = ((ValueError, FileNotFoundError, FileExistsError, StorageFull)
                if getattr(args, "engine", False) else (ValueError, OSError, ImportError))
   try:
-    if not args.command.startswith("bench"):  # the benchmarks time compilation: never cached
-      from diffusion import distributed
+    from diffusion import distributed
+    distributed.skip_absent_tpu()
+    if not args.command.startswith(("bench", "plan")):  # these time compilation: never cached
       distributed.use_compilation_cache()
     _check_paths(args)
-    args.run(args)
+    status = args.run(args)
   except bad_input as e:
     print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print(f"ddpm {args.command}: interrupted", file=sys.stderr)
     return 130
-  return 0
+  return status if getattr(args, "returns_status", False) else 0
 
 
 def _check_paths(args: argparse.Namespace) -> None:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from diffusion import paths
+from diffusion import paths, platforms
 from diffusion.distributed import BATCH, make_mesh
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -255,6 +255,24 @@ def check_rgb_images(images, name: str = "images") -> np.ndarray:
   return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
+def features_program(mesh):
+  """jit(f)(variables, uint8 images [N, H, W, 3]) -> (features [N, 2048], logits [N, 1008]):
+  the network of `InceptionFeatures` on a batch split over `mesh` (N divisible by its size)."""
+  model = InceptionV3()
+  return jax.jit(platforms.traced_for(mesh, lambda v, x: model.apply(v, x.astype(jnp.float32) / 255)),
+                 in_shardings=(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+                               jax.sharding.NamedSharding(mesh, BATCH)))
+
+
+def lower_features(mesh, n: int, size: tuple[int, int] = (32, 32)):
+  """The Inception program of `InceptionFeatures` on n uint8 images of `size`, lowered from
+  shapes alone (random-initialised variables' shapes: no weights file needed)."""
+  images = jax.ShapeDtypeStruct((n, *size, 3), jnp.uint8)
+  variables = jax.eval_shape(InceptionV3().init, jax.random.key(0),
+                             jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
+  return features_program(mesh).lower(variables, images)
+
+
 class InceptionFeatures:
   """`__call__(uint8 images [N, H, W, C]) -> (features float64 [N, 2048], logits float64 [N, 1008])`,
   in jitted batches of `batch_size` sharded over the local devices.
@@ -272,8 +290,7 @@ class InceptionFeatures:
     devices = jax.local_devices()
     self.mesh = make_mesh(devices)
     self.batch_size += (-batch_size) % len(devices)
-    model = InceptionV3()
-    self._apply = jax.jit(lambda v, x: model.apply(v, x.astype(jnp.float32) / 255))
+    self._apply = features_program(self.mesh)
 
   def __call__(self, images, name: str = "images", progress: bool = False):
     import tqdm

@@ -43,6 +43,15 @@ def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):
   def bpd(variables, key, first_index, images, labels=None):
     labels = np.zeros(len(images), np.int32) if labels is None else np.asarray(labels, np.int32)
     return run(variables, key, first_index, np.asarray(images, np.float32), labels)
+
+  def lower(variables, n: int):
+    """The program `bpd` runs on n images, lowered from the shapes of `variables` alone."""
+    images = jax.ShapeDtypeStruct((n, *data_spec(config).shape), jnp.float32)
+    return run.lower(variables, jax.eval_shape(jax.random.key, 0), n, images,
+                     jax.ShapeDtypeStruct((n,), jnp.int32))
+
+  bpd.lower = lower
+  bpd.loop_trips = -(-d.num_steps // min(chunk_size, d.num_steps))  # the terms' lax.map
   return bpd
 
 

@@ -9,13 +9,16 @@ against 0.496 ms with XLA; one head of 256 channels (the DDPM U-Net's) 0.225 aga
 import jax
 import jax.numpy as jnp
 
+from diffusion import platforms
+
 _HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
 def implementation(dtype, head_dim: int, platform: str | None = None) -> str | None:
   """The `implementation` argument of `jax.nn.dot_product_attention` for heads of `head_dim`
-  channels in `dtype` on `platform` (default: JAX's default backend): "cudnn" or None (XLA)."""
-  platform = platform or jax.default_backend()
+  channels in `dtype` on `platform` (default: the platform being built for, `platforms.current()`):
+  "cudnn" or None (XLA)."""
+  platform = platform or platforms.current()
   if (platform in ("gpu", "cuda") and jnp.dtype(dtype) in _HALF and head_dim <= 128
       and head_dim % 8 == 0):
     return "cudnn"

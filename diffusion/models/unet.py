@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion import platforms
 from diffusion.models.attention import attention
 
 
@@ -57,7 +58,8 @@ class Conv(nn.Module):
   """`flax.linen.Conv` (the same parameters, initialisation and result) for the U-Net's
   convolutions. On the CPU a 3-D convolution runs as a sum over the kernel's depth taps of
   2-D convolutions of depth slices: XLA's CPU 3-D convolution is about 5× slower than that
-  (docs/benchmarks.md); on accelerators it is the library's 3-D convolution."""
+  (docs/benchmarks.md); on accelerators it is the library's 3-D convolution. The platform is
+  that of the program being built (`platforms.current()`), not the host's."""
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int] | None = None
@@ -76,7 +78,7 @@ class Conv(nn.Module):
                else [tuple(p) for p in self.padding])
     spatial = "DHW"[3 - nd:]
     numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
-    if nd == 3 and jax.default_backend() == "cpu":
+    if nd == 3 and platforms.current() == "cpu":
       (low, high), stride = padding[0], strides[0]
       padded = jnp.pad(x, ((0, 0), (low, high), (0, 0), (0, 0), (0, 0)))
       depth = (padded.shape[1] - kernel.shape[0]) // stride + 1

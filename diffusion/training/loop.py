@@ -36,7 +36,7 @@ from diffusion.sampling import make_sampler
 from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.lock import WorkdirLock
 from diffusion.training.metrics import HostReport, MetricWriter, Progress
-from diffusion.training.state import abstract_state, base_key, create_state
+from diffusion.training.state import abstract_state, base_key, create_state, init_inputs
 from diffusion.training import objectives
 from diffusion.training.step import make_train_step, shard_batch
 
@@ -320,11 +320,7 @@ def _train(config, workdir: epath.Path, source, model, variables=None) -> int:
   cfg, k = config.train, config.train.get("steps_per_dispatch", 1)
   spec = data_spec(config)
   shape = spec.shape
-  sample = {"x": jnp.zeros((1, *shape))}
-  if model.num_classes:
-    sample["y"] = jnp.zeros((1,), jnp.int32)
-  if model.cond_channels:
-    sample["cond"] = jnp.zeros((1, *shape[:-1], model.cond_channels))
+  sample = init_inputs(model, shape)
 
   checkpoints = Checkpoints(workdir, every=cfg.checkpoint_every,
                             keep=cfg.get("keep_checkpoints", None))

@@ -123,6 +123,17 @@ def base_key(seed: int, purpose: str) -> jax.Array:
                             ("init", "train", "sample", "evaluate").index(purpose))
 
 
+def init_inputs(model, shape: tuple[int, ...]) -> dict[str, jax.Array]:
+  """The inputs a network is initialised with for examples of `shape`: {"x": zeros [1, *shape],
+  "y" (int [1], a class-conditional network), "cond" (a conditioned one)}."""
+  sample = {"x": jnp.zeros((1, *shape))}
+  if model.num_classes:
+    sample["y"] = jnp.zeros((1,), jnp.int32)
+  if model.cond_channels:
+    sample["cond"] = jnp.zeros((1, *shape[:-1], model.cond_channels))
+  return sample
+
+
 def abstract_state(model, config, mesh: Mesh, sample) -> TrainState:
   """Shapes, dtypes and shardings of `create_state`'s result, for restoring a checkpoint."""
   init, key = _initializer(model, config, sample)

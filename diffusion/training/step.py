@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from diffusion import platforms
 from diffusion.config import data_spec
 from diffusion.distributed import BATCH
 from diffusion.losses import training_losses
@@ -205,7 +206,7 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
       return one_step(state, batch, key)
     # XLA:CPU runs a while loop's body about 20x slower than the same ops unrolled (digits,
     # 2 steps a dispatch: 24 against 447 images/s; docs/benchmarks.md): unroll there.
-    unroll = True if jax.default_backend() == "cpu" else 1
+    unroll = True if platforms.current() == "cpu" else 1
     state, metrics = jax.lax.scan(lambda s, b: one_step(s, b, key), state, batch, unroll=unroll)
     skipped = jnp.sum(metrics.pop("skipped"))
     return state, {**jax.tree.map(jnp.mean, metrics), "skipped": skipped}
@@ -214,8 +215,24 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
   state_sharding = replicated if state_sharding is None else state_sharding
   data = NamedSharding(mesh, BATCH if train.get("steps_per_dispatch", 1) == 1
                        else P(None, *BATCH))
-  return jax.jit(multi_step, in_shardings=(state_sharding, data, replicated),
+  return jax.jit(platforms.traced_for(mesh, multi_step), in_shardings=(state_sharding, data, replicated),
                  out_shardings=(state_sharding, replicated), donate_argnums=0)
+
+
+def abstract_batch(config, model, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+  """The shapes, dtypes and shardings of the global batches `ddpm train` gives the step of
+  `make_train_step` ([k, B, ...] with k = config.train.steps_per_dispatch > 1), for lowering
+  it without data."""
+  spec, k = data_spec(config), config.train.get("steps_per_dispatch", 1)
+  lead = (config.train.batch_size,) if k == 1 else (k, config.train.batch_size)
+  sharding = NamedSharding(mesh, BATCH if k == 1 else P(None, *BATCH))
+  dtype = jnp.uint8 if spec.dtype == "uint8" else jnp.float32
+  shaped = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+  batch = {"x": shaped((*lead, *spec.shape), dtype), "label": shaped(lead, jnp.int32)}
+  channels = as_denoiser(model, config.model).cond_channels
+  if channels:
+    batch["cond"] = shaped((*lead, *spec.shape[:-1], channels), dtype)
+  return batch
 
 
 def shard_batch(batch: dict[str, Any], mesh: Mesh, stacked: bool = False) -> dict[str, jax.Array]:

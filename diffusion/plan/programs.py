@@ -1,0 +1,77 @@
+"""The programs `ddpm train`, `sample` and `evaluate` run, built by their own functions for a
+config and a mesh, and lowered from shapes alone (no data, no parameters, no devices to run on).
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from diffusion import platforms
+from diffusion.config import data_spec, schedule_from_config
+from diffusion.evaluation.inception import lower_features
+from diffusion.evaluation.nll import make_bpd_fn
+from diffusion.models import variables_of
+from diffusion.sampling import make_sampler
+from diffusion.training.state import abstract_state, base_key, init_inputs
+from diffusion.training.step import abstract_batch, make_train_step
+
+PROGRAMS = ("train", "sample", "inception", "bpd")
+
+
+@dataclasses.dataclass
+class Program:
+  """One lowered program: `examples` per call (over all devices), `trips` of its loop (XLA
+  counts a loop's body once), `state` the train state's shapes and shardings (train only)."""
+  name: str
+  lowered: Any
+  examples: int
+  trips: int
+  state: Any = None
+  what: str = ""
+
+
+def skipped(config, name: str) -> str | None:
+  """Why `name` is no program of this config's (None: it is one)."""
+  spec = data_spec(config)
+  if name == "inception" and (spec.kind != "image" or len(spec.shape) != 3
+                              or spec.shape[-1] not in (1, 3)):
+    return f"FID's Inception takes 2-D images of 1 or 3 channels; the data are {spec.shape}"
+  if name == "bpd" and spec.dtype != "uint8":
+    return "bits/dim is defined on 8-bit data; config.data.dtype is not uint8"
+  return None
+
+
+def _variables(model, config, mesh):
+  """The sampling variables (EMA parameters and the network's other collections), shapes."""
+  state = abstract_state(model, config, mesh, init_inputs(model, data_spec(config).shape))
+  return variables_of(state.ema_params, state.model_state)
+
+
+def lower(name: str, model, config, mesh, *, batch: int) -> Program:
+  """The program `name` (one of PROGRAMS) for `model` (a Denoiser) and `config` on `mesh`,
+  for a global batch of `batch` examples (train: config.train.batch_size), lowered."""
+  if name == "train":
+    spec, k = data_spec(config), config.train.get("steps_per_dispatch", 1)
+    state = abstract_state(model, config, mesh, init_inputs(model, spec.shape))
+    step = make_train_step(model, schedule_from_config(config), config, mesh,
+                           state_sharding=jax.tree.map(lambda s: s.sharding, state))
+    key = jax.eval_shape(lambda: base_key(0, "train"))
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, P()))
+    lowered = step.lower(state, abstract_batch(config, model, mesh), key)
+    kept = k > 1 and platforms.of_mesh(mesh) != "cpu"  # elsewhere the steps are unrolled
+    return Program(name, lowered, examples=k * config.train.batch_size, trips=k if kept else 1,
+                   state=state, what=f"{k} train step{'s' if k > 1 else ''} a dispatch")
+  if name == "sample":
+    sampler = make_sampler(model, config, data_spec(config).shape, mesh)
+    return Program(name, sampler.lower(_variables(model, config, mesh), batch), examples=batch,
+                   trips=sampler.loop_trips, what=f"a chain of {sampler.loop_trips} steps")
+  if name == "inception":
+    return Program(name, lower_features(mesh, batch, data_spec(config).shape[:2]),
+                   examples=batch, trips=1, what="FID Inception features")
+  if name == "bpd":
+    bpd = make_bpd_fn(model, config, mesh)
+    return Program(name, bpd.lower(_variables(model, config, mesh), batch), examples=batch,
+                   trips=bpd.loop_trips, what=f"the bound's T terms, {bpd.loop_trips} chunks")
+  raise ValueError(f"--programs: unknown program {name!r}; choose from {', '.join(PROGRAMS)}")
