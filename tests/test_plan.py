@@ -201,3 +201,26 @@ def test_libtpu_says_nothing_to_the_other_commands():
                          capture_output=True, check=True).stderr for call in ("", quiet)]
   assert "TPU" in said[0]  # the noise this guards against (fails if libtpu stops printing it)
   assert said[1] == ""
+
+
+@pytest.mark.parametrize("what, limit_value, best", [
+    ("batch", 37, 32), ("batch", 1, 1), ("batch", 0, None), ("batch", 4096, 4096),
+    ("fsdp", 3, 4), ("fsdp", 1, 1), ("fsdp", 9, None)])
+def test_search_finds_the_boundary_in_few_compiles(what, limit_value, best, monkeypatch):
+  """The bisection, against a compiler (here a stand-in) whose verdict flips at one value."""
+  import diffusion.plan as planning
+  compiled = []
+
+  def fake_plan(config, devices, programs, model=None):
+    value = (config.train.batch_size // len(devices) if what == "batch"
+             else config.mesh.fsdp)
+    compiled.append(value)
+    fits = value <= limit_value if what == "batch" else value >= limit_value
+    entry = {"fits": fits, "memory": {"total_bytes": value}} if fits else {
+        "fits": False, "needed_bytes": value, "available_bytes": 0}
+    return planning.Plan({"programs": {"train": entry}}, {})
+
+  monkeypatch.setattr(planning, "plan", fake_plan)
+  found = planning.search(tiny_config(), [object()] * 8, what)
+  assert found["best"] == best and len(compiled) <= 8 and len(set(compiled)) == len(compiled)
+  assert [t["value"] for t in found["tries"]] == compiled

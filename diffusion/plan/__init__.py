@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 
 from diffusion import models
 from diffusion.config import data_spec, validate as validate_config
@@ -86,6 +87,8 @@ def plan(config, devices, *, programs=("train", "sample"), batch: int | None = N
     entry = {"what": program.what, "examples_per_call": program.examples,
              "examples_per_device": program.examples // len(devices),
              "estimate": "XLA's cost model (optimal_seconds), not a measurement"}
+    if program.state is not None:  # from the shardings: known whether or not it fits
+      entry["state_bytes_per_device"] = analysis.shard_bytes(program.state)
     said = []
     start = time.perf_counter()
     try:
@@ -104,7 +107,7 @@ def plan(config, devices, *, programs=("train", "sample"), batch: int | None = N
     result = compiled[name]
     mem = analysis.memory(result)
     if program.state is not None:
-      mem["state_bytes_per_device"] = analysis.shard_bytes(program.state)
+      mem["state_bytes_per_device"] = entry["state_bytes_per_device"]
     entry.update(fits=True, memory=mem,
                  cost=analysis.cost(result, trips=program.trips, examples=program.examples,
                                     devices=len(devices), peak_tflops=peak),
@@ -134,8 +137,8 @@ def search(config, devices, what: str, *, limit: int = 8, model=None, progress=N
       if what == "batch":
         trial.train.batch_size = value * len(devices)
       else:
-        trial.mesh = {**dict(trial.get("mesh") or {}), "fsdp": value}
-        trial.mesh.pop("data", None)
+        mesh = {k: v for k, v in dict(trial.get("mesh") or {}).items() if k != "data"}
+        trial.mesh = ml_collections.ConfigDict({**mesh, "fsdp": value})
     if progress:
       progress(f"{what} {value}")
     entry = plan(trial, devices, programs=("train",), model=model).figures["programs"]["train"]
