@@ -35,8 +35,8 @@ def volumes_config():
 
 @pytest.fixture(scope="module")
 def v5e():
-  """The tiny digits config's train step and sampler on a v5e 2x2 (4 chips)."""
-  return plan(tiny_config(), topology.devices("v5e:2x2"), programs=("train", "sample"))
+  """The tiny digits config's train step and sampler on two v5e 2x2 slices (8 chips)."""
+  return plan(tiny_config(), topology.devices("v5e:2x2", slices=2), programs=("train", "sample"))
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,17 @@ def v5p():
 
 def test_a_plan_gives_memory_flops_and_the_cost_models_time(v5e):
   figures = v5e.figures
-  assert figures["devices"] == 4 and figures["device_kind"] == "TPU v5 lite"
-  assert figures["mesh"] == {"data": 4, "fsdp": 1} and figures["hbm_bytes_per_device"] == 16 * 2**30
+  assert figures["devices"] == 8 and figures["slices"] == 2
+  assert figures["device_kind"] == "TPU v5 lite" and figures["hbm_bytes_per_device"] == 16 * 2**30
+  assert figures["mesh"] == {"data": 8, "fsdp": 1}
   train, sample = figures["programs"]["train"], figures["programs"]["sample"]
   for p in (train, sample):
-    assert p["fits"] and p["examples_per_call"] == 16 and p["examples_per_device"] == 4
+    assert p["fits"] and p["examples_per_call"] == 16 and p["examples_per_device"] == 2
     assert p["memory"]["total_bytes"] >= p["memory"]["argument_bytes"] > 0
-    assert p["cost"]["flops_per_device"] > 0 and p["cost"]["estimated_seconds"] > 0
-    assert 0 < p["cost"]["estimated_mfu"] < 1
+    assert p["cost"]["flops_per_device"] > 0
+  assert sample["cost"]["estimated_seconds"] > 0 and 0 < sample["cost"]["estimated_mfu"] < 1
+  # The cost model gives no time to a program with collectives across slices: none is shown.
+  assert train["cost"]["xla_optimal_seconds"] <= 0 and train["cost"]["estimated_seconds"] is None
   # The state: parameters, Adam's two moments and the EMA, replicated at fsdp 1.
   config = tiny_config()
   shape = data_spec(config).shape
@@ -62,16 +65,29 @@ def test_a_plan_gives_memory_flops_and_the_cost_models_time(v5e):
   state = abstract_state(model, config, mesh_from_config(config), init_inputs(model, shape))
   params = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state.params))
   assert 4 * params <= train["memory"]["state_bytes_per_device"] < 4 * params + 2**16
-  # Data parallelism: the gradient's all-reduce, no gathering of parameters.
+  # Data parallelism over two slices: the gradient's all-reduce (XLA splits it into a
+  # reduce-scatter and an all-gather within each slice around the all-reduce between them).
   assert train["collectives"]["all-reduce"]["count"] >= 1
-  assert train["collectives"]["all-gather"]["count"] == 0
+
+
+def test_the_data_axis_spans_the_slices():
+  """Multi-slice: "data" runs over the slices (DCN), "fsdp" stays within one (ICI)."""
+  devices = topology.devices("v5e:2x2", slices=2)
+  config = tiny_config()
+  config.mesh.fsdp = 2
+  mesh = mesh_from_config(config, devices)
+  slices = np.vectorize(lambda d: d.slice_index)(mesh.devices)
+  assert slices.shape == (4, 2) and (slices[:2] == 0).all() and (slices[2:] == 1).all()
+  config.mesh.fsdp = 8
+  with pytest.raises(ValueError, match="config.mesh.fsdp 8 must divide the 4 devices of each"):
+    mesh_from_config(config, devices)
 
 
 def test_the_samplers_chain_is_counted_for_each_of_its_steps(v5e):
   """XLA's cost analysis counts a loop's body once: the plan scales it by the chain's steps."""
   config = tiny_config()
   model = models.build(config.model, (8, 8, 1))
-  mesh = mesh_from_config(config, topology.devices("v5e:2x2"))
+  mesh = mesh_from_config(config, topology.devices("v5e:2x2", slices=2))
   variables = programs._variables(model, config, mesh)
   raw = {}
   for steps in (2, 8):
@@ -92,6 +108,7 @@ def test_the_plan_is_the_program_the_tpu_runs(v5p):
   assert re.search(r"dim_labels=b012f_012io->b012f", hlo), "no 3-D convolution"
   train = v5p.figures["programs"]["train"]
   assert train["what"] == "2 train steps a dispatch" and train["examples_per_call"] == 32
+  assert train["cost"]["estimated_seconds"] > 0 and 0 < train["cost"]["estimated_mfu"] < 1
   collectives = train["collectives"]
   assert collectives["all-gather"]["count"] > 0 and collectives["reduce-scatter"]["count"] > 0
   # No all-reduce of a whole parameter: the largest kernel (f32) is never reduced whole.

@@ -92,9 +92,10 @@ def cost(compiled, *, trips: int, examples: int, devices: int,
   if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
     analysis = analysis[0] if analysis else {}
   flops = float(analysis.get("flops", 0.0)) * trips
-  seconds = float(analysis.get("optimal_seconds", -1.0)) * trips
-  seconds = seconds if seconds > 0 else None
+  raw = float(analysis.get("optimal_seconds", -1.0))
+  seconds = raw * trips if raw > 0 else None  # none for, e.g., collectives across slices
   return {"flops_per_device": flops, "flops_per_example": flops * devices / examples,
+          "xla_optimal_seconds": raw,
           "bytes_accessed_per_device": float(analysis.get("bytes accessed", 0.0)) * trips,
           "estimated_seconds": seconds,
           "estimated_examples_per_s": examples / seconds if seconds else None,
