@@ -3,8 +3,9 @@
 Written for the global batch and compiled with `jax.jit` over the mesh: the
 state is replicated or split over the "fsdp" axis (`state_shardings`), the
 batch is split over every device, and XLA's SPMD partitioner inserts the
-collectives (the gradient's all-reduce, or with fsdp the parameters'
-all-gather and the gradient's reduce-scatter). The network is called once per
+collectives: the gradient's all-reduce; with fsdp also an all-gather of each
+parameter where the network uses it (the step asks for the parameters whole
+there, and for the gradient on their shards). The network is called once per
 batch. Every random draw of example i of the global batch at step s (its t,
 its ε, whether its label is dropped) uses the key fold_in(fold_in(key, s), i),
 and dropout draws one mask for the global batch with JAX's partitionable
@@ -140,6 +141,8 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
     dropout_key = jax.random.fold_in(step_key, np.uint32(2**32 - 1))  # no example's index
 
     def loss_fn(params):
+      if gather:  # fsdp: each parameter gathered whole where the network needs it, once a step
+        params = jax.lax.with_sharding_constraint(params, replicated)
       updates = {}
 
       def denoise(x_t, t_):
@@ -160,6 +163,8 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
       return jnp.sum(weights * losses["loss"]) / size, (losses, updates)
 
     (loss, (losses, collections)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if gather:  # and its gradient reduced onto its shards
+      grads = jax.lax.with_sharding_constraint(grads, state_sharding.params)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
@@ -213,6 +218,11 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
 
   replicated = NamedSharding(mesh, P())
   state_sharding = replicated if state_sharding is None else state_sharding
+  # Left to XLA's propagation, parameters split over "fsdp" made it reshard the activations
+  # instead: CelebA-HQ 256 planned on a v5p-16 at fsdp 8, 999 collective-permutes and 66
+  # all-to-alls a step, twice the temporaries, and 585 estimated images/s against 1,268 with
+  # the parameters asked whole (docs/benchmarks.md, "Planned on TPU topologies").
+  gather = mesh.shape.get("fsdp", 1) > 1 and not isinstance(state_sharding, NamedSharding)
   data = NamedSharding(mesh, BATCH if train.get("steps_per_dispatch", 1) == 1
                        else P(None, *BATCH))
   return jax.jit(platforms.traced_for(mesh, multi_step), in_shardings=(state_sharding, data, replicated),
