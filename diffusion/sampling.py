@@ -15,7 +15,7 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffusion import consistency, progressive, samplers, platforms
+from diffusion import consistency, platforms, progressive, samplers
 from diffusion.config import (betas_from_config, clip_x0, data_spec, default_sampler,
                               distill_method)
 from diffusion.distributed import BATCH, gather, padded

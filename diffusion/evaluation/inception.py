@@ -259,7 +259,8 @@ def features_program(mesh):
   """jit(f)(variables, uint8 images [N, H, W, 3]) -> (features [N, 2048], logits [N, 1008]):
   the network of `InceptionFeatures` on a batch split over `mesh` (N divisible by its size)."""
   model = InceptionV3()
-  return jax.jit(platforms.traced_for(mesh, lambda v, x: model.apply(v, x.astype(jnp.float32) / 255)),
+  features = lambda v, x: model.apply(v, x.astype(jnp.float32) / 255)
+  return jax.jit(platforms.traced_for(mesh, features),
                  in_shardings=(jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
                                jax.sharding.NamedSharding(mesh, BATCH)))
 

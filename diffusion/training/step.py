@@ -225,7 +225,8 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
   gather = mesh.shape.get("fsdp", 1) > 1 and not isinstance(state_sharding, NamedSharding)
   data = NamedSharding(mesh, BATCH if train.get("steps_per_dispatch", 1) == 1
                        else P(None, *BATCH))
-  return jax.jit(platforms.traced_for(mesh, multi_step), in_shardings=(state_sharding, data, replicated),
+  return jax.jit(platforms.traced_for(mesh, multi_step),
+                 in_shardings=(state_sharding, data, replicated),
                  out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
