@@ -386,8 +386,8 @@ class StandIn:
 
 
 @pytest.mark.parametrize("name", ["digits", "digits_hybrid", "cifar10", "celebahq256", "church256",
-                                  "bedroom256", "sequences", "volumes3d", "protein", "digits_ct",
-                                  "cifar10_ct", "digits_ict", "cifar10_ict"])
+                                  "bedroom256", "dit256", "sequences", "volumes3d", "protein",
+                                  "digits_ct", "cifar10_ct", "digits_ict", "cifar10_ict"])
 def test_every_config_is_complete(name):
   from diffusion import models
   from diffusion.config import load_config
