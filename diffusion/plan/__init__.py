@@ -32,10 +32,6 @@ class Plan:
   figures: dict
   compiled: dict[str, Any]
 
-  @property
-  def fits(self) -> bool:
-    return all(p.get("fits", True) for p in self.figures["programs"].values())
-
 
 def _check(config, model, devices: int, batch: int | None) -> None:
   """The config's own errors and how it fits the devices, before anything compiles."""
@@ -55,7 +51,7 @@ def plan(config, devices, *, programs=("train", "sample"), batch: int | None = N
 
   batch: the global batch of the sampler, Inception and bits/dim programs (default:
   config.train.batch_size). peak_tflops: a device's bf16 peak for the utilisation (default:
-  the chip's, `topology.CHIPS`). model: the network (default: the config's). progress: called
+  the chip's, `topology.chip`). model: the network (default: the config's). progress: called
   with each program's name before it compiles. A program the compiler refuses for want of
   memory has "fits": False and the bytes it needs and has; others raise.
   """
@@ -89,10 +85,9 @@ def plan(config, devices, *, programs=("train", "sample"), batch: int | None = N
              "estimate": "XLA's cost model (optimal_seconds), not a measurement"}
     if program.state is not None:  # from the shardings: known whether or not it fits
       entry["state_bytes_per_device"] = analysis.shard_bytes(program.state)
-    said = []
     start = time.perf_counter()
     try:
-      with topology.quiet(said):
+      with topology.quiet():
         compiled[name] = program.lowered.compile()
     except Exception as e:  # noqa: BLE001 (only the compiler's refusal for memory is kept)
       refused = analysis.out_of_memory(e)

@@ -24,25 +24,24 @@ class Chip:
   peak_tflops: float | None
 
 
-# Vendor figures per JAX device. More specific device kinds first.
-CHIPS = (Chip("TPU v3", 16.0, 61.5), Chip("TPU v4", 32.0, 275.0),
-         Chip("TPU v5 lite", 16.0, 197.0), Chip("TPU v5", 95.0, 459.0),
-         Chip("TPU v6 lite", 32.0, 918.0))
+# HBM of one JAX device (vendor figures); the peaks are `benchmark.PEAK_TFLOPS`'. More
+# specific device kinds first.
+HBM_GIB = (("TPU v3", 16.0), ("TPU v4", 32.0), ("TPU v5 lite", 16.0), ("TPU v5", 95.0),
+           ("TPU v6 lite", 32.0))
 
 
 def chip(device_kind: str) -> Chip:
   """The `Chip` of a device kind ("TPU v5 lite"); unknown figures None."""
-  for c in CHIPS:
-    if device_kind.lower().startswith(c.kind.lower()):
-      return c
-  return Chip(device_kind, None, None)
+  from diffusion.benchmark import peak_tflops
+  hbm = next((gib for kind, gib in HBM_GIB if device_kind.lower().startswith(kind.lower())), None)
+  return Chip(device_kind, hbm, peak_tflops(device_kind))
 
 
 @contextlib.contextmanager
-def quiet(keep: list | None = None):
+def quiet():
   """Silences the process's standard error (file descriptor 2) inside the block: libtpu
   writes its warnings there from C++ (no TPU_ACCELERATOR_TYPE, no TPU_WORKER_HOSTNAMES on
-  a host without a TPU). What was written is appended to `keep`, for an error message."""
+  a host without a TPU)."""
   sys.stderr.flush()
   with tempfile.TemporaryFile() as sink:
     saved = os.dup(2)
@@ -52,9 +51,6 @@ def quiet(keep: list | None = None):
     finally:
       os.dup2(saved, 2)
       os.close(saved)
-      if keep is not None:
-        sink.seek(0)
-        keep.append(sink.read().decode(errors="replace"))
 
 
 def devices(name: str, slices: int = 1) -> list:
@@ -79,9 +75,8 @@ def devices(name: str, slices: int = 1) -> list:
   options = {"chip_config_name": "megacore"} if name.startswith("v4:") else {}
   if slices > 1:
     options["num_slices"] = slices
-  said = []
   try:
-    with quiet(said):
+    with quiet():
       topology = topologies.get_topology_desc(topology_name=name, platform="tpu", **options)
   except Exception as e:  # noqa: BLE001 (libtpu's own words say what it did not take)
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
