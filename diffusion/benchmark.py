@@ -117,7 +117,7 @@ def bench_sampling(model: Denoiser, config, batch: int, *, samplers=("ddpm", "dd
             "shape": list(shape), "num_steps": config.diffusion.num_steps, "samplers": {}}
   labels = np.zeros(batch, np.int32)
   for name in samplers:
-    count = steps or samplers_lib.DEFAULT_STEPS[name] or config.diffusion.num_steps
+    count = steps or samplers_lib.get(name).default_steps or config.diffusion.num_steps
     sample = make_sampler(model, config, shape, mesh, sampler=name, steps=count)
     start = time.perf_counter()
     jax.block_until_ready(sample(variables, key, 0, labels, cond))

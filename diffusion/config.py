@@ -13,7 +13,7 @@ import numpy as np
 from diffusion import _checks
 from diffusion.dataspec import DataSpec, from_data_config
 from diffusion.losses import LOSSES
-from diffusion.samplers import SAMPLERS
+from diffusion.process import Diffusion
 from diffusion.schedules import BETA_SCHEDULES, Schedule
 
 
@@ -120,8 +120,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.diffusion.clip_x0 must be True, False or None (clip for uint8 "
                      f"data only); got {d.clip_x0!r}")
   _checks.choice(config.data.get("on_error", "raise"), ("raise", "skip"), "config.data.on_error")
-  _checks.choice(train.get("sample_sampler", "ddpm") or "ddpm", SAMPLERS,
-                 "config.train.sample_sampler")
   decay, warmup = config.optim.get("decay_steps", 0), config.optim.get("warmup_steps", 0)
   if decay and decay <= warmup:
     raise ValueError(f"config.optim.decay_steps ({decay}) must exceed config.optim.warmup_steps "
@@ -232,3 +230,11 @@ def betas_from_config(config: ml_collections.ConfigDict) -> np.ndarray:
 def schedule_from_config(config: ml_collections.ConfigDict) -> Schedule:
   """The `Schedule` of a config's `diffusion` section."""
   return Schedule.from_betas(betas_from_config(config))
+
+
+def diffusion_of(config: ml_collections.ConfigDict) -> Diffusion:
+  """The `Diffusion` of a config: its `diffusion` section's schedule, prediction, variance and
+  clipping, and its data (`data_spec`)."""
+  d = config.diffusion
+  return Diffusion(betas_from_config(config), prediction=d.prediction, variance=d.variance,
+                   clip_x0=clip_x0(config), spec=data_spec(config))

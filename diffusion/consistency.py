@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import edm, samplers
+from diffusion import edm, spacing
 from diffusion.schedules import Schedule
 
 METRICS = ("l2", "pseudo_huber")
@@ -52,7 +52,7 @@ def consistency_fn(net_fn, schedule: Schedule, sigma_data: float):
 
 def grid(schedule: Schedule, n: int) -> np.ndarray:
   """The N discretisation timesteps t_1 = 0 < ... < t_N (σ_{t_N} ≈ EDM's σ_max = 80), int [N]."""
-  return samplers.spaced_steps(schedule, n, "karras")[::-1].copy()
+  return spacing.spaced_steps(schedule, n, "karras")[::-1].copy()
 
 
 def grid_table(schedule: Schedule, max_n: int) -> np.ndarray:
@@ -135,37 +135,10 @@ def loss(student_f, target_f, schedule: Schedule, x0: jax.Array, noise: jax.Arra
   return distance(student_f(x_hi, t_hi), jax.lax.stop_gradient(target_f(x_lo, t_lo)), metric)
 
 
-def sample(f, schedule: Schedule, steps: np.ndarray, x: jax.Array, keys: jax.Array,
-           *, clip_x0: bool = True) -> jax.Array:
-  """Multistep consistency sampling (Algorithm 1): x̂ = f(x_T, t_1st), then for each later
-  step t: x = x̂ + sqrt(σ_t² - σ_min²) z, x̂ = f(x, t). One network evaluation per step.
-
-  f: `consistency_fn`; steps: decreasing timesteps (> 0 after the first); x: x_t at steps[0]
-  in the DDPM's units. The noise of visit i of sample n comes from fold_in(keys[n], i).
-  """
-  steps = edm.check_chain(schedule, steps, x, keys)
-  table = edm.sigmas(schedule)
-  n = x.shape[0]
-  x0 = f(edm.to_edm(schedule, x, int(steps[0])), jnp.full((n,), steps[0]))
-  clip = (lambda v: jnp.clip(v, -1, 1)) if clip_x0 else (lambda v: v)
-  x0 = clip(x0)
-
-  def body(x0, visit):
-    i, t, spread = visit
-    noise = edm.visit_noise(keys, i, x.shape[1:])
-    return clip(f(x0 + spread.astype(x.dtype) * noise.astype(x.dtype), jnp.full((n,), t))), None
-
-  if len(steps) > 1:
-    spreads = np.sqrt(table[steps[1:]] ** 2 - table[0] ** 2)
-    visits = (jnp.arange(1, len(steps)), jnp.asarray(steps[1:]), jnp.asarray(spreads))
-    x0, _ = jax.lax.scan(body, x0, visits)
-  return x0
-
-
 def sampling_steps(schedule: Schedule, count: int) -> np.ndarray:
   """The `count` decreasing timesteps of a multistep chain: EDM's ρ = 7 spacing from σ ≈ 80
   over count + 1 points, less the last (σ_min, where f is the identity)."""
-  return samplers.spaced_steps(schedule, count + 1, "karras")[:-1].copy()
+  return spacing.spaced_steps(schedule, count + 1, "karras")[:-1].copy()
 
 
 def steps_at(schedule: Schedule, sigmas, most: int) -> np.ndarray:
@@ -176,12 +149,12 @@ def steps_at(schedule: Schedule, sigmas, most: int) -> np.ndarray:
   rounding."""
   sigmas = np.asarray(sigmas, np.float64).reshape(-1)
   if not 1 <= len(sigmas) <= most:
-    raise ValueError(f"--sigmas must hold 1 to {most} noise levels for this consistency model; "
+    raise ValueError(f"`sigmas` must hold 1 to {most} noise levels for this consistency model; "
                      f"got {len(sigmas)}")
   if not np.all(np.isfinite(sigmas) & (sigmas > 0)):
-    raise ValueError(f"--sigmas must be positive; got {sigmas.tolist()}")
+    raise ValueError(f"`sigmas` must be positive; got {sigmas.tolist()}")
   steps = edm.nearest_steps(schedule, sigmas, low=1, high=int(sampling_steps(schedule, 1)[0]))
   if np.any(np.diff(steps) >= 0):
-    raise ValueError(f"--sigmas must decrease, and stay apart on the model's noise levels "
+    raise ValueError(f"`sigmas` must decrease, and stay apart on the model's noise levels "
                      f"(rounded: {np.round(edm.sigmas(schedule)[steps], 4).tolist()})")
   return steps

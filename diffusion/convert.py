@@ -6,16 +6,13 @@ diffusers `UNet2DModel` folders: `config.json` and
 is downloaded: point `from_diffusers` at a folder on disk. Reading
 `.safetensors` needs no PyTorch; `.bin` needs the optional `torch` package.
 
-Command line: `python -m diffusion.convert DIFFUSERS_DIR OUT_DIR` writes a
+Command line: `ddpm convert DIFFUSERS_DIR OUT_DIR [--config FILE]` (`convert`) writes a
 model folder (`diffusion.models.save`) that the samplers load.
 """
 
-import argparse
 import io
 import json
 import os
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -258,35 +255,21 @@ def from_diffusers(model_dir: str) -> tuple[UNet, dict[str, Any]]:
   return model, jax.tree.map(jnp.asarray, params)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m diffusion.convert",
-      description="Convert a diffusers UNet2DModel folder into a model folder of this library.")
-  parser.add_argument("model_dir", help="folder with config.json and diffusion_pytorch_model.*")
-  parser.add_argument("out_dir", help="new folder for model.json and params/")
-  parser.add_argument("--config", help="an experiments/configs/*.py file: its data and diffusion "
-                      "settings go into out_dir/config.json, and `ddpm sample --workdir out_dir` "
-                      "(and the other commands) then run the converted network")
-  args = parser.parse_args(argv)
-  try:
-    model, params = from_diffusers(args.model_dir)
-    config = None
-    if args.config:
-      from diffusion.config import load_config
-      from diffusion.models.config import model_kwargs
-      config = load_config(args.config)
-      with config.unlocked():
-        config.model = model_kwargs(model)
-    models.save(args.out_dir, model, params)
-    if config is not None:
-      paths.write_bytes(paths.resolve(args.out_dir, "out_dir") / "config.json",
-                        config.to_json(indent=2).encode())
-  except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
-    parser.exit(2, f"error: {e}\n")
-  count = sum(p.size for p in jax.tree.leaves(params))
-  print(f"wrote {args.out_dir}: UNet with {count:,} parameters")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+def convert(model_dir: str, out_dir: str, config: str | None = None) -> int:
+  """Writes the diffusers UNet2DModel folder `model_dir` as a model folder `out_dir`
+  (model.json and params/, `models.save`); with `config` (an experiments/configs/*.py file),
+  its data and diffusion settings go into out_dir/config.json, so that `ddpm sample` and the
+  other commands run the converted network from `out_dir`. Returns the parameter count."""
+  model, params = from_diffusers(model_dir)
+  settings = None
+  if config:
+    from diffusion.config import load_config
+    from diffusion.models.config import model_kwargs
+    settings = load_config(config)
+    with settings.unlocked():
+      settings.model = model_kwargs(model)
+  models.save(out_dir, model, params)
+  if settings is not None:
+    paths.write_bytes(paths.resolve(out_dir, "`out_dir`") / "config.json",
+                      settings.to_json(indent=2).encode())
+  return sum(p.size for p in jax.tree.leaves(params))

@@ -1,4 +1,4 @@
-"""EDM's samplers (Karras et al. 2022) over a trained discrete-time DDPM.
+"""EDM's view of a trained discrete-time DDPM (Karras et al. 2022): σ's, denoiser, Heun step.
 
 Any ε-, x_0- or v-model of a VP schedule is a denoiser D(x; σ) (Karras et al.
 Table 1): with σ_t = sqrt(1/ᾱ_t - 1) and the data scaled as x = x_t / sqrt(ᾱ_t)
@@ -8,8 +8,7 @@ so every σ a chain visits is one of them: the samplers take decreasing
 timesteps (`samplers.spaced_steps(..., "karras")` spaces them as EDM's eq. 5,
 ρ = 7, rounded to the model's σ_t) and end at σ = 0 (t = -1, the data).
 
-Chains have the signature of `diffusion.samplers`' and are one `lax.scan`:
-x [N, ..., C] at steps[0] in the DDPM's units (x_t) -> x_0 [N, ..., C].
+EDM's chains (Heun, the stochastic sampler) are `diffusion.samplers.edm`.
 """
 
 from collections.abc import Callable
@@ -21,7 +20,8 @@ import numpy as np
 from diffusion.parameterization import x0_from_prediction
 from diffusion.schedules import Schedule, extract
 
-Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
+# The network as a chain calls it: (x_t [N, ..., C], t int [N]) -> its output.
+NetworkFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 SIGMA_MAX = 80.0  # EDM's σ_max: where "karras" spacing starts (or at σ_start, if lower)
 # EDM's stochastic sampler settings for VP models (Karras et al. Table 5).
@@ -51,7 +51,7 @@ def karras_sigmas(count: int, sigma_min: float, sigma_max: float, rho: float = 7
   return (sigma_max ** inv + ramp * (sigma_min ** inv - sigma_max ** inv)) ** rho
 
 
-def denoiser(denoise_fn: Denoiser, schedule: Schedule, *, prediction: str = "eps",
+def denoiser(denoise_fn: NetworkFn, schedule: Schedule, *, prediction: str = "eps",
              clip_x0: bool = False) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """D(x; σ_t) as a function of (x [N, ..., C] in EDM's units, t int [N]): the model's x̂_0
   at x_t = sqrt(ᾱ_t) x (the mean channels of a learned-variance model)."""
@@ -87,113 +87,3 @@ def heun_step(d, x: jax.Array, t: jax.Array, t_next: jax.Array, sigma: jax.Array
   euler = x + (sigma_next - sigma) * slope
   slope_next = (euler - d(euler, t_next)) / sigma_next
   return x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
-
-
-def check_chain(schedule: Schedule, steps, x: jax.Array | None = None,
-                keys: jax.Array | None = None) -> np.ndarray:
-  """`check_steps` for a chain on `schedule`, after checking that it is a Schedule."""
-  if not isinstance(schedule, Schedule):
-    raise TypeError(f"schedule must be a diffusion Schedule (Schedule.from_betas(betas)); got "
-                    f"{type(schedule).__name__}")
-  return check_steps(steps, schedule.num_steps, x, keys)
-
-
-def check_steps(steps, num_steps: int, x: jax.Array | None = None,
-                keys: jax.Array | None = None) -> np.ndarray:
-  """The timesteps of a chain as a host int array, after checking them (decreasing, in [0,
-  num_steps)) and `keys` (one per sample of x [N, ...], if given): a ValueError naming the
-  argument instead of a failure inside the trace."""
-  steps = np.asarray(steps)
-  if (steps.ndim != 1 or len(steps) < 1 or steps.dtype.kind not in "iu"
-      or np.any(np.diff(steps) >= 0) or steps[-1] < 0 or steps[0] >= num_steps):
-    raise ValueError(f"steps must be decreasing int timesteps in [0, {num_steps}); got {steps}")
-  if keys is not None and (getattr(keys, "ndim", 0) < 1 or keys.shape[0] != x.shape[0]):
-    raise ValueError(f"keys must hold one key per sample, [{x.shape[0]}] for x {x.shape} "
-                     f"(jax.random.split(key, {x.shape[0]})); got shape "
-                     f"{getattr(keys, 'shape', ())}")
-  return steps
-
-
-def _tables(schedule: Schedule, steps: np.ndarray, x: jax.Array | None = None,
-            keys: jax.Array | None = None):
-  return check_chain(schedule, steps, x, keys), sigmas(schedule)
-
-
-def heun(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.Array,
-         keys: jax.Array | None = None, *, prediction: str = "eps", clip_x0: bool = False
-         ) -> jax.Array:
-  """EDM's deterministic sampler (Karras et al. Algorithm 1): Heun's 2nd-order method on the
-  probability-flow ODE dx/dσ = (x - D(x; σ)) / σ through σ_{steps[0]} > ... > σ_{steps[-1]}
-  and then one Euler step to σ = 0. N steps cost 2N - 1 network evaluations (one step is
-  a single Euler step: x_0 = D(x; σ_max)). `keys` is unused (no noise is added).
-  """
-  del keys
-  steps, table = _tables(schedule, steps, x)
-  d = denoiser(denoise_fn, schedule, prediction=prediction, clip_x0=clip_x0)
-  n = x.shape[0]
-  x = to_edm(schedule, x, steps[0])
-
-  def body(x, visit):
-    t, t_next, sigma, sigma_next = visit
-    full = lambda v: jnp.full((n,), v)
-    return heun_step(d, x, full(t), full(t_next), sigma.astype(x.dtype),
-                     sigma_next.astype(x.dtype)).astype(x.dtype), None
-
-  visits = (steps[:-1], steps[1:], table[steps[:-1]], table[steps[1:]])
-  if len(steps) > 1:
-    x, _ = jax.lax.scan(body, x, jax.tree.map(jnp.asarray, visits))
-  return d(x, jnp.full((n,), steps[-1])).astype(x.dtype)  # the last step: Euler to σ = 0
-
-
-def churned_steps(schedule: Schedule, steps: np.ndarray, churn: float = CHURN,
-                  s_tmin: float = S_TMIN, s_tmax: float = S_TMAX) -> np.ndarray:
-  """The timestep t̂_i of σ̂_i = σ_i (1 + γ_i) for each visited step, γ_i = min(S_churn / N,
-  sqrt(2) - 1) where S_tmin <= σ_i <= S_tmax, else 0 (EDM's Algorithm 2), rounded to the
-  nearest of the model's σ_t at or above σ_i: int [len(steps)], t̂_i >= steps[i]."""
-  steps, table = _tables(schedule, steps)
-  gamma = min(churn / len(steps), np.sqrt(2.0) - 1.0)
-  out = steps.copy()
-  for i, t in enumerate(steps):
-    sigma = table[t]
-    if churn > 0 and s_tmin <= sigma <= s_tmax:
-      out[i] = nearest_steps(schedule, sigma * (1 + gamma), low=t)
-  return out
-
-
-def edm_sde(denoise_fn: Denoiser, schedule: Schedule, steps: np.ndarray, x: jax.Array,
-            keys: jax.Array, *, prediction: str = "eps", clip_x0: bool = False,
-            churn: float = CHURN, s_tmin: float = S_TMIN, s_tmax: float = S_TMAX,
-            s_noise: float = S_NOISE) -> jax.Array:
-  """EDM's stochastic sampler (Karras et al. Algorithm 2): before each Heun step from σ_i,
-  raise the noise to σ̂_i = σ_{t̂_i} (`churned_steps`) by adding N(0, (σ̂² - σ²) S_noise² I),
-  then step from σ̂_i to σ_{i+1}; the last step is Euler to σ = 0 (2N - 1 evaluations).
-  The noise of visit i of sample n is drawn from fold_in(keys[n], i).
-  """
-  steps, table = _tables(schedule, steps, x, keys)
-  hats = churned_steps(schedule, steps, churn, s_tmin, s_tmax)
-  d = denoiser(denoise_fn, schedule, prediction=prediction, clip_x0=clip_x0)
-  n = x.shape[0]
-  x = to_edm(schedule, x, steps[0])
-  full = lambda v: jnp.full((n,), v)
-
-  # The spread of each visit's added noise, on the host in float64: exactly 0 where σ̂ = σ
-  # (γ = 0). In float32 under jit, σ̂² - σ² keeps a rounding residue that the square root
-  # turns into noise of ~1e-4 σ at every step Algorithm 2 adds none.
-  spreads = np.sqrt(np.maximum(table[hats] ** 2 - table[steps] ** 2, 0.0)) * s_noise
-
-  def churn_noise(x, i, spread):
-    return x + spread.astype(x.dtype) * visit_noise(keys, i, x.shape[1:]).astype(x.dtype)
-
-  def body(x, visit):
-    i, t_hat, t_next, spread, sigma_hat, sigma_next = visit
-    x = churn_noise(x, i, spread)
-    return heun_step(d, x, full(t_hat), full(t_next), sigma_hat.astype(x.dtype),
-                     sigma_next.astype(x.dtype)).astype(x.dtype), None
-
-  visits = (np.arange(len(steps) - 1), hats[:-1], steps[1:], spreads[:-1], table[hats[:-1]],
-            table[steps[1:]])
-  if len(steps) > 1:
-    x, _ = jax.lax.scan(body, x, jax.tree.map(jnp.asarray, visits))
-  last = len(steps) - 1
-  x = churn_noise(x, last, jnp.asarray(spreads[last]))
-  return d(x, full(hats[-1])).astype(x.dtype)

@@ -104,10 +104,10 @@ def check_distinct(written: list[tuple[str, str]], inputs: list[tuple[str, str]]
   for what, path in written:
     if key(path) in read:
       raise ValueError(f"{what} {os.fspath(path)!r} is the input {read[key(path)]}: writing it "
-                       "would overwrite it; choose another --out")
+                       "would overwrite it; choose another `out`")
     if key(path) in seen:
       raise ValueError(f"{what} and {seen[key(path)]} would both be {os.fspath(path)!r}; "
-                       "choose another --out")
+                       "choose another `out`")
     seen[key(path)] = what
 
 

@@ -23,7 +23,7 @@ from diffusion.schedules import Schedule
 def rounds(teacher_steps: int, steps: int) -> int:
   """m with steps · 2^m = teacher_steps, m >= 1: the halvings from the teacher's chain to the
   student's; a ValueError names --steps or --teacher-steps otherwise."""
-  for name, value in (("--teacher-steps", teacher_steps), ("--steps", steps)):
+  for name, value in (("`teacher_steps`", teacher_steps), ("`steps`", steps)):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{name} must be a positive int; got {value!r}")
   m = 0
@@ -32,7 +32,7 @@ def rounds(teacher_steps: int, steps: int) -> int:
   if m == 0 or steps << m != teacher_steps:
     reachable = sorted({teacher_steps >> i for i in range(1, 64)
                         if (teacher_steps >> i) << i == teacher_steps} - {0})
-    raise ValueError(f"--steps {steps} cannot be reached by halving --teacher-steps "
+    raise ValueError(f"`steps` {steps} cannot be reached by halving `teacher_steps` "
                      f"{teacher_steps}: choose one of {reachable}")
   return m
 
@@ -40,7 +40,7 @@ def rounds(teacher_steps: int, steps: int) -> int:
 def base_grid(num_steps: int, teacher_steps: int) -> np.ndarray:
   """G: the teacher chain's K0 timesteps, int [K0] increasing, G_j = round((j+1) T/K0) - 1."""
   if not 1 <= teacher_steps <= num_steps:
-    raise ValueError(f"--teacher-steps must lie in [1, {num_steps}] (the model's T); got "
+    raise ValueError(f"`teacher_steps` must lie in [1, {num_steps}] (the model's T); got "
                      f"{teacher_steps}")
   return np.round(np.arange(1, teacher_steps + 1) * num_steps / teacher_steps).astype(int) - 1
 

@@ -33,19 +33,19 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   layout `config.data.name = "folder"` reads back (data augmentation).
   """
   if num < 1 or batch < 1:
-    raise ValueError(f"--num and --batch must be positive; got {num} and {batch}")
+    raise ValueError(f"`num` and `batch` must be positive; got {num} and {batch}")
   if layout not in LAYOUTS:
-    raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
-  target = paths.resolve(out, "--out")  # a scheme no backend serves fails before sampling
+    raise ValueError(f"`layout` must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+  target = paths.resolve(out, "`out`")  # a scheme no backend serves fails before sampling
   if layout == "npz" and target.suffix.lower() != ".npz":
-    raise ValueError(f"--out {out!r} must end in .npz (arr_0 and labels; a preview PNG is "
-                     "written beside it), or give --layout folders for one PNG per sample")
+    raise ValueError(f"`out` {out!r} must end in .npz (arr_0 and labels; a preview PNG is "
+                     "written beside it), or give `layout` folders for one PNG per sample")
   if layout == "folders":
     if target.suffix.lower() == ".npz":
-      raise ValueError(f"--out {out!r}: --layout folders writes a folder of PNGs; give a "
+      raise ValueError(f"`out` {out!r}: `layout` folders writes a folder of PNGs; give a "
                        "folder name")
     if target.exists() and target.is_dir() and any(target.iterdir()):
-      raise ValueError(f"--out {out!r} is a folder that already holds files; --layout "
+      raise ValueError(f"`out` {out!r} is a folder that already holds files; `layout` "
                        "folders writes into a new or empty folder (nothing is overwritten)")
   step, student = round_checkpoint(workdir, steps, step)
   config, model, variables, step = load_run(workdir, step)
@@ -53,13 +53,13 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
     with config.unlocked():
       config.distill.steps = student
   if model.cond_channels:
-    raise ValueError(f"--workdir {workdir!r}: this model is conditioned on an input "
+    raise ValueError(f"`workdir` {workdir!r}: this model is conditioned on an input "
                      f"(cond_channels = {model.cond_channels}): draw from it with `ddpm enhance "
-                     "--image DEGRADED`")
+                     "`image` DEGRADED`")
   spec = data_spec(config)
   if layout == "folders" and spec.kind != "image":
-    raise ValueError(f"--layout folders writes images; this run's data is {spec.kind} data: "
-                     "use --layout npz")
+    raise ValueError(f"`layout` folders writes images; this run's data is {spec.kind} data: "
+                     "use `layout` npz")
   labels = class_labels(model, config, num, class_label, default="cycle")
   samples = draw_samples(config, model, variables, labels, seed=seed, batch=batch, sampler=sampler,
                          steps=steps, eta=eta, spacing=spacing, guidance=guidance, churn=churn,
@@ -76,7 +76,7 @@ def round_checkpoint(workdir: str, steps: int | None, step: int | None
   the run keeps every round's checkpoint): for `--steps K`, the checkpoint at the end of the
   round that made the K-step student; for `--step S` (or the newest checkpoint), the steps of
   the student that S holds; both given, they must agree. (step, None) for any other run."""
-  path = paths.resolve(workdir, "--workdir")
+  path = paths.resolve(workdir, "`workdir`")
   if not (path / "checkpoints").exists():
     return step, None
   checkpoints = Checkpoints(path, read_only=True)
@@ -97,18 +97,18 @@ def round_checkpoint(workdir: str, steps: int | None, step: int | None
   if steps is None:
     return step, held(newest[0] if step is None else step)
   if steps not in reachable:
-    raise ValueError(f"--steps {steps}: this progressive run made students of {reachable} "
+    raise ValueError(f"`steps` {steps}: this progressive run made students of {reachable} "
                      "steps")
   want = (reachable.index(steps) + 1) * d["round_steps"]
   if step is None and held(newest[0]) == steps:  # the newest checkpoint's student
     return newest[0], steps
   if step is not None:
     if held(step) != steps:
-      raise ValueError(f"--step {step} holds the {held(step)}-step student, not the "
+      raise ValueError(f"`step` {step} holds the {held(step)}-step student, not the "
                        f"{steps}-step one (its round ended at step {want})")
     return step, steps
   if want not in kept:
-    raise ValueError(f"--steps {steps}: the checkpoint of its round (step {want}) is not in "
+    raise ValueError(f"`steps` {steps}: the checkpoint of its round (step {want}) is not in "
                      f"{os.fspath(path / 'checkpoints')} (kept: {kept})")
   return want, steps
 
@@ -151,7 +151,7 @@ def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0,
 
 def write_samples(out: str, samples: np.ndarray, labels: np.ndarray, num_classes: int,
                   layout: str, spec) -> None:
-  path = paths.resolve(out, "--out")
+  path = paths.resolve(out, "`out`")
   if layout == "npz":
     paths.save_npz(path, arr_0=samples, labels=labels)
     save_preview(path.with_suffix(".png"), samples, spec)

@@ -16,38 +16,47 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion import consistency, platforms, progressive, samplers
-from diffusion.config import (betas_from_config, clip_x0, data_spec, default_sampler,
-                              distill_method)
+from diffusion.config import default_sampler, diffusion_of, distill_method
 from diffusion.distributed import BATCH, gather, padded
 from diffusion.models import Denoiser, as_denoiser
 from diffusion.schedules import Schedule
 
 
-def check_options(model, num_steps: int, *, sampler: str, steps: int | None, eta: float,
-                  spacing: str | None, guidance: float | None, churn: float | None = None
-                  ) -> None:
-  """The sampling options, checked before anything compiles."""
+def check_options(model, num_steps: int, *, steps: int | None, spacing: str | None,
+                  guidance: float | None) -> None:
+  """The options every sampler takes, checked before anything compiles (each sampler checks
+  its own, e.g. DDIM's `eta`, when it is made: `samplers.make`)."""
   model = as_denoiser(model)
-  if sampler not in samplers.SAMPLERS:
-    raise ValueError(f"--sampler must be one of {', '.join(samplers.SAMPLERS)}; got {sampler!r}")
   if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= num_steps):
-    raise ValueError(f"--steps must be an int in [1, {num_steps}] (the model's T); got {steps!r}")
-  if isinstance(eta, bool) or not isinstance(eta, (int, float, np.floating)) \
-      or not 0.0 <= eta <= 1.0:
-    raise ValueError(f"--eta must be a number in [0, 1]; got {eta!r}")
-  if eta and sampler != "ddim":
-    raise ValueError(f"--eta is DDIM's η: it needs --sampler ddim; got --sampler {sampler}")
-  if churn is not None and not (churn >= 0 and sampler == "edm-sde"):
-    raise ValueError(f"--churn is S_churn >= 0 of --sampler edm-sde; got {churn!r} with "
-                     f"--sampler {sampler}")
+    raise ValueError(f"`steps` must be an int in [1, {num_steps}] (the model's T); got {steps!r}")
   if spacing is not None and spacing not in samplers.SPACINGS:
-    raise ValueError(f"--spacing must be one of {', '.join(samplers.SPACINGS)}; got {spacing!r}")
+    raise ValueError(f"`spacing` must be one of {', '.join(samplers.SPACINGS)}; got {spacing!r}")
   if guidance is not None and not model.num_classes:
-    raise ValueError("--guidance needs a class-conditional model (trained with num_classes > 0 "
+    raise ValueError("`guidance` needs a class-conditional model (trained with num_classes > 0 "
                      "and label dropout); this one is unconditional")
   if guidance is not None and not guidance >= 0:
-    raise ValueError(f"--guidance must be a scale w >= 0 (ε(∅) + w (ε(y) - ε(∅)): 1 is the "
+    raise ValueError(f"`guidance` must be a scale w >= 0 (ε(∅) + w (ε(y) - ε(∅)): 1 is the "
                      f"conditional model alone, 0 the unconditional one); got {guidance!r}")
+
+
+def make_chain(config, sampler: str | samplers.Sampler | None = None, *, eta: float = 0.0,
+               churn: float | None = None) -> samplers.Sampler:
+  """The Sampler named `sampler` (a registered name, "package.module:Class" or a Sampler;
+  default: the run's own, `config.default_sampler`) with its options: DDIM's `eta` (0: not
+  given), EDM-SDE's S_churn `churn`; a sampler of one kind of model only (the consistency
+  models' chain) gets the run's own settings, and is refused for other runs."""
+  own = default_sampler(config)
+  if sampler is None:
+    sampler = own
+  cls = type(sampler) if isinstance(sampler, samplers.Sampler) else samplers.get(sampler)
+  if cls.own_only and cls.name != own:
+    raise ValueError(f"`sampler` {cls.name!r} needs {cls.needs or 'a model of its own kind'}")
+  if isinstance(sampler, samplers.Sampler):
+    return samplers.make(sampler, eta=eta or None, churn=churn)
+  options = {"eta": eta or None, "churn": churn}
+  if cls.own_only:
+    options["sigma_data"] = config.distill.sigma_data
+  return samplers.make(sampler, **options)
 
 
 def class_labels(model, config, num: int, class_label: int | None, *,
@@ -63,18 +72,18 @@ def class_labels(model, config, num: int, class_label: int | None, *,
   model = as_denoiser(model, config.model)
   if not model.num_classes:
     if class_label is not None:
-      raise ValueError("--class needs a class-conditional model; this one is unconditional")
+      raise ValueError("`class_label` needs a class-conditional model; this one is unconditional")
     return np.zeros(num, np.int32)
   if class_label is not None:
     if not 0 <= class_label < model.num_classes:
-      raise ValueError(f"--class must lie in [0, {model.num_classes}); got {class_label}")
+      raise ValueError(f"`class_label` must lie in [0, {model.num_classes}); got {class_label}")
     return np.full(num, class_label, np.int32)
   if default == "cycle":
     return np.arange(num, dtype=np.int32) % model.num_classes
   if not config.train.get("label_dropout", 0.0) > 0:
     raise ValueError(f"the model is class-conditional ({model.num_classes} classes) and was "
                      "trained without label dropout, so it has no unconditional mode: pass "
-                     f"--class C with C in [0, {model.num_classes})")
+                     f"`class_label` C with C in [0, {model.num_classes})")
   return np.full(num, model.num_classes, np.int32)  # the null class
 
 
@@ -88,29 +97,29 @@ def student_steps(config, schedule: Schedule, sampler: str, steps: int | None,
   if start is not None:
     raise ValueError(f"this run is a few-step model (config.distill.method {method!r}), trained "
                      "at a few noise levels only: the applications need a model of every "
-                     "timestep, e.g. its teacher's --workdir")
+                     "timestep, e.g. its teacher's `workdir`")
   if spacing is not None:
-    raise ValueError(f"--spacing: a few-step model (config.distill.method {method!r}) visits "
+    raise ValueError(f"`spacing`: a few-step model (config.distill.method {method!r}) visits "
                      "its own timesteps")
   if method == "progressive":
     if sampler != "ddim":
-      raise ValueError(f"--sampler: a progressively distilled student samples with ddim over "
+      raise ValueError(f"`sampler`: a progressively distilled student samples with ddim over "
                        f"its own {d.steps} steps; got {sampler!r}")
     if steps not in (None, d.steps):
-      raise ValueError(f"--steps: this student was distilled to {d.steps} steps, so it samples "
+      raise ValueError(f"`steps`: this student was distilled to {d.steps} steps, so it samples "
                        f"in exactly {d.steps}; got {steps}")
     return progressive.student_steps(schedule.num_steps, d.teacher_steps, d.steps)
   if sampler != "consistency":
-    raise ValueError(f"--sampler: a consistency model samples with its own chain "
-                     f"(--sampler consistency); got {sampler!r}")
+    raise ValueError(f"`sampler`: a consistency model samples with its own chain "
+                     f"(`sampler` consistency); got {sampler!r}")
   most = d.num_points - 1 if method == "consistency" else d.s1
   if sigmas is not None:
     if steps is not None:
-      raise ValueError("--sigmas sets the chain's steps: give --steps or --sigmas, not both")
+      raise ValueError("`sigmas` sets the chain's steps: give `steps` or `sigmas`, not both")
     return consistency.steps_at(schedule, sigmas, most)
-  count = samplers.DEFAULT_STEPS["consistency"] if steps is None else steps
+  count = samplers.Consistency.default_steps if steps is None else steps
   if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= most:
-    raise ValueError(f"--steps must lie in [1, {most}] for this consistency model (it was "
+    raise ValueError(f"`steps` must lie in [1, {most}] for this consistency model (it was "
                      f"trained on {most + 1} noise levels); got {count}")
   return consistency.sampling_steps(schedule, count)
 
@@ -181,10 +190,12 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
     sample(variables, key, first_index, labels=None, cond=None, x_start=None)
       -> float32 [N, *shape] in the model's units
 
-  runs `sampler` (one of `samplers.SAMPLERS`; default: the run's own,
-  `config.default_sampler`) over `steps` timesteps (default:
-  every step for ddpm, 50 for ddim, 20 for dpm++, 18 for heun, 40 for edm-sde;
-  `churn` is edm-sde's S_churn), spaced by `spacing`, from
+  runs `sampler` (`make_chain`: a registered name, `samplers.names()`, an
+  import path "package.module:Class" or a Sampler; default: the run's own,
+  `config.default_sampler`) over `steps` timesteps (default: the sampler's
+  `default_steps`: every step for ddpm, 50 for ddim, 20 for dpm++, 18 for heun,
+  40 for edm-sde; `eta` is DDIM's η, `churn` edm-sde's S_churn), spaced by
+  `spacing` (default: the sampler's `default_spacing`), from
   x_T ~ N(0, I) or from `x_start` at step `start`. `first_index` numbers the
   batch's first sample within the request; `labels` (int [N]) are classes for
   a class-conditional model, guided with scale `guidance` if given; `cond` is
@@ -197,36 +208,30 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
   those nearest to the noise levels `sigmas` if given. The same arguments give the same
   sampler (`memoized`), so its programs compile once per process.
   """
-  d = config.diffusion
   model = as_denoiser(model, config.model)
-  sampler = default_sampler(config) if sampler is None else sampler
+  chain = make_chain(config, sampler, eta=eta, churn=churn)
+  diffusion = diffusion_of(config)
   # A few-step model's steps are checked against its own chain (`student_steps`), not T.
-  check_options(model, d.num_steps, sampler=sampler, eta=eta, spacing=spacing, guidance=guidance,
-                steps=None if distill_method(config) else steps, churn=churn)
+  check_options(model, diffusion.num_steps, spacing=spacing, guidance=guidance,
+                steps=None if distill_method(config) else steps)
   if guidance is not None and not config.train.get("label_dropout", 0.0) > 0:
-    raise ValueError("--guidance mixes in the unconditional model, the null class, which a run "
+    raise ValueError("`guidance` mixes in the unconditional model, the null class, which a run "
                      "learns only with label dropout: this one was trained with "
                      "config.train.label_dropout = 0")
-  betas = betas_from_config(config)
-  schedule = Schedule.from_betas(betas)
+  schedule = diffusion.schedule
   if sigmas is not None and distill_method(config) not in ("consistency",
                                                            "consistency_training"):
-    raise ValueError("--sigmas sets the noise levels of a consistency model's chain, and this "
-                     "run is not one: use --steps and --spacing")
+    raise ValueError("`sigmas` sets the noise levels of a consistency model's chain, and this "
+                     "run is not one: use `steps` and `spacing`")
   if distill_method(config):
-    visit = student_steps(config, schedule, sampler, steps, spacing, start, sigmas)
-  elif sampler == "consistency":
-    raise ValueError("--sampler consistency needs a consistency model (config.distill.method "
-                     "consistency or consistency_training)")
+    visit = student_steps(config, schedule, chain.name, steps, spacing, start, sigmas)
   else:
-    count = samplers.DEFAULT_STEPS[sampler] if steps is None else steps
+    count = chain.default_steps if steps is None else steps
     if count is not None:
-      count = min(count, d.num_steps if start is None else start + 1)
-    visit = samplers.spaced_steps(schedule, count,
-                                  spacing or samplers.DEFAULT_SPACING[sampler], start)
+      count = min(count, diffusion.num_steps if start is None else start + 1)
+    visit = samplers.spaced_steps(schedule, count, spacing or chain.default_spacing, start)
   channels = shape[-1]
-  spec = data_spec(config)
-  clip = clip_x0(config)
+  spec = diffusion.spec
 
   def device_sample(variables, key, index, labels, cond, x_start):
     keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(index)
@@ -238,19 +243,13 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
       return spec.project_output(out, x.shape[-1])
 
     if guidance is not None:
-      denoise = samplers.classifier_free_guidance(model_fn, labels, model.num_classes, guidance,
+      network = samplers.classifier_free_guidance(model_fn, labels, model.num_classes, guidance,
                                                   channels)
     else:
-      denoise = lambda x, t: model_fn(x, t, labels)
+      network = lambda x, t: model_fn(x, t, labels)
     x = x_start if x_start is not None else spec.project(jax.vmap(
         lambda k: jax.random.normal(k, shape))(init_keys))
-    if sampler == "consistency":
-      f = consistency.consistency_fn(denoise, schedule, config.distill.sigma_data)
-      return spec.project(consistency.sample(f, schedule, visit, x, chain_keys,
-                                             clip_x0=clip))
-    return spec.project(samplers.run(sampler, denoise, betas, schedule, visit, x, chain_keys,
-                                     eta=eta, prediction=d.prediction, variance=d.variance,
-                                     clip_x0=clip, churn=churn))
+    return spec.project(samplers.run(chain, network, diffusion, visit, x, chain_keys))
 
   run = over_samples(device_sample, mesh, 3)
 

@@ -166,13 +166,13 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
 def test_the_command_writes_a_model_folder(tmp_path):
   net, path = reference(SMALL, tmp_path)
   out = str(tmp_path / "converted")
-  run = subprocess.run([sys.executable, "-m", "diffusion.convert", path, out],
+  run = subprocess.run([sys.executable, "-m", "diffusion", "convert", path, out],
                        capture_output=True, text=True)
   assert run.returncode == 0, run.stderr
   assert "UNet with" in run.stdout
   model, params = models.load(out)
   compare(net, model, params, np.array([1, 500]), class_labels=np.array([2, 3]), size=16)
-  again = subprocess.run([sys.executable, "-m", "diffusion.convert", path, out],
+  again = subprocess.run([sys.executable, "-m", "diffusion", "convert", path, out],
                          capture_output=True, text=True)
   assert again.returncode == 2 and "already holds a model" in again.stderr
 
@@ -212,12 +212,12 @@ def test_a_converted_checkpoint_samples_with_ddpm_sample(tmp_path):
       "  config.diffusion.num_steps = 20\n"
       "  return config\n")
   out = tmp_path / "converted"
-  assert convert.main([path, str(out), "--config", str(config)]) == 0
+  assert cli.main(["convert", path, str(out), "--config", str(config)]) == 0
   samples = tmp_path / "s.npz"
   assert cli.main(["sample", "--workdir", str(out), "--num", "8", "--out", str(samples),
                    "--sampler", "ddim", "--steps", "2"]) == 0
   assert np.load(samples)["arr_0"].shape == (8, 16, 16, 3)
   # Without --config the folder holds no diffusion settings: a clear error.
-  assert convert.main([path, str(tmp_path / "bare")]) == 0
+  assert cli.main(["convert", path, str(tmp_path / "bare")]) == 0
   assert cli.main(["sample", "--workdir", str(tmp_path / "bare"), "--num", "8", "--out",
                    str(samples)]) == 2

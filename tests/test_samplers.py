@@ -21,12 +21,26 @@ def oracle(x, t):
   return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * MU) / (a * STD**2 + 1 - a)
 
 
+def run_named(sampler, network, betas, schedule, steps, x, keys, *, prediction, variance,
+              clip_x0, **options):
+  """The chain named `sampler` through its functional form (`ancestral` takes the betas, the
+  others a Schedule)."""
+  if sampler == "ddpm":
+    return samplers.ancestral(network, betas, steps, x, keys, prediction=prediction,
+                              variance=variance, clip_x0=clip_x0)
+  fn = {"ddim": samplers.ddim, "dpm++": samplers.dpm_solver_pp_2m, "heun": samplers.heun,
+        "edm-sde": samplers.edm_sde}[sampler]
+  if sampler in ("ddim", "dpm++"):
+    options["variance"] = variance
+  return fn(network, schedule, steps, x, keys, prediction=prediction, clip_x0=clip_x0, **options)
+
+
 def chain(sampler, count, n=20_000, seed=0, spacing=None, **options):
   """Samples of `sampler` over `count` steps; `seed` draws the chain's noise, not x_T."""
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))
   x_T = jax.random.normal(jax.random.key(1000), (n, 1, 1))
-  steps = samplers.spaced_steps(SCHEDULE, count, spacing or samplers.DEFAULT_SPACING[sampler])
-  run = jax.jit(lambda x, k: samplers.run(sampler, oracle, BETAS, SCHEDULE, steps, x, k,
+  steps = samplers.spaced_steps(SCHEDULE, count, spacing or samplers.get(sampler).default_spacing)
+  run = jax.jit(lambda x, k: run_named(sampler, oracle, BETAS, SCHEDULE, steps, x, k,
                                           prediction="eps", variance="fixed_small",
                                           clip_x0=False, **options))
   return np.asarray(run(x_T, keys)).ravel()
@@ -140,7 +154,7 @@ def edm_chain(sampler, count, n=4096, seed=0):
   steps = samplers.spaced_steps(SCHEDULE, count, "karras")
   x_T = jax.random.normal(jax.random.key(1000), (n, 3))
   keys = jax.random.split(jax.random.key(seed), n)
-  run = jax.jit(lambda x, k: samplers.run(sampler, gaussian_eps, BETAS, SCHEDULE, steps, x, k,
+  run = jax.jit(lambda x, k: run_named(sampler, gaussian_eps, BETAS, SCHEDULE, steps, x, k,
                                           prediction="eps", variance="fixed_small",
                                           clip_x0=False))
   sigma = diffusion.edm.sigmas(SCHEDULE)[steps[0]]
@@ -183,7 +197,7 @@ def test_edm_sde_samples_the_data_and_depends_on_its_noise():
   other, _ = edm_chain("edm-sde", 40, n=64, seed=1)
   assert not np.allclose(other, x[:64])
   steps = samplers.spaced_steps(SCHEDULE, 40, "karras")
-  hats = diffusion.edm.churned_steps(SCHEDULE, steps)
+  hats = samplers.churned_steps(SCHEDULE, steps)
   sigmas = diffusion.edm.sigmas(SCHEDULE)
   churned = (sigmas[steps] >= 0.01) & (sigmas[steps] <= 1)
   assert np.all(hats[~churned] == steps[~churned]) and np.all(hats[churned] > steps[churned])
@@ -200,7 +214,7 @@ def test_edm_sde_adds_no_noise_where_there_is_no_churn():
   steps = samplers.spaced_steps(SCHEDULE, count, "karras")
   x_T = jax.random.normal(jax.random.key(1000), (n, 8, 8, 1))
   keys = jax.random.split(jax.random.key(0), n)
-  run = lambda x, k: samplers.run("edm-sde", lambda x, t: jnp.zeros_like(x), BETAS, SCHEDULE,
+  run = lambda x, k: run_named("edm-sde", lambda x, t: jnp.zeros_like(x), BETAS, SCHEDULE,
                                   steps, x, k, prediction="eps", variance="fixed_small",
                                   clip_x0=False)
   # At XLA's default optimisation level (the suite compiles at 0, where LLVM contracts no
@@ -211,7 +225,7 @@ def test_edm_sde_adds_no_noise_where_there_is_no_churn():
     eager = np.asarray(run(x_T, keys), np.float64)
   np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
   sigmas = diffusion.edm.sigmas(SCHEDULE)
-  hats = diffusion.edm.churned_steps(SCHEDULE, steps)
+  hats = samplers.churned_steps(SCHEDULE, steps)
   added = jitted - np.asarray(x_T, np.float64) * np.sqrt(1 + sigmas[steps[0]] ** 2)
   want = np.sqrt(np.sum(sigmas[hats] ** 2 - sigmas[steps] ** 2)) * diffusion.edm.S_NOISE
   assert abs(added.std() / want - 1) < 0.03, (added.std(), want)
@@ -229,13 +243,13 @@ def test_edm_samplers_count_their_evaluations():
       calls.clear()
       steps = samplers.spaced_steps(SCHEDULE, count, "karras")
       with jax.disable_jit():  # the scan runs as a Python loop: one append per evaluation
-        samplers.run(sampler, counting, BETAS, SCHEDULE, steps, jnp.zeros((2, 3)),
+        run_named(sampler, counting, BETAS, SCHEDULE, steps, jnp.zeros((2, 3)),
                      jax.random.split(jax.random.key(0), 2), prediction="eps",
                      variance="fixed_small", clip_x0=False)
-      assert len(calls) == want == samplers.evaluations(sampler, count)
+      assert len(calls) == want == samplers.make(sampler).evaluations(count)
 
 
-@pytest.mark.parametrize("sampler", [s for s in samplers.SAMPLERS if s != "consistency"])
+@pytest.mark.parametrize("sampler", [s for s in samplers.names() if s != "consistency"])
 def test_every_chain_keeps_bfloat16_and_refuses_bad_steps_and_keys(sampler):
   """A bf16 x_T comes back bf16 (the scan's carry keeps x's dtype; DPM-Solver++ and Heun
   carried float32 and failed to trace), and close to the float32 chain. Timesteps that are not
@@ -245,8 +259,8 @@ def test_every_chain_keeps_bfloat16_and_refuses_bad_steps_and_keys(sampler):
   n, count = 64, 6
   keys = jax.random.split(jax.random.key(0), n)
   x_T = jax.random.normal(jax.random.key(1), (n, 1, 1))
-  steps = samplers.spaced_steps(SCHEDULE, count, samplers.DEFAULT_SPACING[sampler])
-  run = lambda x, steps=steps, k=keys, betas=BETAS, schedule=SCHEDULE: samplers.run(
+  steps = samplers.spaced_steps(SCHEDULE, count, samplers.get(sampler).default_spacing)
+  run = lambda x, steps=steps, k=keys, betas=BETAS, schedule=SCHEDULE: run_named(
       sampler, oracle, betas, schedule, steps, x, k, prediction="eps", variance="fixed_small",
       clip_x0=False)
   low, full = run(x_T.astype(jnp.bfloat16)), run(x_T)

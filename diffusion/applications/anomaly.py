@@ -31,11 +31,11 @@ def anomaly_scores(model, variables, config, data: np.ndarray, mesh, key, *, ste
   num_steps = schedule.num_steps
   step = num_steps // 4 if step is None else step
   if not 0 <= step < num_steps:
-    raise ValueError(f"--at-step must lie in [0, {num_steps}) (the model's T); got {step}")
+    raise ValueError(f"`at_step` must lie in [0, {num_steps}) (the model's T); got {step}")
   labels = class_labels(model, config, len(data), class_label)
   ac = float(schedule.alphas_cumprod[step])
   if isinstance(steps, int) and steps > step + 1:
-    raise ValueError(f"--steps {steps}: the chain from --at-step {step} has at most "
+    raise ValueError(f"`steps` {steps}: the chain from `at_step` {step} has at most "
                      f"{step + 1} steps")
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=step)
   rng = np.random.default_rng(seed)

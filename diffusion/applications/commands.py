@@ -28,26 +28,26 @@ def _run(args, *, table: bool = False):
   command; the output path is checked first, so that a bad one fails before anything runs.
   Images are written as PNGs (or an .npz if --out names one), other data as an .npz with a
   preview PNG beside it; `table`: the output is a CSV whatever the data."""
-  out = paths.resolve(args.out, "--out")
+  out = paths.resolve(args.out, "`out`")
   if getattr(args, "num_samples", 1) < 1:
-    raise ValueError(f"--num-samples must be >= 1; got {args.num_samples}")
+    raise ValueError(f"`num_samples` must be >= 1; got {args.num_samples}")
   if not table and out.suffix.lower() not in (".png", ".npz"):
-    raise ValueError(f"--out {args.out!r} must end in .png (images) or .npz (any data)")
+    raise ValueError(f"`out` {args.out!r} must end in .png (images) or .npz (any data)")
   if table and out.suffix.lower() != ".csv":
-    raise ValueError(f"--out {args.out!r} must end in .csv (the scores; the maps go beside it "
+    raise ValueError(f"`out` {args.out!r} must end in .csv (the scores; the maps go beside it "
                      "in an .npz)")
   config, model, variables, _ = load_run(args.workdir, args.step)
   if distill_method(config) and args.command != "enhance":
-    raise ValueError(f"--workdir {args.workdir!r} is a few-step model (config.distill.method "
+    raise ValueError(f"`workdir` {args.workdir!r} is a few-step model (config.distill.method "
                      f"{distill_method(config)!r}), trained at a few noise levels only: "
                      f"ddpm {args.command} needs a model of every timestep, e.g. its teacher's")
   if model.cond_channels and args.command != "enhance":
-    raise ValueError(f"--workdir {args.workdir!r}: this model is conditioned on an input "
+    raise ValueError(f"`workdir` {args.workdir!r}: this model is conditioned on an input "
                      f"(cond_channels = {model.cond_channels}); ddpm {args.command} needs an "
                      "unconditioned one (this one enhances: `ddpm enhance`)")
   spec = data_spec(config)
   if not table and spec.kind != "image" and out.suffix != ".npz":
-    raise ValueError(f"--out {args.out!r}: this run's data is {spec.kind} data; the output is "
+    raise ValueError(f"`out` {args.out!r}: this run's data is {spec.kind} data; the output is "
                      "an .npz (with a preview .png beside it)")
   mesh = make_mesh()
   return config, spec, model, replicate(variables, mesh), mesh, base_key(args.seed, "sample"), out
@@ -72,30 +72,30 @@ def read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
   """bool [*shape] (the data's positions: shape[:-1] of an example): from a black-and-white PNG
   (images; white (255) = known, black (0) = to generate) or an .npy/.npz of bools or 0/1
   (1 = known)."""
-  file = paths.resolve(path, "--mask")
+  file = paths.resolve(path, "`mask`")
   if not file.exists():
-    raise FileNotFoundError(f"--mask {path!r} does not exist")
+    raise FileNotFoundError(f"`mask` {path!r} does not exist")
   if is_array_file(path):
-    mask, _ = read_array(path, "--mask", ("mask", "x", "arr_0"))
+    mask, _ = read_array(path, "`mask`", ("mask", "x", "arr_0"))
     if mask.shape != tuple(shape):
-      raise ValueError(f"--mask {path!r} has shape {mask.shape}; the data's positions are "
+      raise ValueError(f"`mask` {path!r} has shape {mask.shape}; the data's positions are "
                        f"{tuple(shape)}")
     if mask.dtype != bool and not set(np.unique(mask).tolist()) <= {0, 1}:
-      raise ValueError(f"--mask {path!r} must hold bools or 0/1 (1 = keep)")
+      raise ValueError(f"`mask` {path!r} must hold bools or 0/1 (1 = keep)")
     return mask.astype(bool)
   if len(shape) != 2:
-    raise ValueError(f"--mask {path!r}: a PNG mask is for images; this data's positions are "
+    raise ValueError(f"`mask` {path!r}: a PNG mask is for images; this data's positions are "
                      f"{tuple(shape)}: give an .npy of bools")
   try:
     mask = with_channels(pixels(open_image(file)), 1)[..., 0]
   except Exception as e:  # PIL raises many types for a broken file
-    raise ValueError(f"--mask {path!r} is not a readable image: {e}") from None
+    raise ValueError(f"`mask` {path!r} is not a readable image: {e}") from None
   if mask.shape != tuple(shape):
-    raise ValueError(f"--mask {path!r} is {mask.shape[0]}×{mask.shape[1]}; the image is "
+    raise ValueError(f"`mask` {path!r} is {mask.shape[0]}×{mask.shape[1]}; the image is "
                      f"{shape[0]}×{shape[1]}")
   values = np.unique(mask)
   if not set(values.tolist()) <= {0, 255}:
-    raise ValueError(f"--mask {path!r} must be binary (0 = generate, 255 = keep); it holds "
+    raise ValueError(f"`mask` {path!r} must be binary (0 = generate, 255 = keep); it holds "
                      f"{len(values)} grey levels")
   return mask == 255
 
@@ -116,7 +116,7 @@ def denoise_command(args) -> None:
   if noisy.shape == spec.shape:
     noisy = np.repeat(noisy[None], args.num_samples, 0)
   elif args.num_samples > 1 or out.suffix != ".npz":
-    raise ValueError(f"--image {args.image!r} holds a batch: denoise it into an .npz --out, one "
+    raise ValueError(f"`image` {args.image!r} holds a batch: denoise it into an .npz `out`, one "
                      "sample each (several samples are drawn for one example)")
   samples = denoise(model, variables, config, noisy, args.sigma, mesh, key, sampler=args.sampler,
                     steps=args.steps, seed=args.seed, class_label=args.class_label)
@@ -143,7 +143,7 @@ def denoise_command(args) -> None:
 def enhance_command(args) -> None:
   config, spec, model, variables, mesh, key, out = _run(args)
   if not model.cond_channels:
-    raise ValueError(f"--workdir {args.workdir!r}: the model is not conditioned "
+    raise ValueError(f"`workdir` {args.workdir!r}: the model is not conditioned "
                      "(config.model.cond_channels = 0); train it with config.data.condition set")
   degraded = read_example(args.image, spec, channels=model.cond_channels)
   if degraded.ndim == len(spec.shape):
@@ -170,7 +170,7 @@ def anomaly_command(args) -> float | None:
   if labels is None:
     return None
   if len(set(np.asarray(labels).tolist())) < 2:
-    print(f"no AUROC: --images {args.images!r} is labelled "
+    print(f"no AUROC: `images` {args.images!r} is labelled "
           f"{'anomalous' if labels[0] else 'normal'} only; {out.name} holds the scores")
     return None
   value = auroc(scores, labels)

@@ -24,7 +24,7 @@ def noise_step(alphas_cumprod: np.ndarray, std: float) -> tuple[int, float]:
   ratio = (1 - ac) / ac  # the variance of noise relative to the signal at each step
   target = float(std) ** 2
   if ratio[-1] < target:
-    raise ValueError(f"--sigma is more noise than the model's last step holds (in the "
+    raise ValueError(f"`sigma` is more noise than the model's last step holds (in the "
                      f"model's units at most {np.sqrt(ratio[-1]):.3g}; asked for {std:.3g})")
   k = int(np.argmax(ratio >= target))
   return k, float(np.sqrt(ratio[k] - target))
@@ -49,22 +49,22 @@ def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key
   """
   spec = data_spec(config)
   noisy, single = spec.batch(noisy, "noisy data")
-  std = spec.noise_std(sigma, "--sigma")
+  std = spec.noise_std(sigma, "`sigma`")
   schedule = schedule_from_config(config)
   ac = np.asarray(schedule.alphas_cumprod, np.float64)
   try:
     k, extra = noise_step(ac, std)
   except ValueError:  # say it in the units --sigma was given in
     most = np.sqrt((1 - ac[-1]) / ac[-1]) * float(sigma) / std
-    raise ValueError(f"--sigma {sigma} is more noise than the model's last step holds (at most "
-                     f"{most:.3g} in the units of --sigma)") from None
+    raise ValueError(f"`sigma` {sigma} is more noise than the model's last step holds (at most "
+                     f"{most:.3g} in the units of `sigma`)") from None
   labels = class_labels(model, config, len(noisy), class_label)
   rng = np.random.default_rng(seed)
   y = spec.project(spec.to_model(noisy))
   x_k = (np.sqrt(ac[k]) * (y + extra * spec.project(rng.standard_normal(y.shape)))
          ).astype(np.float32)
   if isinstance(steps, int) and steps > k + 1:
-    raise ValueError(f"--steps {steps}: the noise of --sigma {sigma} is the model's step {k}, "
+    raise ValueError(f"`steps` {steps}: the noise of `sigma` {sigma} is the model's step {k}, "
                      f"so the chain from it has at most {k + 1} steps")
   sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=k)
   out = in_batches(lambda first, rows: sample(variables, key, first, labels[rows],

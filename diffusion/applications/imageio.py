@@ -40,7 +40,7 @@ def read_array(path: str | os.PathLike, argument: str, keys: tuple[str, ...] = A
   return archive[name], archive
 
 
-def read_example(path: str | os.PathLike, spec: DataSpec, argument: str = "--image",
+def read_example(path: str | os.PathLike, spec: DataSpec, argument: str = "`image`",
                  channels: int | None = None) -> np.ndarray:
   """One example [*shape] or a batch [N, *shape] in the data's units: from an .npy/.npz for
   any data, or from a PNG/JPEG for images (`channels` replaces the last axis of the shape:
@@ -57,7 +57,7 @@ def read_example(path: str | os.PathLike, spec: DataSpec, argument: str = "--ima
 
 
 def read_image(path: str | os.PathLike, shape: tuple[int, int, int],
-               argument: str = "--image") -> np.ndarray:
+               argument: str = "`image`") -> np.ndarray:
   """uint8 [H, W, C] from a PNG/JPEG, which must have the model's size and channels."""
   file = paths.resolve(path, argument)
   if not file.exists():
@@ -79,28 +79,28 @@ def read_images(path: str, spec: DataSpec) -> tuple[list[str], np.ndarray, np.nd
   an .npz holds `x` (or `images`, `arr_0`) and optionally `labels`.
   """
   if is_array_file(path):
-    array, archive = read_array(path, "--images")
+    array, archive = read_array(path, "`images`")
     if spec.kind == "image" and array.ndim == len(spec.shape) and spec.shape[-1] == 1:
       array = array[..., None]  # greyscale images stored without a channel axis
-    data, _ = spec.batch(array, f"--images {path!r}")
+    data, _ = spec.batch(array, f"`images` {path!r}")
     if array.shape == spec.shape:
-      raise ValueError(f"--images {path!r} holds one example {array.shape}; need a batch "
+      raise ValueError(f"`images` {path!r} holds one example {array.shape}; need a batch "
                        f"[N, {', '.join(map(str, spec.shape))}]")
     labels = archive["labels"].astype(int) if "labels" in archive else None
     if labels is not None and labels.shape != (len(data),):
-      raise ValueError(f"--images {path!r}: labels has shape {labels.shape}; need ({len(data)},)")
+      raise ValueError(f"`images` {path!r}: labels has shape {labels.shape}; need ({len(data)},)")
     return [f"{i}" for i in range(len(data))], data, labels
-  source = paths.resolve(path, "--images")
+  source = paths.resolve(path, "`images`")
   if spec.kind != "image":
-    raise ValueError(f"--images {path!r}: this run's data is {spec.kind} data; give an .npz "
+    raise ValueError(f"`images` {path!r}: this run's data is {spec.kind} data; give an .npz "
                      "with x [N, ...] (and optionally labels)")
   if not source.is_dir():
-    raise FileNotFoundError(f"--images {path!r} is neither a folder nor an .npz file")
+    raise FileNotFoundError(f"`images` {path!r} is neither a folder nor an .npz file")
   files = list_images(source)
   if not files:
-    raise ValueError(f"--images {path!r} holds no images")
+    raise ValueError(f"`images` {path!r} holds no images")
   names = [os.fspath(f)[len(os.fspath(source)):].lstrip("/") for f in files]
-  images = np.stack([read_image(f, spec.shape, "--images file") for f in files])
+  images = np.stack([read_image(f, spec.shape, "`images` file") for f in files])
   groups = [n.split("/")[0] if "/" in n else "" for n in names]
   labels = None
   if set(groups) == {"normal", "anomalous"}:

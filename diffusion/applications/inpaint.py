@@ -34,7 +34,7 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, resamplings: int = 1
   `jump_length` below num_steps - jump_length, `resamplings - 1` times each.
   """
   if jump_length < 1 or resamplings < 1:
-    raise ValueError(f"--jump-length and --resamplings must be positive; got {jump_length} "
+    raise ValueError(f"`jump_length` and `resamplings` must be positive; got {jump_length} "
                      f"and {resamplings}")
   jumps = {i: resamplings - 1 for i in range(0, num_steps - jump_length, jump_length)}
   i = num_steps - 1
@@ -106,12 +106,12 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
   betas = betas_from_config(config)
   steps = min(250, len(betas)) if steps is None else steps
   if not 1 <= steps <= len(betas):
-    raise ValueError(f"--steps must lie in [1, {len(betas)}] (the model's T); got {steps}")
+    raise ValueError(f"`steps` must lie in [1, {len(betas)}] (the model's T); got {steps}")
   if resamplings > 1 and not 1 <= jump_length < steps:
-    raise ValueError(f"--jump-length {jump_length} must lie in [1, {steps}) (--steps) for the "
-                     f"chain to jump back at all (--resamplings {resamplings})")
+    raise ValueError(f"`jump_length` {jump_length} must lie in [1, {steps}) (`steps`) for the "
+                     f"chain to jump back at all (`resamplings` {resamplings})")
   if not (isinstance(num_samples, int) and num_samples >= 1):
-    raise ValueError(f"--num-samples must be an int >= 1; got {num_samples!r}")
+    raise ValueError(f"`num_samples` must be an int >= 1; got {num_samples!r}")
   data, single = spec.batch(data, "the data to inpaint")
   data = data if spec.dtype == "uint8" else data.astype(np.float32)
   if single:

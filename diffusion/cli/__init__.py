@@ -1,12 +1,13 @@
 """The `ddpm` command (also `python -m diffusion`): each command's parser lives beside its runner
-(`runs.py`, `applications.py`, `bench.py`, `plan.py`); this module parses and reports bad input."""
+(`runs.py`, `applications.py`, `convert.py`, `bench.py`, `plan.py`); this module parses and reports bad input."""
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
-from diffusion.cli import applications, bench, plan, runs
+from diffusion.cli import applications, bench, convert, plan, runs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,9 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = _Parser(
       prog="ddpm", description="Denoising diffusion probabilistic models in JAX.")
   commands = parser.add_subparsers(dest="command", required=True)
-  for module in (runs, applications, bench, plan):
+  for module in (runs, applications, convert, bench, plan):
     module.add_parsers(commands)
   args, extra = parser.parse_known_args(argv)
+  command = commands.choices[args.command]
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -45,12 +47,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_paths(args)
     status = args.run(args)
   except bad_input as e:
-    print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+    print(f"ddpm {args.command}: error: {as_flags(str(e), command, args)}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print(f"ddpm {args.command}: interrupted", file=sys.stderr)
     return 130
   return status if getattr(args, "returns_status", False) else 0
+
+
+def as_flags(message: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+  """A library error as the command's user reads it: the Python parameters it names in
+  backquotes (`steps`) become the command's flags (--steps), by the parser's destinations
+  (and the command's `flag_names`, where a flag feeds a parameter of another name)."""
+  flags = {}
+  for action in parser._actions:
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    if longs:
+      flags.setdefault(action.dest, longs[0])
+  flags.update(getattr(args, "flag_names", {}))
+  return re.sub(r"`(\w+)`", lambda m: flags.get(m.group(1), m.group(0)), message)
 
 
 def _check_paths(args: argparse.Namespace) -> None:

@@ -10,7 +10,7 @@ def _setup(args: argparse.Namespace, steps: int | None = None):
   --samplers checked at `steps`."""
   from diffusion import models
   from diffusion.config import data_shape
-  from diffusion.sampling import check_options
+  from diffusion.sampling import check_options, make_chain
   config = config_with_overrides(args.config, args.overrides)
   model_config = dict(config.model)
   if args.dtype:
@@ -20,8 +20,8 @@ def _setup(args: argparse.Namespace, steps: int | None = None):
   model = models.build(model_config, data_shape(config))
   names = tuple(n.strip() for n in getattr(args, "samplers", "").split(",") if n.strip())
   for name in names:
-    check_options(model, config.diffusion.num_steps, sampler=name, steps=steps, eta=0.0,
-                  spacing=None, guidance=None)
+    make_chain(config, name)
+    check_options(model, config.diffusion.num_steps, steps=steps, spacing=None, guidance=None)
   return config, model, names
 
 

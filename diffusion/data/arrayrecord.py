@@ -44,15 +44,15 @@ def write(source, out: str, *, shards: int = 8, progress: bool = True) -> dict:
   `out` (created; it must not hold a dataset already); returns the metadata written to
   `out/dataset.json`. Example i goes to shard i * shards // len(source), in order. A write
   that fails (a full disk: `paths.StorageFull`) removes the shards written so far."""
-  folder = paths.resolve(out, "--out")
+  folder = paths.resolve(out, "`out`")
   if paths.is_remote(folder):
-    raise ValueError(f"--out {out!r}: ArrayRecord shards are written to a local folder (copy "
+    raise ValueError(f"`out` {out!r}: ArrayRecord shards are written to a local folder (copy "
                      "them to the bucket afterwards)")
   if (folder / META).exists():
-    raise ValueError(f"--out {out!r} holds a dataset already ({META}): choose another folder")
+    raise ValueError(f"`out` {out!r} holds a dataset already ({META}): choose another folder")
   n = len(source)
   if not 1 <= shards <= n:
-    raise ValueError(f"--shards must be between 1 and the {n} examples; got {shards}")
+    raise ValueError(f"`shards` must be between 1 and the {n} examples; got {shards}")
   created = not folder.exists()
   folder.mkdir(parents=True, exist_ok=True)
   first = _fields(source[0])
@@ -74,7 +74,7 @@ def write(source, out: str, *, shards: int = 8, progress: bool = True) -> dict:
     if created and not any(folder.iterdir()):
       folder.rmdir()
     if paths.is_disk_full(e):
-      raise paths.StorageFull(f"--out {out!r}: the disk is full ({paths.first_line(e)}); the "
+      raise paths.StorageFull(f"`out` {out!r}: the disk is full ({paths.first_line(e)}); the "
                               "partial shards were removed") from None
     raise
   finally:

@@ -64,17 +64,17 @@ def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, 
   if reference is not None:  # read and checked before anything runs
     stats = _saved_statistics(reference)
     if stats is not None and save_reference:
-      raise ValueError(f"--save-reference: --reference {reference!r} already holds statistics")
+      raise ValueError(f"`save_reference`: `reference` {reference!r} already holds statistics")
     if stats is not None and stats[2] is not None and tuple(stats[2]) != samples.shape[1:3]:
-      raise ValueError(f"--samples are {samples.shape[1]}×{samples.shape[2]} but --reference "
+      raise ValueError(f"`samples` are {samples.shape[1]}×{samples.shape[2]} but `reference` "
                        f"statistics were computed on {stats[2][0]}×{stats[2][1]} images")
     if stats is None:
-      images = load_image_set(reference, "--reference")
+      images = load_image_set(reference, "`reference`")
       if images.shape[1:3] != samples.shape[1:3]:
-        raise ValueError(f"--samples are {samples.shape[1]}×{samples.shape[2]} but --reference "
+        raise ValueError(f"`samples` are {samples.shape[1]}×{samples.shape[2]} but `reference` "
                          f"images are {images.shape[1]}×{images.shape[2]}: compare like with like")
   inception = InceptionFeatures(variables, batch_size=batch)
-  features, logits = inception(samples, "--samples", progress=True)
+  features, logits = inception(samples, "`samples`", progress=True)
   probs = np.exp(logits - logits.max(axis=1, keepdims=True))
   score, score_std = inception_score(probs / probs.sum(axis=1, keepdims=True),
                                      splits=score_splits(len(samples)))
@@ -84,7 +84,7 @@ def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, 
   if stats is not None:
     mu, sigma, _ = stats
   else:
-    reference_features, _ = inception(images, "--reference", progress=True)
+    reference_features, _ = inception(images, "`reference`", progress=True)
     mu, sigma = statistics(reference_features)
     result["kid"], result["kid_std"] = kernel_inception_distance(
         features, reference_features, subsets=kid_subsets)
@@ -96,14 +96,14 @@ def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, 
 
 def _saved_statistics(path: str):
   """(mu, sigma, image shape or None) if `path` is a statistics .npz, else None."""
-  source = paths.resolve(path, "--reference")
+  source = paths.resolve(path, "`reference`")
   if not path.endswith(".npz") or not source.exists():
     return None
-  data = paths.load_npz(source, "--reference")
+  data = paths.load_npz(source, "`reference`")
   if "mu" not in data:
     return None
   if "sigma" not in data:
-    raise ValueError(f"--reference {path!r} holds 'mu' but no 'sigma'")
+    raise ValueError(f"`reference` {path!r} holds 'mu' but no 'sigma'")
   shape = tuple(int(s) for s in data["image_shape"]) if "image_shape" in data else None
   return data["mu"].astype(np.float64), data["sigma"].astype(np.float64), shape
 
@@ -120,19 +120,19 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   from diffusion.config import data_spec, distill_method
   config, model, variables, step = load_run(workdir, step)
   if distill_method(config):
-    raise ValueError(f"--bpd sums the bound over every timestep; --workdir {workdir!r} is a "
+    raise ValueError(f"`bpd` sums the bound over every timestep; `workdir` {workdir!r} is a "
                      f"few-step model (config.distill.method {distill_method(config)!r}): "
-                     "evaluate its teacher, or its samples with --samples")
+                     "evaluate its teacher, or its samples with `samples`")
   if data_spec(config).dtype != "uint8":
-    raise ValueError("--bpd is defined on 8-bit data (images, volumes); this run's data is "
+    raise ValueError("`bpd` is defined on 8-bit data (images, volumes); this run's data is "
                      f"{data_spec(config).dtype}")
   if model.cond_channels:
-    raise ValueError("--bpd evaluates unconditional or class-conditional models; this one is "
+    raise ValueError("`bpd` evaluates unconditional or class-conditional models; this one is "
                      "image-conditioned")
   if config.data.name == "digits":
     from diffusion.data.sources import DIGITS_SPLITS
     if split not in DIGITS_SPLITS:
-      raise ValueError(f"--split must be one of {', '.join(DIGITS_SPLITS)} for the digits; got "
+      raise ValueError(f"`split` must be one of {', '.join(DIGITS_SPLITS)} for the digits; got "
                        f"{split!r}")
   data = config.data.copy_and_resolve_references()
   with data.unlocked():
@@ -141,7 +141,7 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   source = make_source(data)
   count = len(source) if num is None else min(num, len(source))
   if count < 1:
-    raise ValueError(f"--num must be positive; got {num}")
+    raise ValueError(f"`num` must be positive; got {num}")
   items = [source[i] for i in range(count)]
   images = np.stack([item["x"] for item in items])
   labels = np.array([item.get("label", 0) for item in items]) if model.num_classes else None
@@ -153,7 +153,7 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   if jax.process_index() == 0:
     buffer = io.BytesIO()
     np.save(buffer, result["terms"])
-    paths.write_bytes(paths.resolve(workdir, "--workdir") / f"bpd_terms_{split}_step{step}.npy",
+    paths.write_bytes(paths.resolve(workdir, "`workdir`") / f"bpd_terms_{split}_step{step}.npy",
                       buffer.getvalue())
   return result
 
@@ -162,29 +162,29 @@ def evaluate(args) -> dict:
   """Runs what `ddpm evaluate`'s arguments ask for; prints a table, returns (and writes) the figures."""
   result = {}
   if args.out:
-    paths.resolve(args.out, "--out")  # a scheme no backend serves fails before the work
+    paths.resolve(args.out, "`out`")  # a scheme no backend serves fails before the work
   if args.digits and (args.inception or args.reference or args.save_reference):
-    raise ValueError("--digits compares with a digits split (--digits-reference); it takes no "
-                     "--inception, --reference or --save-reference")
+    raise ValueError("`digits` compares with a digits split (`digits_reference`); it takes no "
+                     "`inception`, `reference` or `save_reference`")
   if args.save_reference and not args.reference:
-    raise ValueError("--save-reference needs --reference images to compute the statistics of")
+    raise ValueError("`save_reference` needs `reference` images to compute the statistics of")
   if args.digits:
     from diffusion.data.sources import DIGITS_SPLITS
     if args.digits_reference not in DIGITS_SPLITS:
-      raise ValueError(f"--digits-reference must be one of {', '.join(DIGITS_SPLITS)}; got "
+      raise ValueError(f"`digits_reference` must be one of {', '.join(DIGITS_SPLITS)}; got "
                        f"{args.digits_reference!r}")
     if not args.samples:
-      raise ValueError("--digits needs --samples")
+      raise ValueError("`digits` needs `samples`")
   if args.bpd and not args.workdir:
-    raise ValueError("--bpd needs --workdir (a training run)")
+    raise ValueError("`bpd` needs `workdir` (a training run)")
   for name in ("batch", "chunk", "num"):
     value = getattr(args, name, None)
     if value is not None and value < 1:
       raise ValueError(f"--{name} must be >= 1; got {value}")
   if args.samples and not (args.digits or getattr(args, "synthetic", None)):
     if not args.inception:
-      raise ValueError("--samples needs --inception WEIGHTS (the FID network's weights file) "
-                       "or --digits (the offline digits measures)")
+      raise ValueError("`samples` needs `inception` WEIGHTS (the FID network's weights file) "
+                       "or `digits` (the offline digits measures)")
     from diffusion.evaluation.inception import weights_file
     weights_file(args.inception)  # before the work of --bpd
   if args.bpd:
@@ -196,17 +196,17 @@ def evaluate(args) -> dict:
   if getattr(args, "synthetic", None):
     from diffusion.evaluation.structure import evaluate_synthetic, format_comparison
     if not args.samples or not args.samples.endswith(".npz"):
-      raise ValueError("--synthetic needs --samples FILE.npz (as `ddpm sample` writes)")
-    data = paths.load_npz(paths.resolve(args.samples, "--samples"), "--samples")
+      raise ValueError("`synthetic` needs `samples` FILE.npz (as `ddpm sample` writes)")
+    data = paths.load_npz(paths.resolve(args.samples, "`samples`"), "`samples`")
     if "arr_0" not in data:
-      raise ValueError(f"--samples {args.samples!r} holds no 'arr_0'")
+      raise ValueError(f"`samples` {args.samples!r} holds no 'arr_0'")
     comparison = evaluate_synthetic(args.synthetic, data["arr_0"], seed=args.seed)
     print(format_comparison(comparison))
     result["synthetic"] = {"set": args.synthetic, "num_samples": len(data["arr_0"]),
                            "statistics": comparison}
     args.samples = None
   if args.samples:
-    samples = load_image_set(args.samples, "--samples")
+    samples = load_image_set(args.samples, "`samples`")
     if args.digits:
       from diffusion.evaluation.digits import digits_metrics
       # The classifier is loaded (or trained, on a cold cache) once the samples are checked.
@@ -222,7 +222,7 @@ def evaluate(args) -> dict:
                       for k in ("fid", "kid", "is") if k in metrics)
     print(f"{metrics['num_samples']} samples of {args.samples}: {shown}")
   if not result:
-    raise ValueError("nothing to evaluate: give --samples FILE and/or --workdir DIR --bpd")
+    raise ValueError("nothing to evaluate: give `samples` FILE and/or `workdir` DIR `bpd`")
   if args.out:
-    paths.write_bytes(paths.resolve(args.out, "--out"), json.dumps(result, indent=2).encode())
+    paths.write_bytes(paths.resolve(args.out, "`out`"), json.dumps(result, indent=2).encode())
   return result

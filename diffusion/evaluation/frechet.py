@@ -70,7 +70,7 @@ def statistics(features) -> tuple[np.ndarray, np.ndarray]:
 def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray, **extra) -> None:
   """Writes `mu` and `sigma` (and any `extra` arrays) to an .npz, with the keys pytorch-fid's
   reference files use."""
-  paths.save_npz(paths.resolve(path, "--save-reference"), mu=np.asarray(mu, np.float64),
+  paths.save_npz(paths.resolve(path, "`save_reference`"), mu=np.asarray(mu, np.float64),
                  sigma=np.asarray(sigma, np.float64), **extra)
 
 

@@ -202,7 +202,7 @@ def _expected_shapes() -> dict:
 
 def weights_file(path: str):
   """The Inception weights' path, or a FileNotFoundError that says what to supply."""
-  file = paths.resolve(path, "--inception")
+  file = paths.resolve(path, "`inception`")
   if not file.exists():
     raise FileNotFoundError(
         f"Inception weights {path!r} do not exist: supply the FID network's weights "
@@ -285,7 +285,7 @@ class InceptionFeatures:
 
   def __init__(self, variables: dict, batch_size: int = 200):
     if not isinstance(batch_size, int) or batch_size < 1:
-      raise ValueError(f"--batch must be a positive int; got {batch_size!r}")
+      raise ValueError(f"`batch` must be a positive int; got {batch_size!r}")
     self.variables, self.batch_size = variables, batch_size
     self._fc = np.asarray(variables["params"]["fc"]["kernel"], np.float64)
     devices = jax.local_devices()

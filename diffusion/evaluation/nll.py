@@ -73,7 +73,7 @@ def dataset_bits_per_dim(model, variables, config, images: np.ndarray, mesh: Mes
     raise ValueError(f"images must be [N >= 1, {', '.join(map(str, shape))}] (the run's "
                      f"config.data.shape); got {images.shape}")
   if batch < 1:
-    raise ValueError(f"--batch must be positive; got {batch}")
+    raise ValueError(f"`batch` must be positive; got {batch}")
   batch += (-batch) % mesh.size
   fn = make_bpd_fn(model, config, mesh, chunk_size=chunk_size)
   totals, terms, priors = in_batches(

@@ -113,7 +113,7 @@ def evaluate_synthetic(name: str, samples: np.ndarray, *, num: int = 256,
   from diffusion.data.synthetic import SOURCES
   from diffusion.dataspec import DataSpec
   if name not in SOURCES:
-    raise ValueError(f"--synthetic must be one of {', '.join(SOURCES)}; got {name!r}")
+    raise ValueError(f"`synthetic` must be one of {', '.join(SOURCES)}; got {name!r}")
   samples = np.asarray(samples)
   bad = int(np.sum(~np.isfinite(samples).all(axis=tuple(range(1, samples.ndim)))))
   if bad:

@@ -39,7 +39,7 @@ def _check(config, model, devices: int, batch: int | None) -> None:
   mesh_sizes(config, devices)
   model.check(data_spec(config).shape)
   for name, value in (("config.train.batch_size", config.train.batch_size),
-                      ("--sample-batch", batch)):
+                      ("`sample_batch`", batch)):
     if value is not None and (value < 1 or value % devices):
       raise ValueError(f"{name} {value} must be a positive multiple of the {devices} devices")
 
@@ -61,7 +61,7 @@ def plan(config, devices, *, programs=("train", "sample"), batch: int | None = N
   _check(config, model, len(devices), batch)
   for name in programs:
     if name not in PROGRAMS:
-      raise ValueError(f"--programs: unknown program {name!r}; choose from {', '.join(PROGRAMS)}")
+      raise ValueError(f"`programs`: unknown program {name!r}; choose from {', '.join(PROGRAMS)}")
   batch = batch or config.train.batch_size
   mesh = mesh_from_config(config, devices)
   chip = topology.chip(devices[0].device_kind)
@@ -121,7 +121,7 @@ def search(config, devices, what: str, *, limit: int = 8, model=None, progress=N
   """
   devices = list(devices)
   if what not in ("batch", "fsdp"):
-    raise ValueError(f"--search must be batch or fsdp; got {what!r}")
+    raise ValueError(f"`search` must be batch or fsdp; got {what!r}")
   tries, verdicts = [], {}
 
   def fits(value) -> bool:

@@ -74,4 +74,4 @@ def lower(name: str, model, config, mesh, *, batch: int) -> Program:
     bpd = make_bpd_fn(model, config, mesh)
     return Program(name, bpd.lower(_variables(model, config, mesh), batch), examples=batch,
                    trips=bpd.loop_trips, what=f"the bound's T terms, {bpd.loop_trips} chunks")
-  raise ValueError(f"--programs: unknown program {name!r}; choose from {', '.join(PROGRAMS)}")
+  raise ValueError(f"`programs`: unknown program {name!r}; choose from {', '.join(PROGRAMS)}")

@@ -59,9 +59,9 @@ def devices(name: str, slices: int = 1) -> list:
   `slice_index`). ValueError naming --topology or --slices for what libtpu does not take,
   and for a missing libtpu."""
   if not isinstance(slices, int) or isinstance(slices, bool) or slices < 1:
-    raise ValueError(f"--slices must be a positive int; got {slices!r}")
+    raise ValueError(f"`slices` must be a positive int; got {slices!r}")
   if not isinstance(name, str) or not _NAME.match(name):
-    raise ValueError(f"--topology {name!r} is not a TPU topology: give GENERATION:AxB[xC] (chips "
+    raise ValueError(f"`topology` {name!r} is not a TPU topology: give GENERATION:AxB[xC] (chips "
                      f"along each axis), e.g. {', '.join(FORMS)}")
   from jax._src import cloud_tpu_init
   if cloud_tpu_init.get_tpu_library_path() is None:
@@ -80,7 +80,7 @@ def devices(name: str, slices: int = 1) -> list:
       topology = topologies.get_topology_desc(topology_name=name, platform="tpu", **options)
   except Exception as e:  # noqa: BLE001 (libtpu's own words say what it did not take)
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f"--topology {name!r}{f' --slices {slices}' if slices > 1 else ''}: "
+    raise ValueError(f"`topology` {name!r}{f' `slices` {slices}' if slices > 1 else ''}: "
                      f"libtpu does not take it ({message.removeprefix('INVALID_ARGUMENT: ')}); "
                      f"accepted forms: {', '.join(FORMS)}") from None
   return list(topology.devices)

@@ -113,7 +113,7 @@ class Checkpoints:
 
   def __init__(self, workdir: str | os.PathLike, *, every: int = 1, keep: int | None = None,
                read_only: bool = False):
-    self.workdir = paths.resolve(workdir, "--workdir")
+    self.workdir = paths.resolve(workdir, "`workdir`")
     self.directory = self.workdir / "checkpoints"
     self.damaged: list[int] = []
     if read_only:
@@ -130,7 +130,7 @@ class Checkpoints:
   @staticmethod
   def any_in(workdir: str | os.PathLike) -> bool:
     """Whether `workdir` holds a complete checkpoint (opens nothing when it has no checkpoints/)."""
-    if not (paths.resolve(workdir, "--workdir") / "checkpoints").exists():
+    if not (paths.resolve(workdir, "`workdir`") / "checkpoints").exists():
       return False
     checkpoints = Checkpoints(workdir, read_only=True)
     try:
@@ -194,7 +194,7 @@ class Checkpoints:
     for name in missing:
       if jax.tree.leaves(getattr(abstract_state, name)):
         raise IncompatibleResume(f"checkpoint {step} holds no {name}, which this run needs: "
-                                 "train in another --workdir")
+                                 "train in another `workdir`")
     target = abstract_state
     if missing:
       target = {f.name: getattr(abstract_state, f.name)
@@ -220,8 +220,8 @@ class Checkpoints:
     if differences:
       shown = "; ".join(differences[:6]) + ("; ..." if len(differences) > 6 else "")
       raise IncompatibleResume(
-          f"--workdir {os.fspath(self.workdir)!r} holds a run with another config ({shown}): "
-          "resume it with its own config, or train in another --workdir")
+          f"`workdir` {os.fspath(self.workdir)!r} holds a run with another config ({shown}): "
+          "resume it with its own config, or train in another `workdir`")
 
   def restore_params(self, step: int | None = None, *, ema: bool = True) -> Any:
     """Just the (EMA) parameters of a checkpoint, on this process's first device, for sampling."""
@@ -271,38 +271,38 @@ def load_run(workdir: str, step: int | None = None, *, model=None):
   diffusion.convert ... --config FILE` writes one for a released checkpoint):
   its parameters, at step 0.
   """
-  path = paths.resolve(workdir, "--workdir")
+  path = paths.resolve(workdir, "`workdir`")
   if (path / "model.json").exists():
     if not (path / "config.json").exists():
       raise FileNotFoundError(
-          f"--workdir {workdir!r} is a model folder without config.json (the data and diffusion "
-          "settings): convert it with `python -m diffusion.convert IN OUT --config FILE`")
+          f"`workdir` {workdir!r} is a model folder without config.json (the data and diffusion "
+          "settings): convert it with `python -m diffusion.convert IN OUT `config` FILE`")
     if step not in (None, 0):
-      raise ValueError(f"--step {step}: a model folder has only step 0")
+      raise ValueError(f"`step` {step}: a model folder has only step 0")
     config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
     unet, params = models.load(path)
     denoiser = models.build({"name": "unet", **models.model_kwargs(unet)}, data_shape(config))
     return config, denoiser, {"params": params}, 0
   if not (path / "checkpoints").exists():
-    raise FileNotFoundError(f"--workdir {workdir!r} holds no checkpoints/: not a training run")
+    raise FileNotFoundError(f"`workdir` {workdir!r} holds no checkpoints/: not a training run")
   checkpoints = Checkpoints(path, read_only=True)
   read = lambda s: (checkpoints.restore_config(s), checkpoints.restore_variables(s))
   try:
     steps = checkpoints.all_steps()
     if not steps:
-      raise FileNotFoundError(f"--workdir {workdir!r} holds no complete checkpoint")
+      raise FileNotFoundError(f"`workdir` {workdir!r} holds no complete checkpoint")
     if step is None:
       found = checkpoints.newest(read)
       if found is None:
-        raise ValueError(f"--workdir {workdir!r}: every checkpoint is damaged (steps {steps})")
+        raise ValueError(f"`workdir` {workdir!r}: every checkpoint is damaged (steps {steps})")
       step, (config, variables) = found
     elif step not in steps:
-      raise ValueError(f"--step {step}: the run has checkpoints at steps {steps}")
+      raise ValueError(f"`step` {step}: the run has checkpoints at steps {steps}")
     else:
       try:
         config, variables = read(step)
       except Exception as e:  # noqa: BLE001 (a damaged checkpoint, named)
-        raise ValueError(f"--step {step}: checkpoint {os.fspath(checkpoints.directory / str(step))}"
+        raise ValueError(f"`step` {step}: checkpoint {os.fspath(checkpoints.directory / str(step))}"
                          f" is damaged ({_reason(e)})") from None
   finally:
     checkpoints.manager.close()

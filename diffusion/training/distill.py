@@ -36,7 +36,7 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
   to 0 in each round; a consistency model keeps the teacher's prediction type as the
   teacher's only (its network's output is F of `consistency.py`)."""
   if method not in METHODS:
-    raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    raise ValueError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}")
   for section in SECTIONS:
     if section not in settings:
       raise ValueError(f"the distillation config has no `{section}` section (see "
@@ -62,7 +62,7 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
     keys, example = objectives.KEYS[method]
     missing = [k for k in keys if k not in d]
     if missing:
-      raise ValueError(f"--method {method}: the distillation config's distill section has no "
+      raise ValueError(f"`method` {method}: the distillation config's distill section has no "
                        f"{', '.join(missing)} (a config for it: experiments/configs/{example})")
     if method == "progressive":
       config.diffusion.prediction = "v"
@@ -94,17 +94,17 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
   compiles. `model` and `source` are the teacher's network and data when the config cannot
   name them (a run trained with `train(config, workdir, model=..., source=...)` in Python);
   the student is the same network."""
-  if os.fspath(paths.resolve(workdir, "--workdir")) == os.fspath(paths.resolve(out, "--out")):
-    raise ValueError("--out must differ from --workdir (the teacher's run is read, not written)")
+  if os.fspath(paths.resolve(workdir, "`workdir`")) == os.fspath(paths.resolve(out, "`out`")):
+    raise ValueError("`out` must differ from `workdir` (the teacher's run is read, not written)")
   if method not in METHODS:
-    raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {method!r}")
+    raise ValueError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}")
   if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-    raise ValueError(f"--steps must be a positive int; got {steps!r}")
+    raise ValueError(f"`steps` must be a positive int; got {steps!r}")
   saved = _saved_config(out)
   if saved is not None and not distill_method(saved):
-    raise ValueError(f"--out {out!r} holds a training run, not a few-step student: choose a new "
-                     "--out")
-  teacher_dir = paths.resolve(workdir, "--workdir")
+    raise ValueError(f"`out` {out!r} holds a training run, not a few-step student: choose a new "
+                     "`out`")
+  teacher_dir = paths.resolve(workdir, "`workdir`")
   if saved is not None and not (teacher_dir / "checkpoints").exists():
     # The student's checkpoints hold its teacher (and everything else it needs).
     log.info("%s is gone: resuming %s from its own checkpoints", workdir, out)
@@ -112,7 +112,7 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
   else:
     config, _, variables, teacher_step = load_run(workdir, step, model=model)
     if distill_method(config):
-      raise ValueError(f"--workdir {workdir!r} is itself a few-step model (config.distill.method "
+      raise ValueError(f"`workdir` {workdir!r} is itself a few-step model (config.distill.method "
                        f"{distill_method(config)!r}): distil from its teacher")
   student = student_config(config, settings, method, steps, teacher_steps)
   with student.unlocked():  # a resumed student keeps the teacher it was started from
@@ -122,12 +122,12 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
   try:
     return train(student, out, variables=variables, model=model, source=source)
   except IncompatibleResume as e:  # the student's folder is --out here
-    raise IncompatibleResume(str(e).replace("--workdir", "--out")) from None
+    raise IncompatibleResume(str(e).replace("`workdir`", "`out`")) from None
 
 
 def _saved_config(out: str) -> ml_collections.ConfigDict | None:
   """The config of the newest checkpoint in `out`, or None if it holds none."""
-  if not (paths.resolve(out, "--out") / "checkpoints").exists():
+  if not (paths.resolve(out, "`out`") / "checkpoints").exists():
     return None
   existing = Checkpoints(out, read_only=True)
   try:

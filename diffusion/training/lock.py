@@ -98,7 +98,7 @@ class WorkdirLock:
       if self.holder_alive(holder):
         age = time.time() - float(holder["heartbeat"])
         raise ValueError(
-            f"--workdir {os.fspath(self.workdir)!r} is in use by a run on host "
+            f"`workdir` {os.fspath(self.workdir)!r} is in use by a run on host "
             f"{holder.get('host')!r}, pid {holder.get('pid')} (its last sign of life {age:.0f} s "
             f"ago): stop that run first; a run that died elsewhere frees the workdir "
             f"{STALE_SECONDS:.0f} s after its last sign of life")
@@ -107,7 +107,7 @@ class WorkdirLock:
       self._write()
       break
     else:
-      raise ValueError(f"--workdir {os.fspath(self.workdir)!r} was taken by another run "
+      raise ValueError(f"`workdir` {os.fspath(self.workdir)!r} was taken by another run "
                        "starting at the same moment")
     self._thread = threading.Thread(target=self._heartbeat, daemon=True, name="workdir-lock")
     self._thread.start()

@@ -32,7 +32,7 @@ from diffusion.data.loader import check_example, config_options
 from diffusion.distributed import gather, mesh_from_config, mesh_sizes
 from diffusion.models import variables_of
 from diffusion.previews import save_preview
-from diffusion.sampling import make_sampler
+from diffusion.sampling import make_chain, make_sampler
 from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.lock import WorkdirLock
 from diffusion.training.metrics import HostReport, MetricWriter, Progress
@@ -206,7 +206,7 @@ def _start(checkpoints, model, config, mesh, sample, variables=None):
   if found is None:
     if variables is None and objectives.method(config) in objectives.WITH_TEACHER:
       raise ValueError(f"no checkpoint of {os.fspath(checkpoints.directory)} could be read, and "
-                       "its teacher was not given: run `ddpm distill` with the teacher's --workdir")
+                       "its teacher was not given: run `ddpm distill` with the teacher's `workdir`")
     return create_state(model, config, mesh, sample, variables), 0
   step, (state, position) = found
   log.info("resuming from step %d of %s", step, os.fspath(checkpoints.directory))
@@ -253,7 +253,7 @@ def _hold(lock: WorkdirLock) -> None:
   if jax.process_count() > 1:
     failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
     if failed and error is None:
-      error = ValueError(f"--workdir {os.fspath(lock.workdir)!r} is in use by another run "
+      error = ValueError(f"`workdir` {os.fspath(lock.workdir)!r} is in use by another run "
                          "(process 0 says which)")
   if error is not None:
     raise error
@@ -276,13 +276,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
   holding another run) before anything is written or compiled, and
   paths.StorageFull if the storage fills up.
   """
-  path = paths.resolve(workdir, "--workdir")
+  path = paths.resolve(workdir, "`workdir`")
   validate_config(config)
   objectives.check(config, schedule_from_config(config))
+  try:
+    make_chain(config, config.train.get("sample_sampler") or None)
+  except ValueError as e:
+    raise ValueError(f"config.train.sample_sampler: {e}") from None
   if (objectives.method(config) in objectives.WITH_TEACHER and variables is None
       and not Checkpoints.any_in(path)):  # a resumed student's checkpoints hold its teacher
     raise ValueError(f"config.distill.method {objectives.method(config)!r} distils a trained "
-                     "run: use `ddpm distill --workdir TEACHER --out STUDENT`")
+                     "run: use `ddpm distill `workdir` TEACHER `out` STUDENT`")
   shape = data_spec(config).shape
   source = make_source(config.data) if source is None else source
   if model is None:
@@ -307,7 +311,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
       then = ("the earlier checkpoints are intact; free space and run the same command to "
               "resume" if kept else "no checkpoint was saved yet; free space and run the same "
               "command to start again")
-      raise paths.StorageFull(f"the storage of --workdir {os.fspath(path)!r} is full "
+      raise paths.StorageFull(f"the storage of `workdir` {os.fspath(path)!r} is full "
                               f"({paths.first_line(e)}): {then}") from e
     raise
   finally:
