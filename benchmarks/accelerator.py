@@ -98,12 +98,13 @@ def part_matmul(sizes: dict, smoke: bool) -> dict:
 
 def _train(path, dtype, batch, sizes, smoke, hlo=False) -> dict:
   import jax
-  from diffusion import benchmark
+  from diffusion import platforms
+  from diffusion.benchmarks import timing as benchmark
   config = _config(path, dtype, smoke)
   model = _model(config)
   result = benchmark.bench_training(model, config, batch, steps=sizes["train_steps"],
                                     hlo=hlo)
-  peak = benchmark.peak_tflops(jax.devices()[0].device_kind, dtype)
+  peak = platforms.peak_tflops(jax.devices()[0].device_kind, dtype)
   result["mfu"] = result["tflops_per_s"] / (peak * jax.device_count()) if peak else None
   result["peak_tflops"] = peak
   if "hlo" in result:
@@ -134,7 +135,7 @@ def part_train_max(sizes: dict, smoke: bool) -> dict:
 
 
 def _torch_train(path, dtype, batch, sizes, smoke, compile=False) -> dict:
-  from diffusion.torch_reference import bench_torch
+  from diffusion.benchmarks.torch_reference import bench_torch
   config = _config(path, dtype, smoke)
   model = _model(config)
   return bench_torch(model.module, config, batch, train_steps=sizes["train_steps"],
@@ -155,7 +156,7 @@ def part_torch_compile(sizes: dict, smoke: bool) -> dict:
 
 
 def part_sample(sizes: dict, smoke: bool) -> dict:
-  from diffusion import benchmark
+  from diffusion.benchmarks import timing as benchmark
   config = _config(CIFAR, "bfloat16", smoke)
   result = benchmark.bench_sampling(_model(config), config, sizes["sample_batch"],
                                     steps=sizes["sample_steps"])
@@ -163,7 +164,7 @@ def part_sample(sizes: dict, smoke: bool) -> dict:
 
 
 def part_torch_sample(sizes: dict, smoke: bool) -> dict:
-  from diffusion.torch_reference import bench_torch
+  from diffusion.benchmarks.torch_reference import bench_torch
   config = _config(CIFAR, "bfloat16", smoke)
   counts = {name: sizes["sample_steps"] for name in ("ddpm", "ddim", "dpm++")}
   return bench_torch(_model(config).module, config, sizes["sample_batch"], train_steps=0,

@@ -12,7 +12,6 @@ import numpy as np
 
 from diffusion import _checks
 from diffusion.dataspec import DataSpec, from_data_config
-from diffusion.losses import LOSSES
 from diffusion.process import Diffusion
 from diffusion.schedules import BETA_SCHEDULES, Schedule
 
@@ -99,8 +98,9 @@ def _lookup(config, key: str):
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks the range of every numeric key and the schedule's parameters, naming the key.
 
-  Runs before anything compiles; the checks that need the network or the
-  data are the training loop's.
+  Runs before anything compiles; the method's settings are its own to check
+  (`Method.from_config`, `Method.check`), and the checks that need the network or
+  the data are the training loop's.
   """
   for key, (ok, what) in RANGES.items():
     value = _lookup(config, key)
@@ -108,14 +108,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"config.{key} must be {what}; got {value!r}")
   d, train = config.diffusion, config.train
   _checks.choice(d.schedule, BETA_SCHEDULES, "config.diffusion.schedule")
-  _checks.choice(d.loss, LOSSES, "config.diffusion.loss")
   _checks.choice(d.prediction, _checks.PREDICTIONS, "config.diffusion.prediction")
   _checks.choice(d.variance, _checks.VARIANCES, "config.diffusion.variance")
-  _checks.choice(d.get("timestep_sampler", "uniform"), ("uniform", "importance"),
-                 "config.diffusion.timestep_sampler")
-  if d.loss == "hybrid" and d.variance not in _checks.LEARNED_VARIANCES:
-    raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
-                     f"variance must be learned_range or learned, not {d.variance!r}")
   if d.get("clip_x0") not in (None, True, False):
     raise ValueError(f"config.diffusion.clip_x0 must be True, False or None (clip for uint8 "
                      f"data only); got {d.clip_x0!r}")
@@ -178,19 +172,6 @@ ABSENT_MEANS = {"optim.decay_steps": 0, "diffusion.clip_x0": None}
 
 _SPEC_KEYS = ("data.shape", "data.kind", "data.dtype", "data.scale", "data.image_size",
               "data.channels")
-
-
-def distill_method(config) -> str:
-  """config.distill.method: "progressive", "consistency" or "consistency_training" for a
-  few-step model (`training/objectives.py`), "" for a DDPM (or a config without the section)."""
-  return (config.get("distill") or {}).get("method", "")
-
-
-def default_sampler(config) -> str:
-  """The chain a run samples with unless told otherwise: its own for a few-step model (DDIM
-  over a progressive student's steps, a consistency model's chain), else ancestral DDPM."""
-  return {"progressive": "ddim", "consistency": "consistency",
-          "consistency_training": "consistency"}.get(distill_method(config), "ddpm")
 
 
 def data_spec(config: ml_collections.ConfigDict) -> DataSpec:

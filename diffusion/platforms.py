@@ -43,3 +43,19 @@ def traced_for(mesh, fn):
     with building_for(mesh):
       return fn(*args, **kwargs)
   return wrapper
+
+
+# Dense peaks (TFLOP/s) of one JAX device in bfloat16 and float32, by device kind (vendor figures;
+# the first name found in the kind wins).
+PEAK_TFLOPS = [("H100 PCIe", 756.0, 378.0), ("H100", 989.0, 494.0), ("H200", 989.0, 494.0),
+               ("A100", 312.0, 156.0), ("TPU v3", 61.5, 61.5), ("TPU v4", 275.0, 275.0),
+               ("TPU v5 lite", 197.0, 197.0), ("TPU v5e", 197.0, 197.0), ("TPU v5", 459.0, 459.0),
+               ("TPU v6 lite", 918.0, 918.0)]
+
+
+def peak_tflops(device_kind: str, dtype: str = "bfloat16") -> float | None:
+  """The device's dense peak for `dtype` from PEAK_TFLOPS, or None if it is not listed."""
+  for name, bf16, f32 in PEAK_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return bf16 if dtype == "bfloat16" else f32
+  return None

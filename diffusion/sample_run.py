@@ -7,12 +7,11 @@ import jax
 import numpy as np
 
 from diffusion import images, paths, progressive
-from diffusion.config import data_spec, default_sampler
 from diffusion.distributed import make_mesh, replicate
 from diffusion.previews import save_preview
 from diffusion.sampling import class_labels, in_batches, make_sampler
-from diffusion.training.checkpoint import Checkpoints, load_run
-from diffusion.training.state import base_key
+from diffusion.runs import Checkpoints, load_run
+from diffusion.runs import base_key
 
 LAYOUTS = ("npz", "folders")
 
@@ -48,23 +47,22 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
       raise ValueError(f"`out` {out!r} is a folder that already holds files; `layout` "
                        "folders writes into a new or empty folder (nothing is overwritten)")
   step, student = round_checkpoint(workdir, steps, step)
-  config, model, variables, step = load_run(workdir, step)
-  if student is not None:
-    with config.unlocked():
-      config.distill.steps = student
+  run = load_run(workdir, step)
+  if student is not None:  # the checkpoint's student: the round that made it
+    run = run.replace(method=run.method.with_steps(student))
+  model, step = run.model, run.step
   if model.cond_channels:
     raise ValueError(f"`workdir` {workdir!r}: this model is conditioned on an input "
-                     f"(cond_channels = {model.cond_channels}): draw from it with `ddpm enhance "
-                     "`image` DEGRADED`")
-  spec = data_spec(config)
+                     f"(cond_channels = {model.cond_channels}): draw from it with `enhance` "
+                     "(`ddpm enhance`), given the degraded data")
+  spec = run.diffusion.spec
   if layout == "folders" and spec.kind != "image":
     raise ValueError(f"`layout` folders writes images; this run's data is {spec.kind} data: "
                      "use `layout` npz")
-  labels = class_labels(model, config, num, class_label, default="cycle")
-  samples = draw_samples(config, model, variables, labels, seed=seed, batch=batch, sampler=sampler,
-                         steps=steps, eta=eta, spacing=spacing, guidance=guidance, churn=churn,
-                         sigmas=sigmas,
-                         desc=f"sample {sampler or default_sampler(config)} (step {step})")
+  labels = class_labels(run, num, class_label, default="cycle")
+  samples = draw_samples(run, labels, seed=seed, batch=batch, sampler=sampler, steps=steps,
+                         eta=eta, spacing=spacing, guidance=guidance, churn=churn, sigmas=sigmas,
+                         desc=f"sample {sampler or run.method.default_sampler} (step {step})")
   if jax.process_index() == 0:
     write_samples(out, samples, labels, model.num_classes, layout, spec)
   return samples
@@ -113,24 +111,28 @@ def round_checkpoint(workdir: str, steps: int | None, step: int | None
   return want, steps
 
 
-def draw_samples(config, model, variables, labels: np.ndarray, *, seed: int = 0, batch: int = 256,
+def draw_samples(run, labels: np.ndarray, *, seed: int = 0, batch: int = 256,
                  sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
                  spacing: str | None = None, guidance: float | None = None,
-                 churn: float | None = None, sigmas=None, desc: str = "sample") -> np.ndarray:
-  """Samples [len(labels), *shape] in the data's units of a run's Denoiser (labels: classes,
-  ignored by an unconditional model), drawn `batch` at a time over every device with a
-  progress bar (samples/s, ETA), each batch converted to the data's units as it arrives
-  (`sampling.in_batches`)."""
+                 churn: float | None = None, sigmas=None, variables=None,
+                 desc: str = "sample") -> np.ndarray:
+  """Samples [len(labels), *shape] in the data's units of a `runs.Run` (`load_run`'s; labels:
+  classes, ignored by an unconditional model) with its variables (or `variables`), drawn
+  `batch` at a time over every device with a progress bar (samples/s, ETA), each batch
+  converted to the data's units as it arrives (`sampling.in_batches`)."""
   labels = np.asarray(labels)
   if labels.ndim != 1:
     raise ValueError(f"labels must be a 1-D array, one class per sample (np.zeros(N, int) for an "
                      f"unconditional model); got {type(labels).__name__} of shape {labels.shape}")
   num = len(labels)
   mesh = make_mesh()
-  spec = data_spec(config)
-  sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps,
-                        eta=eta, spacing=spacing, guidance=guidance, churn=churn,
-                        sigmas=sigmas)
+  spec = run.diffusion.spec
+  variables = run.variables if variables is None else variables
+  if variables is None:
+    raise ValueError("`variables`: this run holds none (a Run read by `load_run` does); give "
+                     "them")
+  sample = make_sampler(run, mesh, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                        guidance=guidance, churn=churn, sigmas=sigmas)
   if not num:
     return np.zeros((0, *spec.shape), np.float32)
   variables, key = replicate(variables, mesh), base_key(seed, "sample")

@@ -15,11 +15,9 @@ import numpy as np
 import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffusion import consistency, platforms, progressive, samplers
-from diffusion.config import default_sampler, diffusion_of, distill_method
+from diffusion import platforms, samplers
 from diffusion.distributed import BATCH, gather, padded
 from diffusion.models import Denoiser, as_denoiser
-from diffusion.schedules import Schedule
 
 
 def check_options(model, num_steps: int, *, steps: int | None, spacing: str | None,
@@ -39,15 +37,15 @@ def check_options(model, num_steps: int, *, steps: int | None, spacing: str | No
                      f"conditional model alone, 0 the unconditional one); got {guidance!r}")
 
 
-def make_chain(config, sampler: str | samplers.Sampler | None = None, *, eta: float = 0.0,
+def make_chain(method, sampler: str | samplers.Sampler | None = None, *, eta: float = 0.0,
                churn: float | None = None) -> samplers.Sampler:
   """The Sampler named `sampler` (a registered name, "package.module:Class" or a Sampler;
-  default: the run's own, `config.default_sampler`) with its options: DDIM's `eta` (0: not
-  given), EDM-SDE's S_churn `churn`; a sampler of one kind of model only (the consistency
-  models' chain) gets the run's own settings, and is refused for other runs."""
-  own = default_sampler(config)
-  if sampler is None:
-    sampler = own
+  default: the `method`'s own, `Method.default_sampler`) with its options: DDIM's `eta` (0: not
+  given), EDM-SDE's S_churn `churn`. A sampler of one kind of model only (the consistency
+  models' chain) gets the method's settings (`Method.sampler_options`), and is refused for
+  the runs of other methods."""
+  own = method.default_sampler
+  sampler = own if sampler is None else sampler
   cls = type(sampler) if isinstance(sampler, samplers.Sampler) else samplers.get(sampler)
   if cls.own_only and cls.name != own:
     raise ValueError(f"`sampler` {cls.name!r} needs {cls.needs or 'a model of its own kind'}")
@@ -55,21 +53,21 @@ def make_chain(config, sampler: str | samplers.Sampler | None = None, *, eta: fl
     return samplers.make(sampler, eta=eta or None, churn=churn)
   options = {"eta": eta or None, "churn": churn}
   if cls.own_only:
-    options["sigma_data"] = config.distill.sigma_data
+    options.update(method.sampler_options())
   return samplers.make(sampler, **options)
 
 
-def class_labels(model, config, num: int, class_label: int | None, *,
-                 default: str = "null") -> np.ndarray:
+def class_labels(run, num: int, class_label: int | None, *, default: str = "null"
+                 ) -> np.ndarray:
   """The classes `num` samples are conditioned on: int32 [num] (zeros, which the network
   ignores, for an unconditional model).
 
   `class_label` C gives class C to all. Without it, `default` "cycle" draws
   the classes in turn (balanced), and "null" conditions on the null class
   (unconditional), which exists only if the run was trained with label
-  dropout (config.train.label_dropout > 0): otherwise a class must be named.
+  dropout (its method's `label_dropout` > 0): otherwise a class must be named.
   """
-  model = as_denoiser(model, config.model)
+  model = run.model
   if not model.num_classes:
     if class_label is not None:
       raise ValueError("`class_label` needs a class-conditional model; this one is unconditional")
@@ -80,48 +78,11 @@ def class_labels(model, config, num: int, class_label: int | None, *,
     return np.full(num, class_label, np.int32)
   if default == "cycle":
     return np.arange(num, dtype=np.int32) % model.num_classes
-  if not config.train.get("label_dropout", 0.0) > 0:
+  if not run.method.label_dropout > 0:
     raise ValueError(f"the model is class-conditional ({model.num_classes} classes) and was "
                      "trained without label dropout, so it has no unconditional mode: pass "
                      f"`class_label` C with C in [0, {model.num_classes})")
   return np.full(num, model.num_classes, np.int32)  # the null class
-
-
-def student_steps(config, schedule: Schedule, sampler: str, steps: int | None,
-                  spacing: str | None, start: int | None, sigmas=None) -> np.ndarray:
-  """The timesteps a few-step model (config.distill) visits, after checking that the options
-  fit it: a progressive student takes DDIM over its own K steps; a consistency model its own
-  chain of 1 to (its grid's points - 1) steps, or the one through `sigmas`. Neither starts
-  part-way (the applications)."""
-  method, d = distill_method(config), config.distill
-  if start is not None:
-    raise ValueError(f"this run is a few-step model (config.distill.method {method!r}), trained "
-                     "at a few noise levels only: the applications need a model of every "
-                     "timestep, e.g. its teacher's `workdir`")
-  if spacing is not None:
-    raise ValueError(f"`spacing`: a few-step model (config.distill.method {method!r}) visits "
-                     "its own timesteps")
-  if method == "progressive":
-    if sampler != "ddim":
-      raise ValueError(f"`sampler`: a progressively distilled student samples with ddim over "
-                       f"its own {d.steps} steps; got {sampler!r}")
-    if steps not in (None, d.steps):
-      raise ValueError(f"`steps`: this student was distilled to {d.steps} steps, so it samples "
-                       f"in exactly {d.steps}; got {steps}")
-    return progressive.student_steps(schedule.num_steps, d.teacher_steps, d.steps)
-  if sampler != "consistency":
-    raise ValueError(f"`sampler`: a consistency model samples with its own chain "
-                     f"(`sampler` consistency); got {sampler!r}")
-  most = d.num_points - 1 if method == "consistency" else d.s1
-  if sigmas is not None:
-    if steps is not None:
-      raise ValueError("`sigmas` sets the chain's steps: give `steps` or `sigmas`, not both")
-    return consistency.steps_at(schedule, sigmas, most)
-  count = samplers.Consistency.default_steps if steps is None else steps
-  if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= most:
-    raise ValueError(f"`steps` must lie in [1, {most}] for this consistency model (it was "
-                     f"trained on {most + 1} noise levels); got {count}")
-  return consistency.sampling_steps(schedule, count)
 
 
 PROGRAMS_KEPT = 16  # the builds `memoized` keeps (their compiled programs stay with them)
@@ -154,26 +115,24 @@ def _model_key(model):
 
 
 def memoized(build):
-  """`build(model, config, *args, **options) -> fn`, returning the same `fn` for the same model
-  (`_model_key`), config contents, args and options, so that calling an application or a
-  sampler again in one process (a notebook, a research loop, each checkpoint of a run) reuses
-  its traced and compiled programs instead of building new ones. The PROGRAMS_KEPT most
-  recent builds are kept, each with its model. A config is compared by its contents at the
-  time of the call; arguments that cannot be hashed (or a config that is not an
-  ml_collections ConfigDict) build afresh."""
+  """`build(run, *args, **options) -> fn` for a `runs.Run`, returning the same `fn` for the same
+  network (`_model_key`), Diffusion, Method, args and options, so that calling an application
+  or a sampler again in one process (a notebook, a research loop, each checkpoint of a run)
+  reuses its traced and compiled programs instead of building new ones. The PROGRAMS_KEPT most
+  recent builds are kept, each with its network. Arguments that cannot be hashed build afresh."""
   @functools.wraps(build)
-  def wrapper(model, config, *args, **options):
+  def wrapper(run, *args, **options):
     try:
-      key = (build.__module__, build.__qualname__, _model_key(model),
-             config.to_json_best_effort(sort_keys=True), _frozen(args),
-             _frozen(tuple(sorted(options.items()))))
+      key = (build.__module__, build.__qualname__, _model_key(run.model), run.diffusion,
+             run.method, _frozen(args), _frozen(tuple(sorted(options.items()))))
+      hash(key)
     except (AttributeError, TypeError, ValueError):
-      return build(model, config, *args, **options)
+      return build(run, *args, **options)
     if key in _programs:
       _programs.move_to_end(key)
       return _programs[key][1]
-    fn = build(model, config, *args, **options)
-    _programs[key] = (model, fn)  # the model is kept so that its id is not reused
+    fn = build(run, *args, **options)
+    _programs[key] = (run.model, fn)  # the network is kept so that its id is not reused
     while len(_programs) > PROGRAMS_KEPT:
       _programs.popitem(last=False)
     return fn
@@ -181,18 +140,18 @@ def memoized(build):
 
 
 @memoized
-def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: str | None = None,
+def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = None,
                  steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                  guidance: float | None = None, start: int | None = None,
                  churn: float | None = None, sigmas=None):
-  """A jitted sampler of the Denoiser `model` over the devices of `mesh`:
+  """A jitted sampler of a `runs.Run`'s network over the devices of `mesh`:
 
     sample(variables, key, first_index, labels=None, cond=None, x_start=None)
       -> float32 [N, *shape] in the model's units
 
   runs `sampler` (`make_chain`: a registered name, `samplers.names()`, an
   import path "package.module:Class" or a Sampler; default: the run's own,
-  `config.default_sampler`) over `steps` timesteps (default: the sampler's
+  `Method.default_sampler`) over `steps` timesteps (default: the sampler's
   `default_steps`: every step for ddpm, 50 for ddim, 20 for dpm++, 18 for heun,
   40 for edm-sde; `eta` is DDIM's η, `churn` edm-sde's S_churn), spaced by
   `spacing` (default: the sampler's `default_spacing`), from
@@ -203,33 +162,20 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
   divisible by the number of devices. For point sets (`DataSpec.centred`)
   the chain runs in the subspace of zero centre of mass: x_T and every
   prediction (not the learned variances) are centred, and so are the samples (the network being
-  translation-invariant, this equals sampling with centred noise). A few-step
-  model (config.distill) visits its own timesteps (`student_steps`); a consistency model
+  translation-invariant, this equals sampling with centred noise). The run's method gives the
+  timesteps (`Method.sampling_steps`): a few-step model visits its own; a consistency model
   those nearest to the noise levels `sigmas` if given. The same arguments give the same
   sampler (`memoized`), so its programs compile once per process.
   """
-  model = as_denoiser(model, config.model)
-  chain = make_chain(config, sampler, eta=eta, churn=churn)
-  diffusion = diffusion_of(config)
-  # A few-step model's steps are checked against its own chain (`student_steps`), not T.
-  check_options(model, diffusion.num_steps, spacing=spacing, guidance=guidance,
-                steps=None if distill_method(config) else steps)
-  if guidance is not None and not config.train.get("label_dropout", 0.0) > 0:
+  model, diffusion, method = run.model, run.diffusion, run.method
+  chain = make_chain(method, sampler, eta=eta, churn=churn)
+  check_options(model, diffusion.num_steps, spacing=spacing, guidance=guidance, steps=None)
+  if guidance is not None and not method.label_dropout > 0:
     raise ValueError("`guidance` mixes in the unconditional model, the null class, which a run "
                      "learns only with label dropout: this one was trained with "
                      "config.train.label_dropout = 0")
-  schedule = diffusion.schedule
-  if sigmas is not None and distill_method(config) not in ("consistency",
-                                                           "consistency_training"):
-    raise ValueError("`sigmas` sets the noise levels of a consistency model's chain, and this "
-                     "run is not one: use `steps` and `spacing`")
-  if distill_method(config):
-    visit = student_steps(config, schedule, chain.name, steps, spacing, start, sigmas)
-  else:
-    count = chain.default_steps if steps is None else steps
-    if count is not None:
-      count = min(count, diffusion.num_steps if start is None else start + 1)
-    visit = samplers.spaced_steps(schedule, count, spacing or chain.default_spacing, start)
+  visit = method.sampling_steps(chain, steps, spacing, start, sigmas)
+  shape = diffusion.spec.shape
   channels = shape[-1]
   spec = diffusion.spec
 
@@ -251,7 +197,7 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
         lambda k: jax.random.normal(k, shape))(init_keys))
     return spec.project(samplers.run(chain, network, diffusion, visit, x, chain_keys))
 
-  run = over_samples(device_sample, mesh, 3)
+  program = over_samples(device_sample, mesh, 3)
 
   def sample(variables, key, first_index: int, labels=None, cond=None, x_start=None
              ) -> jax.Array:
@@ -263,7 +209,7 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
       raise ValueError("labels are required for a class-conditional model (see class_labels)")
     labels = np.zeros(n, np.int32) if labels is None else _checked_labels(labels, model)
     as_float = lambda a: None if a is None else np.asarray(a, np.float32)
-    return run(variables, key, first_index, labels, as_float(cond), as_float(x_start))
+    return program(variables, key, first_index, labels, as_float(cond), as_float(x_start))
 
   def lower(variables, n: int):
     """The program `sample(variables, key, 0, labels[, cond])` runs for n samples (from x_T),
@@ -271,7 +217,7 @@ def make_sampler(model, config, shape: tuple[int, ...], mesh: Mesh, *, sampler: 
     labels = jax.ShapeDtypeStruct((n,), jnp.int32)
     cond = (jax.ShapeDtypeStruct((n, *shape[:-1], model.cond_channels), jnp.float32)
             if model.cond_channels else None)
-    return run.lower(variables, jax.eval_shape(jax.random.key, 0), n, labels, cond, None)
+    return program.lower(variables, jax.eval_shape(jax.random.key, 0), n, labels, cond, None)
 
   sample.lower = lower
   sample.loop_trips = len(visit)  # the chain's scan: one network step (or two: heun) a trip

@@ -22,7 +22,7 @@ from diffusion.data import DigitsSource
 from diffusion.evaluation import DigitsEvaluator, digits_metrics
 from diffusion.sample_run import draw_samples
 from diffusion.sampling import class_labels
-from diffusion.training.checkpoint import load_run
+from diffusion.runs import load_run
 
 DDIM_TABLE = [f"ddim:{s}:{eta}" for eta in (0, 1) for s in (10, 20, 50, 100, 1000)] + ["ddpm:1000"]
 
@@ -45,14 +45,15 @@ def main(argv=None):
   parser.add_argument("--out", help="a JSON file for the figures")
   args = parser.parse_args(argv)
   rows = [parse_row(r) for row in args.rows for r in (DDIM_TABLE if row == "ddim-table" else [row])]
-  config, model, variables, step = load_run(args.workdir, args.step)
+  run = load_run(args.workdir, args.step)
+  step = run.step
   evaluator = DigitsEvaluator.load()
-  labels = class_labels(model, config, args.num, None, default="cycle")
+  labels = class_labels(run, args.num, None, default="cycle")
   results = [{"row": "held-out test split", **digits_metrics(
       DigitsSource(split="test").images, evaluator)}]
   for sampler, steps, eta in rows:
     start = time.perf_counter()
-    samples = draw_samples(config, model, variables, labels, seed=args.seed, batch=args.batch,
+    samples = draw_samples(run, labels, seed=args.seed, batch=args.batch,
                            sampler=sampler, steps=steps, eta=eta,
                            desc=f"{sampler} S={steps} eta={eta}")
     seconds = time.perf_counter() - start

@@ -19,13 +19,12 @@ import time
 import numpy as np
 
 from diffusion.applications import inpaint
-from diffusion.config import data_spec
 from diffusion.data.synthetic import Backbones
 from diffusion.distributed import make_mesh, replicate
 from diffusion.evaluation.structure import scaffold_rmsd, superpose
 from diffusion.sample_run import draw_samples
-from diffusion.training.checkpoint import load_run
-from diffusion.training.state import base_key
+from diffusion.runs import load_run
+from diffusion.runs import base_key
 
 
 def main(argv=None):
@@ -40,19 +39,19 @@ def main(argv=None):
   parser.add_argument("--out", help="a JSON file for the results")
   args = parser.parse_args(argv)
 
-  config, model, variables, step = load_run(args.workdir)
-  spec = data_spec(config)
+  run = load_run(args.workdir)
+  spec, step = run.diffusion.spec, run.step
   test = Backbones(spec, split="test")
   truth = np.stack([test[i]["x"] for i in range(args.num)])
   labels = np.array([test[i]["label"] for i in range(args.num)])
   known = np.arange(spec.shape[0]) < args.motif
   mesh = make_mesh()
   start = time.perf_counter()
-  scaffolds = inpaint(model, replicate(variables, mesh), config, truth, known, mesh,
+  scaffolds = inpaint(run, replicate(run.variables, mesh), truth, known, mesh,
                       base_key(args.seed, "sample"), steps=args.steps,
                       jump_length=args.jump_length, resamplings=args.resamplings)
   seconds = time.perf_counter() - start
-  free = draw_samples(config, model, variables, np.zeros(args.num, int), seed=args.seed + 1)
+  free = draw_samples(run, np.zeros(args.num, int), seed=args.seed + 1)
   baseline = superpose(free, truth, known)
   joint = lambda x: np.linalg.norm(x[:, args.motif] - x[:, args.motif - 1], axis=-1)
   rows = {"scaffold": scaffolds, "unconditional, superposed": baseline}

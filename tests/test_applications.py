@@ -18,8 +18,8 @@ from diffusion.applications import auroc, denoise
 from diffusion.data import DigitsSource, ImageFolderSource
 from diffusion.distributed import make_mesh, replicate
 from diffusion.images import to_float
-from diffusion.training.checkpoint import load_run
-from diffusion.training.state import base_key
+from diffusion.runs import build, load_run
+from diffusion.runs import base_key
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
@@ -59,7 +59,7 @@ def test_repaint_completes_half_digits_recognisably(digits_run, classifier):
   half_blank = recognised(np.where(mask[None, ..., None], images, 0))
   completed = {}
   for resamplings in (1, 5):
-    out = inpaint(model, params, config, images, mask, mesh, base_key(0, "sample"), steps=50,
+    out = inpaint(build(config, model), params, images, mask, mesh, base_key(0, "sample"), steps=50,
                   jump_length=5, resamplings=resamplings)
     np.testing.assert_array_equal(out[:, :, :4], images[:, :, :4])
     completed[resamplings] = recognised(out)
@@ -76,7 +76,7 @@ def test_guidance_draws_the_requested_digit(digits_run, classifier):
   labels = np.arange(200) % 10
   hits = {}
   for guidance in (None, 5.0):
-    samples = draw_samples(config, model, params, labels, sampler="ddim", steps=20,
+    samples = draw_samples(build(config, model), labels, variables=params, sampler="ddim", steps=20,
                            guidance=guidance)
     hits[guidance] = float(np.mean(classifier.probs(samples).argmax(axis=1) == labels))
   print("requested digit recognised, without and with guidance:", hits)
@@ -93,7 +93,7 @@ def test_denoising_improves_psnr(digits_run):
   for sigma in (0.1, 0.2, 0.4):
     noisy = np.clip(np.round(clean + rng.normal(0, sigma * 255, clean.shape)), 0, 255)
     noisy = noisy.astype(np.uint8)
-    samples = denoise(model, params, config, np.repeat(noisy, 4, axis=0), sigma, mesh,
+    samples = denoise(build(config, model), params, np.repeat(noisy, 4, axis=0), sigma, mesh,
                       base_key(0, "sample"))
     mean = samples.reshape(16, 4, 8, 8, 1).mean(axis=1)  # the posterior mean: the MMSE estimate
     gains[sigma] = psnr(mean, clean).mean() - psnr(to_float(noisy), clean).mean()
@@ -229,11 +229,11 @@ def test_class_options_need_a_class_conditional_model():
   from diffusion.sampling import check_options, class_labels
   config = tiny_config()
   model = models.from_config(config.model)
-  with pytest.raises(ValueError, match="--guidance needs a class-conditional model"):
-    check_options(model, 20, sampler="ddim", steps=None, eta=0.0, spacing=None, guidance=2.0)
-  with pytest.raises(ValueError, match="--class needs a class-conditional model"):
-    class_labels(model, config, 4, 3)
-  np.testing.assert_array_equal(class_labels(model, config, 3, None), [0, 0, 0])
+  with pytest.raises(ValueError, match="`guidance` needs a class-conditional model"):
+    check_options(model, 20, steps=None, spacing=None, guidance=2.0)
+  with pytest.raises(ValueError, match="`class_label` needs a class-conditional model"):
+    class_labels(build(config, model), 4, 3)
+  np.testing.assert_array_equal(class_labels(build(config, model), 3, None), [0, 0, 0])
 
 
 def test_class_conditional_samples_for_data_augmentation(digits_run, tmp_path):
@@ -276,11 +276,11 @@ def test_applications_condition_on_the_null_class_or_the_given_one(digits_run, t
   mask = np.ones((8, 8), bool)
   mask[:, 4:] = False
   calls = {
-      "denoise": lambda m, **kw: denoise(m, params, config, images, 0.2, mesh, key, steps=3,
+      "denoise": lambda m, **kw: denoise(build(config, m), params, images, 0.2, mesh, key, steps=3,
                                          **kw),
-      "anomaly": lambda m, **kw: anomaly_scores(m, params, config, images, mesh, key, step=5,
+      "anomaly": lambda m, **kw: anomaly_scores(build(config, m), params, images, mesh, key, at_step=5,
                                                 sampler="ddim", steps=3, **kw),
-      "inpaint": lambda m, **kw: inpaint(m, params, config, images[0], mask, mesh, key, steps=4,
+      "inpaint": lambda m, **kw: inpaint(build(config, m), params, images[0], mask, mesh, key, steps=4,
                                          jump_length=2, resamplings=2, **kw),
   }
   for name, call in calls.items():
@@ -291,12 +291,12 @@ def test_applications_condition_on_the_null_class_or_the_given_one(digits_run, t
   # Without label dropout there is no null class: a class must be named.
   strict = config.copy_and_resolve_references()
   strict.train.label_dropout = 0.0
-  with pytest.raises(ValueError, match="trained without label dropout.*pass --class C"):
-    denoise(model, params, strict, images, 0.2, mesh, key)
-  with pytest.raises(ValueError, match=r"--class must lie in \[0, 10\)"):
+  with pytest.raises(ValueError, match="trained without label dropout.*pass `class_label` C"):
+    denoise(build(strict, model), params, images, 0.2, mesh, key)
+  with pytest.raises(ValueError, match=r"`class_label` must lie in \[0, 10\)"):
     calls["anomaly"](model, class_label=10)
-  with pytest.raises(ValueError, match=r"--at-step must lie in \[0, 200\)"):
-    anomaly_scores(model, params, config, images, mesh, key, step=200)
+  with pytest.raises(ValueError, match=r"`at_step` must lie in \[0, 200\)"):
+    anomaly_scores(build(config, model), params, images, mesh, key, at_step=200)
   # The commands take --class too.
   save(tmp_path / "in.png", images[0])
   save(tmp_path / "mask.png", (mask * 255).astype(np.uint8)[..., None])

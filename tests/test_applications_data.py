@@ -11,7 +11,7 @@ from diffusion import models
 from diffusion.applications import anomaly_scores, denoise, enhance, inpaint
 from diffusion.config import schedule_from_config
 from diffusion.distributed import make_mesh
-from diffusion.training.state import base_key
+from diffusion.runs import build, base_key
 
 T = 200
 
@@ -86,8 +86,8 @@ def test_inpainting_a_float_sequence_samples_the_gaussian_conditional():
     errors[resamplings] = np.abs(got.mean(0) - want_mean).max()
   np.testing.assert_allclose(got.std(0), want_std, rtol=0.25)
   assert errors[10] < 0.22 and errors[1] > 0.4, errors
-  with pytest.raises(ValueError, match="--num-samples must be an int >= 1; got 0"):
-    inpaint(model, {"params": jnp.zeros(())}, config, (x_model * scale)[:, None], known,
+  with pytest.raises(ValueError, match="`num_samples` must be an int >= 1; got 0"):
+    inpaint(build(config, model), {"params": jnp.zeros(())}, (x_model * scale)[:, None], known,
             make_mesh(), base_key(0, "sample"), num_samples=0, steps=50)
 
 
@@ -108,7 +108,7 @@ def test_inpainting_points_scaffolds_a_motif_in_its_own_frame():
   given = np.zeros((6, 3), np.float32)
   given[:3] = template[:3] * scale + d
   known = np.array([True, True, True, False, False, False])
-  out = inpaint(model, {"params": jnp.zeros(())}, config, given, known, make_mesh(),
+  out = inpaint(build(config, model), {"params": jnp.zeros(())}, given, known, make_mesh(),
                 base_key(1, "sample"), num_samples=64, steps=50, jump_length=5, resamplings=5)
   error = out[:, 3:] - (template[3:] * scale + d)
   # Measured: mean error ≤ 0.08 Å per coordinate, rms distance 0.6 Å per point (the
@@ -141,16 +141,16 @@ def test_denoising_float_data_samples_the_gaussian_posterior():
   assert np.abs(wrong - want_mean).max() > 0.3
   np.testing.assert_allclose(samples[..., 0].mean(0), want_mean, atol=0.06)
   np.testing.assert_allclose(samples[..., 0].std(0), want_std, rtol=0.15)
-  with pytest.raises(ValueError, match=r"--sigma must be > 0 \(a standard deviation in the data"):
-    denoise(model, {"params": jnp.zeros(())}, config, noisy[:, None].astype(np.float32), 0.0,
+  with pytest.raises(ValueError, match=r"`sigma` must be > 0 \(a standard deviation in the data"):
+    denoise(build(config, model), {"params": jnp.zeros(())}, noisy[:, None].astype(np.float32), 0.0,
             make_mesh(), base_key(0, "sample"))
   most = np.sqrt(1 / schedule_from_config(config).alphas_cumprod[-1] - 1) * scale  # data units
-  with pytest.raises(ValueError, match=rf"--sigma 1000.0 is more noise than the model's last "
+  with pytest.raises(ValueError, match=rf"`sigma` 1000.0 is more noise than the model's last "
                                        rf"step holds \(at most {most:.3g} in the units of --sigma"):
-    denoise(model, {"params": jnp.zeros(())}, config, noisy[:, None].astype(np.float32), 1000.0,
+    denoise(build(config, model), {"params": jnp.zeros(())}, noisy[:, None].astype(np.float32), 1000.0,
             make_mesh(), base_key(0, "sample"))
   with pytest.raises(ValueError, match=r"noisy data is uint8; this run's data is float32"):
-    denoise(model, {"params": jnp.zeros(())}, config, np.zeros((16, 1), np.uint8), 0.5,
+    denoise(build(config, model), {"params": jnp.zeros(())}, np.zeros((16, 1), np.uint8), 0.5,
             make_mesh(), base_key(0, "sample"))
 
 
@@ -161,11 +161,11 @@ def test_enhancement_reads_the_condition_in_the_data_units():
   config = config_for(shape=(8, 1), kind="sequence", dtype="float32", scale=scale)
   model = gaussian_denoiser(config, None, 0.01 * np.eye(8), cond_channels=1)
   degraded = (np.linspace(-1, 1, 8)[:, None] * scale).astype(np.float32)
-  out = enhance(model, {"params": jnp.zeros(())}, config, np.repeat(degraded[None], 64, 0),
+  out = enhance(build(config, model), {"params": jnp.zeros(())}, np.repeat(degraded[None], 64, 0),
                 make_mesh(), base_key(0, "sample"), sampler="ddim", steps=20)
   np.testing.assert_allclose(out.mean(0) * scale, degraded, atol=0.15)
   with pytest.raises(ValueError, match=r"the degraded data has shape \(8, 2\)"):
-    enhance(model, {"params": jnp.zeros(())}, config, np.zeros((8, 2), np.float32), make_mesh(),
+    enhance(build(config, model), {"params": jnp.zeros(())}, np.zeros((8, 2), np.float32), make_mesh(),
             base_key(0, "sample"))
 
 
@@ -177,7 +177,7 @@ def test_anomaly_maps_of_volumes_point_at_the_anomaly():
   rng = np.random.default_rng(0)
   volumes = np.clip(np.round(128 + 3 * rng.standard_normal((8, 4, 4, 4, 1))), 0, 255).astype(np.uint8)
   volumes[5, 2:, 2:, :2] = 255
-  scores, maps, recon = anomaly_scores(model, {"params": jnp.zeros(())}, config, volumes,
+  scores, maps, recon = anomaly_scores(build(config, model), {"params": jnp.zeros(())}, volumes,
                                        make_mesh(), base_key(0, "sample"), step=T // 2,
                                        sampler="ddim", steps=10)
   assert maps.shape == (8, 4, 4, 4) and recon.shape == (8, 4, 4, 4, 1)
@@ -203,33 +203,33 @@ def test_a_second_call_reuses_the_sampler_and_its_compiled_programs():
   listener = lambda event, seconds, **kw: traces.append(event)
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:
-    first = inpaint(model, variables, config, data, mask, mesh, key, steps=8, jump_length=4,
+    first = inpaint(build(config, model), variables, data, mask, mesh, key, steps=8, jump_length=4,
                     resamplings=2)
     traced = traces.count("/jax/core/compile/jaxpr_trace_duration")
-    again = inpaint(model, variables, config, data + 1, mask, mesh, key, steps=8, jump_length=4,
+    again = inpaint(build(config, model), variables, data + 1, mask, mesh, key, steps=8, jump_length=4,
                     resamplings=2)
     retraced = traces.count("/jax/core/compile/jaxpr_trace_duration") - traced
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
   assert traced > 0 and retraced == 0 and first.shape == again.shape == data.shape
 
-  sampler = make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2)
-  assert make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2) is sampler
-  with pytest.raises(ValueError, match=r"--steps must be an int in \[1, 200\]"):
-    make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2.0)
+  sampler = make_sampler(build(config, model), mesh, sampler="ddim", steps=2)
+  assert make_sampler(build(config, model), mesh, sampler="ddim", steps=2) is sampler
+  with pytest.raises(ValueError, match=r"`steps` must be an int in \[1, 200\]"):
+    make_sampler(build(config, model), mesh, sampler="ddim", steps=2.0)
   other = gaussian_denoiser(config, np.zeros((8, 1)), correlated(8))
-  assert make_sampler(other, config, (8, 1), mesh, sampler="ddim", steps=2) is not sampler
+  assert make_sampler(build(config, other), mesh, sampler="ddim", steps=2) is not sampler
   # Networks the registry rebuilds (what load_run gives for each checkpoint) are the same
   # network when their name and module are: one program for all of them.
   built = lambda ch: models.build({"name": "unet", "ch": ch, "ch_mult": (1,), "num_groups": 4,
                                    "attn_resolutions": ()}, (8, 1))
-  unet = make_sampler(built(16), config, (8, 1), mesh, sampler="ddim", steps=2)
-  assert make_sampler(built(16), config, (8, 1), mesh, sampler="ddim", steps=2) is unet
-  assert make_sampler(built(32), config, (8, 1), mesh, sampler="ddim", steps=2) is not unet
+  unet = make_sampler(build(config, built(16)), mesh, sampler="ddim", steps=2)
+  assert make_sampler(build(config, built(16)), mesh, sampler="ddim", steps=2) is unet
+  assert make_sampler(build(config, built(32)), mesh, sampler="ddim", steps=2) is not unet
   wrapped = dataclasses.replace(built(16), apply_fn=lambda *args: built(16).apply_fn(*args))
-  assert make_sampler(wrapped, config, (8, 1), mesh, sampler="ddim", steps=2) is not unet
+  assert make_sampler(build(config, wrapped), mesh, sampler="ddim", steps=2) is not unet
   config.diffusion.clip_x0 = True
-  assert make_sampler(model, config, (8, 1), mesh, sampler="ddim", steps=2) is not sampler
+  assert make_sampler(build(config, model), mesh, sampler="ddim", steps=2) is not sampler
 
 
 def test_float_data_is_sampled_unclipped_unless_the_config_says_so():
@@ -242,7 +242,7 @@ def test_float_data_is_sampled_unclipped_unless_the_config_says_so():
   del config.diffusion["clip_x0"]
   model = gaussian_denoiser(config, np.full((4, 1), 3.0), 0.01 * np.eye(4))
   variables, mesh, key = {"params": jnp.zeros(())}, make_mesh(), base_key(0, "sample")
-  draw = lambda: np.asarray(make_sampler(model, config, (4, 1), mesh, sampler="ddim", steps=20)(
+  draw = lambda: np.asarray(make_sampler(build(config, model), mesh, sampler="ddim", steps=20)(
       variables, key, 0, np.zeros(64, np.int32)))
   assert not clip_x0(config)
   np.testing.assert_allclose(draw().mean(), 3.0, atol=0.05)
@@ -261,7 +261,7 @@ def test_a_sampler_refuses_labels_outside_the_models_classes():
   config = config_for(shape=(4, 1), kind="sequence", dtype="float32", scale=1.0)
   model = models.function(lambda params, x, t, y: jnp.zeros_like(x), params=jnp.zeros(()),
                           num_classes=3)
-  sample = make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2)
+  sample = make_sampler(build(config, model), make_mesh(), sampler="ddim", steps=2)
   variables, key = {"params": jnp.zeros(())}, base_key(0, "sample")
   assert np.isfinite(np.asarray(sample(variables, key, 0, np.array([0, 1, 2, 3] * 2)))).all()
   for bad in (np.array([0, 4] * 4), np.array([-1, 0] * 4), np.full(8, 2.5)):
@@ -271,11 +271,11 @@ def test_a_sampler_refuses_labels_outside_the_models_classes():
     sample(variables, key, 0)
   # Guidance needs the null class, which only label dropout trains, and a scale >= 0.
   with pytest.raises(ValueError, match="trained with config.train.label_dropout = 0"):
-    make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2, guidance=2.0)
+    make_sampler(build(config, model), make_mesh(), sampler="ddim", steps=2, guidance=2.0)
   config.train.label_dropout = 0.1
-  with pytest.raises(ValueError, match="--guidance must be a scale w >= 0"):
-    make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2, guidance=-3.0)
-  make_sampler(model, config, (4, 1), make_mesh(), sampler="ddim", steps=2, guidance=2.0)
+  with pytest.raises(ValueError, match="`guidance` must be a scale w >= 0"):
+    make_sampler(build(config, model), make_mesh(), sampler="ddim", steps=2, guidance=-3.0)
+  make_sampler(build(config, model), make_mesh(), sampler="ddim", steps=2, guidance=2.0)
 
 
 def test_the_applications_run_in_batches_and_give_the_same_answer_whatever_the_batch():
@@ -288,11 +288,11 @@ def test_the_applications_run_in_batches_and_give_the_same_answer_whatever_the_b
   data = np.tile(np.random.default_rng(0).normal(size=(8, 8, 1)), (3, 1, 1)).astype(np.float32)
   mask = np.arange(8) < 4
   runs = {
-      "denoise": lambda b: denoise(model, variables, config, data, 0.3, mesh, key,
+      "denoise": lambda b: denoise(build(config, model), variables, data, 0.3, mesh, key,
                                    sampler="ddim", steps=5, batch=b),
-      "inpaint": lambda b: inpaint(model, variables, config, data, mask, mesh, key, steps=6,
+      "inpaint": lambda b: inpaint(build(config, model), variables, data, mask, mesh, key, steps=6,
                                    jump_length=2, resamplings=2, batch=b),
-      "anomaly": lambda b: anomaly_scores(model, variables, config, data, mesh, key, step=20,
+      "anomaly": lambda b: anomaly_scores(build(config, model), variables, data, mesh, key, at_step=20,
                                           sampler="ddim", steps=5, batch=b)[2],
       "enhance": lambda b: enhance(gaussian_denoiser(config, None, 0.01 * np.eye(8),
                                                      cond_channels=1), variables, config, data,
@@ -317,7 +317,7 @@ def test_samples_that_are_not_finite_are_refused_before_they_become_pixels():
                           params=jnp.zeros(()), num_classes=2)
   labels = np.arange(8) % 2
   with pytest.raises(ValueError, match=r"^4 of 8 samples are not finite \(NaN or inf\)"):
-    draw_samples(config, model, {"params": jnp.zeros(())}, labels, sampler="ddim", steps=3,
+    draw_samples(build(config, model), labels, variables={"params": jnp.zeros(())}, sampler="ddim", steps=3,
                  batch=4)
-  ok = draw_samples(config, model, {"params": jnp.zeros(())}, labels * 0, sampler="ddim", steps=3)
+  ok = draw_samples(build(config, model), labels * 0, variables={"params": jnp.zeros(())}, sampler="ddim", steps=3)
   assert ok.dtype == np.uint8 and ok.shape == (8, 8, 8, 1)

@@ -111,7 +111,7 @@ def test_every_reader_scales_16_bit_and_expands_palettes(tmp_path):
   wrapped it to 0), bilevel and palette images as their grey levels and colours, and refuse
   float pixels naming the file."""
   from diffusion.applications.imageio import read_image
-  from diffusion.evaluation.commands import load_image_set
+  from diffusion.evaluation.measures import load_image_set
   folder = tmp_path / "images"
   folder.mkdir()
   Image.fromarray(np.full((8, 8), 32768, np.uint16)).save(folder / "a16.png")
@@ -133,7 +133,7 @@ def test_every_reader_scales_16_bit_and_expands_palettes(tmp_path):
   Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(floats / "f.png", format="TIFF")
   with pytest.raises(ValueError, match=r"broken image file .*f.png: .*floats \(PIL mode F\)"):
     ImageFolderSource(str(floats), 8, 1)[0]
-  with pytest.raises(ValueError, match=r"--image .*f.png' is not a readable image: .*floats"):
+  with pytest.raises(ValueError, match=r"`image` .*f.png' is not a readable image: .*floats"):
     read_image(floats / "f.png", (8, 8, 1))
 
 

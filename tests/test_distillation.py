@@ -9,6 +9,7 @@ resumed distillation is bit-exact, across a round's teacher swap.
 import math
 import os
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -18,13 +19,15 @@ import pytest
 
 import diffusion
 from _tiny import tiny_config
-from diffusion import consistency, edm, models, progressive, samplers
+from diffusion import consistency, edm, methods, models, progressive, samplers
+from diffusion.config import diffusion_of
 from diffusion.samplers import consistency as consistency_sampler
 from diffusion.distributed import make_mesh
 from diffusion.reverse import ddim_step
-from diffusion.training import base_key, create_state, make_train_step, objectives, shard_batch, train
-from diffusion.training.checkpoint import Checkpoints, load_run
+from diffusion.training import base_key, create_state, make_train_step, shard_batch, train
+from diffusion.runs import Checkpoints, load_run
 from diffusion.training.distill import student_config
+from diffusion.runs import build
 
 SCHEDULE = diffusion.make_schedule("linear", 1000)
 
@@ -53,11 +56,11 @@ def test_progressive_target_makes_one_student_step_land_on_two_teacher_steps():
 
 def test_progressive_grids_halve_down_to_the_student():
   assert progressive.rounds(64, 1) == 6 and progressive.rounds(8, 4) == 1
-  for bad, name in (((64, 3), "--steps 3 cannot be reached"), ((64, 64), "--steps 64"),
-                    ((64, 0), "--steps must be a positive int")):
+  for bad, name in (((64, 3), "`steps` 3 cannot be reached"), ((64, 64), "`steps` 64"),
+                    ((64, 0), "`steps` must be a positive int")):
     with pytest.raises(ValueError, match=name):
       progressive.rounds(*bad)
-  with pytest.raises(ValueError, match=r"--teacher-steps must lie in \[1, 1000\]"):
+  with pytest.raises(ValueError, match=r"`teacher_steps` must lie in \[1, 1000\]"):
     progressive.base_grid(1000, 1024)
   grid = progressive.base_grid(1000, 64)
   assert grid[-1] == 999 and np.all(np.diff(grid) > 0) and len(set(grid)) == 64
@@ -147,11 +150,13 @@ def test_improved_consistency_trainings_curriculum_noise_levels_and_weights():
 
   config = affine_config("consistency_training", weighting="inverse_gap", noise="lognormal")
   schedule = diffusion.make_schedule("linear", T)
-  objective = objectives.make(config, schedule)
+  method = methods.from_config(config, diffusion_of(config))
   frozen = lambda name: (lambda x, t: jnp.zeros_like(x))
-  nets = objectives.Nets(student=lambda x, t: jnp.ones_like(x), frozen=frozen, shadow=frozen)
+  nets = methods.Nets(student=lambda x, t: jnp.ones_like(x), frozen=frozen, shadow=frozen)
   x0 = jnp.asarray(gaussian_batches(1, 64)[0]["x"])
-  out = objective.losses(nets, x0, jax.random.split(jax.random.key(0), 64), jnp.int32(3))
+  state = types.SimpleNamespace(step=jnp.int32(3))
+  out = method.losses(methods.Step(x0, jax.random.split(jax.random.key(0), 64),
+                                   jax.random.key(1), state, nets))
   grid_sigmas = edm.sigmas(schedule)[consistency.grid(schedule, int(out["points"][0]))]
   gaps = 1 / np.diff(grid_sigmas)
   ratios = np.asarray(out["loss"] / out["distance"])
@@ -161,7 +166,7 @@ def test_improved_consistency_trainings_curriculum_noise_levels_and_weights():
                      ("p_std", 0.0), ("mu0", 1.0)):
     bad = affine_config("consistency_training", **{key: value})
     with pytest.raises(ValueError, match=f"config.distill.{key} must"):
-      objectives.check(bad, schedule)
+      methods.from_config(bad, diffusion_of(bad))
 
 
 def test_consistency_sampling_with_the_exact_function_draws_the_data():
@@ -271,9 +276,8 @@ def test_a_network_and_data_given_in_python_distil_through_the_python_api(tmp_pa
 
 def run_affine(config, mesh, batches):
   model = affine_model()
-  state = create_state(model, config, mesh, {"x": jnp.zeros((1, *SHAPE))}, exact_teacher())
-  step = make_train_step(model, diffusion.Schedule.from_betas(diffusion.linear_betas(T)), config,
-                         mesh)
+  state = create_state(build(config, model), mesh, {"x": jnp.zeros((1, *SHAPE))}, exact_teacher())
+  step = make_train_step(build(config, model), mesh)
   metrics = []
   for batch in batches:
     state, m = step(state, shard_batch(batch, mesh), base_key(config.seed, "train"))
@@ -362,9 +366,8 @@ def test_the_consistency_target_sees_the_students_dropout_mask():
   losses = []
   for fn in (dropping, twin):
     model = models.function(fn, params=exact_teacher()["params"], name="tests:affine")
-    state = create_state(model, config, mesh, {"x": jnp.zeros((1, *SHAPE))}, exact_teacher())
-    step = make_train_step(model, diffusion.Schedule.from_betas(diffusion.linear_betas(T)),
-                           config, mesh)
+    state = create_state(build(config, model), mesh, {"x": jnp.zeros((1, *SHAPE))}, exact_teacher())
+    step = make_train_step(build(config, model), mesh)
     _, metrics = step(state, shard_batch(gaussian_batches(1)[0], mesh), key)
     losses.append(float(metrics["loss"]))
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
@@ -501,32 +504,32 @@ def test_a_consistency_model_samples_with_its_own_chain(method):
   most = {"consistency": 5, "consistency_training": 6}[method]  # N - 1, s1
   variables = exact_teacher()
   for steps in (1, most):
-    sample = make_sampler(affine_model(), config, SHAPE, mesh, steps=steps)
+    sample = make_sampler(build(config, affine_model()), mesh, steps=steps)
     x = np.asarray(sample(variables, jax.random.key(0), 0, np.zeros(4, np.int32)))
     assert x.shape == (4, *SHAPE) and np.all(np.isfinite(x))
   # --sigmas: the chain through the noise levels of `steps` is the same chain.
   two = consistency.sampling_steps(diffusion.make_schedule("linear", T), 2)
-  through = make_sampler(affine_model(), config, SHAPE, mesh,
+  through = make_sampler(build(config, affine_model()), mesh,
                          sigmas=tuple(edm.sigmas(diffusion.make_schedule("linear", T))[two]))
   run = lambda sample: np.asarray(sample(variables, jax.random.key(0), 0, np.zeros(4, np.int32)))
-  np.testing.assert_array_equal(run(through), run(make_sampler(affine_model(), config, SHAPE,
-                                                               mesh, steps=2)))
-  assert not np.array_equal(run(through), run(make_sampler(affine_model(), config, SHAPE, mesh,
+  np.testing.assert_array_equal(run(through),
+                                run(make_sampler(build(config, affine_model()), mesh, steps=2)))
+  assert not np.array_equal(run(through), run(make_sampler(build(config, affine_model()), mesh,
                                                            steps=1)))
-  for options, message in (({"steps": most + 1}, rf"--steps must lie in \[1, {most}\]"),
-                           ({"steps": 0}, rf"--steps must lie in \[1, {most}\]"),  # not [1, T]
+  for options, message in (({"steps": most + 1}, rf"`steps` must lie in \[1, {most}\]"),
+                           ({"steps": 0}, rf"`steps` must lie in \[1, {most}\]"),  # not [1, T]
                            ({"sampler": "ddim"}, "samples with its own chain"),
                            ({"start": 5}, "the applications need a model of every timestep"),
-                           ({"sigmas": (1.0, 2.0)}, "--sigmas must decrease"),
-                           ({"sigmas": (80.0, 1.0), "steps": 2}, "give --steps or --sigmas"),
+                           ({"sigmas": (1.0, 2.0)}, "`sigmas` must decrease"),
+                           ({"sigmas": (80.0, 1.0), "steps": 2}, "give `steps` or `sigmas`"),
                            ({"sigmas": tuple(range(most + 1, 0, -1))},
-                            rf"--sigmas must hold 1 to {most} noise levels")):
+                            rf"`sigmas` must hold 1 to {most} noise levels")):
     with pytest.raises(ValueError, match=message):
-      make_sampler(affine_model(), config, SHAPE, mesh, **options)
+      make_sampler(build(config, affine_model()), mesh, **options)
   with pytest.raises(ValueError, match="needs a consistency model"):
-    make_sampler(affine_model(), tiny_config(), (8, 8, 1), mesh, sampler="consistency")
+    make_sampler(build(tiny_config(), affine_model()), mesh, sampler="consistency")
   with pytest.raises(ValueError, match="this run is not one"):
-    make_sampler(affine_model(), tiny_config(), (8, 8, 1), mesh, sigmas=(80.0,))
+    make_sampler(build(tiny_config(), affine_model()), mesh, sigmas=(80.0,))
 
 
 @pytest.mark.parametrize("settings, teacher, method", [
@@ -535,12 +538,11 @@ def test_a_consistency_model_samples_with_its_own_chain(method):
     ("consistency_cifar10", "cifar10", "consistency")])
 def test_the_distillation_configs_fit_their_teachers(settings, teacher, method):
   from _tiny import CONFIGS
-  from diffusion.config import load_config, schedule_from_config, validate
-  from diffusion.training import objectives
+  from diffusion.config import load_config, validate
   config = student_config(load_config(os.path.join(CONFIGS, f"{teacher}.py")),
                           load_config(os.path.join(CONFIGS, f"{settings}.py")), method)
   validate(config)
-  objectives.check(config, schedule_from_config(config))
+  methods.from_config(config, diffusion_of(config)).check(config)
   assert config.distill.method == method and config.distill.teacher_prediction == "eps"
   if method == "progressive":
     rounds = progressive.rounds(config.distill.teacher_steps, config.distill.steps)

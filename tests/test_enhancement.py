@@ -13,8 +13,8 @@ from diffusion.applications import enhance
 from diffusion.data import DigitsSource, PairedFolderSource, degrade
 from diffusion.distributed import make_mesh, replicate
 from diffusion.images import to_float
-from diffusion.training.checkpoint import load_run
-from diffusion.training.state import base_key
+from diffusion.runs import build, load_run
+from diffusion.runs import base_key
 
 
 def test_enhancement_trains_on_degraded_digits_and_restores_them(tmp_path, capsys):
@@ -32,7 +32,7 @@ def test_enhancement_trains_on_degraded_digits_and_restores_them(tmp_path, capsy
                        for i, image in enumerate(clean)])
   config, model, params, _ = load_run(str(workdir))
   mesh = make_mesh()
-  enhanced = enhance(model, replicate(params, mesh), config, degraded, mesh, base_key(0, "sample"),
+  enhanced = enhance(build(config, model), replicate(params, mesh), degraded, mesh, base_key(0, "sample"),
                      sampler="ddim", steps=10)
   gain = psnr(enhanced, clean) - psnr(to_float(degraded), clean)
   print(f"enhancement PSNR gain: {gain.mean():.2f} dB")

@@ -18,7 +18,7 @@ from diffusion.likelihood import prior_bpd, vlb_term
 from diffusion.config import schedule_from_config
 from diffusion.distributed import make_mesh, replicate
 from diffusion.images import to_float
-from diffusion.training.checkpoint import load_run
+from diffusion.runs import build, load_run
 
 DIGITS = os.path.join(CONFIGS, "digits.py")
 
@@ -37,7 +37,7 @@ def test_dataset_bpd_equals_the_sum_of_the_core_terms(tiny_run):
   mesh = make_mesh()
   images = DigitsSource(split="test").images[:10]  # 10 on 8 devices: padded batches
   key = jax.random.key(3)
-  result = dataset_bits_per_dim(model, replicate(params, mesh), config, images, mesh, key,
+  result = dataset_bits_per_dim(build(config, model), replicate(params, mesh), images, mesh, key,
                                 batch=8, chunk_size=3, progress=False)
   schedule = schedule_from_config(config)
   d = config.diffusion
@@ -58,12 +58,12 @@ def test_dataset_bpd_equals_the_sum_of_the_core_terms(tiny_run):
   assert result["bpd"] == pytest.approx(np.mean(expected), rel=1e-5)
   assert result["terms"].shape == (20,) and result["num_images"] == 10
   # Another batch size, the same noise per image: the same figures.
-  again = dataset_bits_per_dim(model, replicate(params, mesh), config, images, mesh, key,
+  again = dataset_bits_per_dim(build(config, model), replicate(params, mesh), images, mesh, key,
                                batch=16, chunk_size=20, progress=False)
   np.testing.assert_allclose(again["per_image"], result["per_image"], rtol=1e-5)
   for wrong in (np.zeros((2, 16, 16, 1), np.uint8), images[:0]):  # not the run's 8×8×1; none
     with pytest.raises(ValueError, match=r"images must be \[N >= 1, 8, 8, 1\]"):
-      dataset_bits_per_dim(model, params, config, wrong, mesh, key)
+      dataset_bits_per_dim(build(config, model), params, wrong, mesh, key)
 
 
 def test_evaluate_bpd_on_a_split(tiny_run, tmp_path, capsys):

@@ -10,6 +10,7 @@ import pytest
 from diffusion import models
 from diffusion.data.loader import random_rotation
 from diffusion.models.dit import DiT, patchify, unpatchify
+from diffusion.runs import build
 
 DIT = dict(name="dit", patch_size=2, hidden_size=32, depth=2, num_heads=4)
 EGNN = dict(name="egnn", hidden=32, depth=3)
@@ -84,7 +85,7 @@ def test_sampling_with_an_equivariant_network_is_rotation_invariant_in_distribut
                                 params={})
 
   def second_moment(net, params):
-    sample = make_sampler(net, config, (8, 3), mesh, sampler="ddim", steps=10)
+    sample = make_sampler(build(config, net), mesh, sampler="ddim", steps=10)
     x = np.asarray(sample(params, jax.random.key(0), 0, np.zeros(1024, np.int32)))
     m = np.einsum("bni,bnj->ij", x, x) / (x.shape[0] * x.shape[1])
     return m / np.trace(m) * 3

@@ -18,7 +18,7 @@ from _tiny import tiny_config
 from diffusion import models
 from diffusion.sample_run import draw_samples
 from diffusion.training import load_run, train
-from diffusion.training.checkpoint import Checkpoints
+from diffusion.runs import build, Checkpoints
 
 
 def embed(t, dim):
@@ -154,7 +154,7 @@ def test_own_network_and_data_train_resume_and_sample(tmp_path, case):
   config, model, variables, step = load_run(whole, model=network())
   assert step == 4 and config.model.name.startswith("(a network passed")
   labels = np.arange(8) % 2
-  samples = draw_samples(config, model, variables, labels, sampler="ddim", steps=5)
+  samples = draw_samples(build(config, model), labels, variables=variables, sampler="ddim", steps=5)
   spec_shape = tuple(data["shape"])
   assert samples.shape == (8, *spec_shape) and np.all(np.isfinite(samples.astype(np.float32)))
   if case == "volume-function":
@@ -179,8 +179,8 @@ def test_eight_devices_equal_one_for_a_user_network_and_source(tmp_path):
   """The per-batch step's invariance holds for networks and data of any shape: the same run
   on 1 and on 8 devices gives the same parameters (to float32 rounding)."""
   from diffusion.distributed import make_mesh
-  from diffusion.training import create_state, make_train_step, schedule_from_config, shard_batch
-  from diffusion.training.state import base_key
+  from diffusion.training import create_state, make_train_step, shard_batch
+  from diffusion.runs import base_key
   config = config_for(dict(shape=(16, 1)), 3)
   model = models.as_denoiser(Conv1D())
   source = Waves()
@@ -188,8 +188,8 @@ def test_eight_devices_equal_one_for_a_user_network_and_source(tmp_path):
   results = []
   for n in (1, 8):
     mesh = make_mesh(jax.devices()[:n])
-    state = create_state(model, config, mesh, {"x": jnp.zeros((1, 16, 1))})
-    step = make_train_step(model, schedule_from_config(config), config, mesh)
+    state = create_state(build(config, model), mesh, {"x": jnp.zeros((1, 16, 1))})
+    step = make_train_step(build(config, model), mesh)
     for _ in range(3):
       state, _ = step(state, shard_batch(batch, mesh), base_key(0, "train"))
     results.append(jax.device_get(state.params))

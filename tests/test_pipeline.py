@@ -201,8 +201,8 @@ def test_the_package_imports_without_grain_and_array_record():
   """An accelerator machine that lacks them still runs `ddpm bench` and training's other parts:
   Grain and ArrayRecord are imported only when the loader or the shards are used."""
   code = ("import sys; sys.modules['grain'] = None; sys.modules['array_record'] = None\n"
-          "import diffusion, diffusion.benchmark, diffusion.cli, diffusion.training\n"
-          "import diffusion.data.arrayrecord, diffusion.data.throughput\n"
+          "import diffusion, diffusion.benchmarks.timing, diffusion.cli, diffusion.training\n"
+          "import diffusion.data.arrayrecord, diffusion.benchmarks.throughput\n"
           "from diffusion.data import DigitsSource, Loader\n"
           "Loader(DigitsSource(), 8, seed=0).example(3)\n")
   run = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True,

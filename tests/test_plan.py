@@ -19,6 +19,7 @@ from diffusion.distributed import mesh_from_config
 from diffusion.plan import analysis, plan, programs, topology
 from diffusion.sampling import make_sampler
 from diffusion.training.state import abstract_state, init_inputs
+from diffusion.runs import build
 
 pytest.importorskip("libtpu", reason="compiling for a TPU needs libtpu (pip install '.[tpu]')")
 
@@ -62,7 +63,7 @@ def test_a_plan_gives_memory_flops_and_the_cost_models_time(v5e):
   config = tiny_config()
   shape = data_spec(config).shape
   model = models.build(config.model, shape)
-  state = abstract_state(model, config, mesh_from_config(config), init_inputs(model, shape))
+  state = abstract_state(build(config, model), mesh_from_config(config), init_inputs(model, shape))
   params = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state.params))
   assert 4 * params <= train["memory"]["state_bytes_per_device"] < 4 * params + 2**16
   # Data parallelism over two slices: the gradient's all-reduce (XLA splits it into a
@@ -91,7 +92,7 @@ def test_the_samplers_chain_is_counted_for_each_of_its_steps(v5e):
   variables = programs._variables(model, config, mesh)
   raw = {}
   for steps in (2, 8):
-    compiled = make_sampler(model, config, (8, 8, 1), mesh, steps=steps).lower(
+    compiled = make_sampler(build(config, model), mesh, steps=steps).lower(
         variables, 16).compile()
     raw[steps] = compiled.cost_analysis()["flops"]
   assert raw[8] == pytest.approx(raw[2], rel=0.05)  # the body once, whatever the steps
@@ -123,7 +124,7 @@ def test_the_plan_is_the_program_the_tpu_runs(v5p):
   assert collectives["all-reduce"]["bytes"] <= 2 * (sharded * 4 + 2**16)  # one f32 gradient
   assert collectives["collective-permute"]["count"] == 0 and collectives["all-to-all"]["count"] == 0
   # Traced for the host's CPU devices instead, the 3-D convolutions are split into 2-D ones.
-  lowered = {name: programs.lower("train", model, config, mesh_from_config(config, devices),
+  lowered = {name: programs.lower("train", build(config, model), mesh_from_config(config, devices),
                                   batch=16).lowered.as_text()
              for name, devices in (("tpu", topology.devices("v5p:2x2x1")), ("cpu", None))}
   conv3d = r"dim_numbers = \[b, 0, 1, 2, f\]x\[0, 1, 2, i, o\]"
@@ -139,7 +140,7 @@ def test_fsdp_4_holds_a_quarter_of_the_state_a_chip():
   for fsdp in (1, 4):
     config.mesh.fsdp = fsdp
     model = models.build(config.model, data_spec(config).shape)
-    state = abstract_state(model, config, mesh_from_config(config, devices),
+    state = abstract_state(build(config, model), mesh_from_config(config, devices),
                            init_inputs(model, data_spec(config).shape))
     held[fsdp] = analysis.shard_bytes(state)
   assert 0.25 <= held[4] / held[1] < 0.3, held  # small leaves stay whole
@@ -164,7 +165,7 @@ def test_the_plans_train_step_is_the_one_training_compiles(tmp_path, monkeypatch
   monkeypatch.setattr(loop, "make_train_step", spy)
   loop.train(config, str(tmp_path / "run"), source=DigitsSource())
   model = models.build(config.model, data_spec(config).shape)
-  planned = programs.lower("train", model, config, mesh_from_config(config), batch=16)
+  planned = programs.lower("train", build(config, model), mesh_from_config(config), batch=16)
   def strip(text):
     """The functions of a module without locations, without the numbers tracing gives private
     functions (@clip_16), in no order and once each (JAX's caches, warmed by what the process

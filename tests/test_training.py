@@ -14,9 +14,10 @@ from _tiny import tiny_config
 from diffusion import models
 from diffusion.data import DigitsSource, Loader
 from diffusion.distributed import bytes_per_device, make_mesh, mesh_from_config
+from diffusion.runs import build
 from diffusion.training import (
-    Checkpoints, abstract_state, base_key, create_state, make_train_step, schedule_from_config,
-    shard_batch, state_shardings, timestep_probs)
+    Checkpoints, abstract_state, base_key, create_state, make_train_step, shard_batch,
+    state_shardings, timestep_probs)
 
 
 def mesh_of(n):
@@ -31,14 +32,14 @@ def initial_state(config, mesh):
   if "state" not in _INITIAL:
     model = models.from_config(config.model)
     _INITIAL["state"] = jax.device_get(
-        create_state(model, config, mesh_of(1), {"x": jnp.zeros((1, 8, 8, 1))}))
+        create_state(build(config, model), mesh_of(1), {"x": jnp.zeros((1, 8, 8, 1))}))
   return jax.device_put(_INITIAL["state"], NamedSharding(mesh, P()))
 
 
 def run_steps(config, mesh, batches):
   model = models.from_config(config.model)
   state = initial_state(config, mesh)
-  step = make_train_step(model, schedule_from_config(config), config, mesh)
+  step = make_train_step(build(config, model), mesh)
   metrics = []
   for batch in batches:
     state, m = step(state, shard_batch(batch, mesh), base_key(config.seed, "train"))
@@ -103,10 +104,9 @@ def test_recording_losses_equals_pushing_them_one_by_one():
   """The vectorised ring buffer against a serial loop: duplicates of a timestep in batch order,
   more of one timestep than the buffer holds, and buffers that wrap around."""
   from types import SimpleNamespace
-  from diffusion.training.state import HISTORY
-  from diffusion.training.step import _record_losses
+  from diffusion.methods import HISTORY, record_losses
   rng = np.random.default_rng(0)
-  record = jax.jit(lambda h, c, t, l: _record_losses(
+  record = jax.jit(lambda h, c, t, l: record_losses(
       SimpleNamespace(loss_history=h, loss_count=c), t, l))
   for batch, num_steps, spread in ((64, 20, 20), (300, 20, 3), (17, 6, 6)):
     history = rng.normal(size=(num_steps, HISTORY)).astype(np.float32)
@@ -141,18 +141,19 @@ def test_importance_sampled_loss_is_unbiased_and_the_history_wraps():
   w = 1 / (T p_t) estimates the uniform mean over t, (10 · 1 + 10 · 0) / 20 = 0.5 (standard
   error 0.02 for 2048 examples); unweighted it would be Σ_{t<10} p_t ≈ 0.3. Every timestep
   is drawn more than HISTORY times, so each buffer wraps and holds only the new losses."""
-  from diffusion.training.state import HISTORY
+  from diffusion.config import schedule_from_config
+  from diffusion.methods import HISTORY
   config = tiny_config(batch_size=2048)
   config.diffusion.timestep_sampler = "importance"
   schedule = schedule_from_config(config)
   model = HalfSolved(tuple(np.asarray(schedule.sqrt_one_minus_alphas_cumprod).tolist()))
   mesh = mesh_of(2)
-  state = create_state(model, config, mesh, {"x": jnp.zeros((1, 8, 8, 1))})
+  state = create_state(build(config, model), mesh, {"x": jnp.zeros((1, 8, 8, 1))})
   old = jnp.broadcast_to(jnp.arange(3.0, 23.0)[:, None], (20, HISTORY))
   state = state.replace(loss_history=old, loss_count=jnp.full((20,), HISTORY, jnp.int32))
   probs = np.asarray(timestep_probs(jax.device_get(state)))
   biased = probs[:10].sum()
-  step = make_train_step(model, schedule, config, mesh)
+  step = make_train_step(build(config, model), mesh)
   batch = {"x": np.full((2048, 8, 8, 1), 127, np.uint8), "label": np.zeros(2048, np.int32)}
   state, metrics = step(state, shard_batch(batch, mesh), base_key(0, "train"))
   state, metrics = jax.device_get((state, metrics))
@@ -178,9 +179,9 @@ def test_a_non_finite_gradient_skips_the_step_and_leaves_the_state():
   config = tiny_config(label_dropout=0.0)
   mesh = mesh_of(2)
   model = Poison()
-  state = create_state(model, config, mesh, {"x": jnp.zeros((1, 8, 8, 1)),
+  state = create_state(build(config, model), mesh, {"x": jnp.zeros((1, 8, 8, 1)),
                                               "y": jnp.zeros((1,), jnp.int32)})
-  step = make_train_step(model, schedule_from_config(config), config, mesh)
+  step = make_train_step(build(config, model), mesh)
   key = base_key(0, "train")
   clean = {"x": np.full((4, 8, 8, 1), 200, np.uint8), "label": np.array([1, 2, 3, 4])}
   poisoned = dict(clean, label=np.array([1, 7, 3, 4]))
@@ -219,7 +220,7 @@ def test_steps_per_dispatch_equals_single_steps():
   model = models.from_config(config.model)
   mesh = mesh_of(1)
   state = initial_state(config, mesh)
-  step = make_train_step(model, schedule_from_config(config), config, mesh)
+  step = make_train_step(build(config, model), mesh)
   for batch in stacked:
     state, metrics = step(state, shard_batch(batch, mesh, stacked=True), base_key(0, "train"))
   state = jax.device_get(state)
@@ -247,7 +248,7 @@ def test_a_data_by_fsdp_mesh_splits_the_state_and_steps_as_data_parallelism(tmp_
   assert kernel.sharding.is_fully_replicated
   assert not state.opt_state[1][0].mu["down_0_res_0"]["conv1"]["kernel"].sharding \
       .is_fully_replicated
-  step = make_train_step(model, schedule_from_config(config), config, mesh42, sharding)
+  step = make_train_step(build(config, model), mesh42, sharding)
   for batch in digit_batches(3):
     state, _ = step(state, shard_batch(batch, mesh42), base_key(config.seed, "train"))
   assert jax.tree.map(lambda a: a.sharding, state) == sharding
@@ -261,7 +262,7 @@ def test_a_data_by_fsdp_mesh_splits_the_state_and_steps_as_data_parallelism(tmp_
   again = Checkpoints(str(tmp_path), every=1)
   saved = jax.device_get(state)
   for n in (8, 1):
-    restored, position = again.restore(3, abstract_state(model, tiny_config(), mesh_of(n), sample))
+    restored, position = again.restore(3, abstract_state(build(tiny_config(), model), mesh_of(n), sample))
     assert position == 48 and restored.params["down_0_res_0"]["conv1"]["kernel"] \
         .sharding.is_fully_replicated
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), saved)
@@ -281,7 +282,7 @@ def test_checkpoints_restore_onto_another_number_of_devices(tmp_path):
   again = Checkpoints(str(tmp_path), every=1)
   assert again.latest_step() == 1
   for n in (1, 2):
-    restored, position = again.restore(1, abstract_state(model, config, mesh_of(n), sample))
+    restored, position = again.restore(1, abstract_state(build(config, model), mesh_of(n), sample))
     assert position == 16 and restored.params["conv_in"]["kernel"].sharding.mesh.size == n
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), state)
   assert again.restore_config(1).model.ch == 16
@@ -298,9 +299,9 @@ def test_learned_variances_hybrid_loss_v_prediction_and_classes():
                                timestep_sampler="importance"))
   model = models.from_config(config.model)
   mesh = mesh_of(2)
-  state = create_state(model, config, mesh, {"x": jnp.zeros((1, 8, 8, 1)),
+  state = create_state(build(config, model), mesh, {"x": jnp.zeros((1, 8, 8, 1)),
                                               "y": jnp.zeros((1,), jnp.int32)})
-  step = make_train_step(model, schedule_from_config(config), config, mesh)
+  step = make_train_step(build(config, model), mesh)
   for batch in digit_batches(2):
     state, metrics = step(state, shard_batch(batch, mesh), base_key(0, "train"))
   metrics = jax.device_get(metrics)

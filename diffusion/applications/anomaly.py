@@ -10,34 +10,34 @@ range for uint8 data, the data's own for float data).
 
 import numpy as np
 
-from diffusion.config import data_spec, schedule_from_config
 from diffusion.sampling import class_labels, in_batches, make_sampler
 
 
-def anomaly_scores(model, variables, config, data: np.ndarray, mesh, key, *, step: int | None = None,
+def anomaly_scores(run, variables, data: np.ndarray, mesh, key, *, at_step: int | None = None,
                    sampler: str = "ddpm", steps: int | None = None, batch: int = 256,
                    seed: int = 0, class_label: int | None = None, progress: bool = True
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(scores [N], maps [N, *shape[:-1]], reconstructions float32 [N, *shape] in the model's units).
 
   data: [N, *shape] in the data's units and dtype (uint8 images or volumes,
-  float sequences or point sets); step: k, default T/4. A class-conditional
-  model reconstructs under `class_label`, else under its null class
-  (unconditional). Point sets are compared after centring both.
+  float sequences or point sets); at_step: k, the step the data is diffused to
+  (default T/4). A class-conditional model reconstructs under `class_label`,
+  else under its null class (unconditional). Point sets are compared after
+  centring both.
   """
-  spec = data_spec(config)
+  spec = run.diffusion.spec
   data, _ = spec.batch(data, "the data to score")
-  schedule = schedule_from_config(config)
+  schedule = run.diffusion.schedule
   num_steps = schedule.num_steps
-  step = num_steps // 4 if step is None else step
+  step = num_steps // 4 if at_step is None else at_step
   if not 0 <= step < num_steps:
     raise ValueError(f"`at_step` must lie in [0, {num_steps}) (the model's T); got {step}")
-  labels = class_labels(model, config, len(data), class_label)
+  labels = class_labels(run, len(data), class_label)
   ac = float(schedule.alphas_cumprod[step])
   if isinstance(steps, int) and steps > step + 1:
     raise ValueError(f"`steps` {steps}: the chain from `at_step` {step} has at most "
                      f"{step + 1} steps")
-  sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=step)
+  sample = make_sampler(run, mesh, sampler=sampler, steps=steps, start=step)
   rng = np.random.default_rng(seed)
   x0 = spec.project(spec.to_model(data))
   x_k = (np.sqrt(ac) * x0 + np.sqrt(1 - ac) * spec.project(rng.standard_normal(x0.shape))

@@ -12,7 +12,6 @@ k. Several chains give the posterior mean and a per-element standard deviation.
 
 import numpy as np
 
-from diffusion.config import data_spec, schedule_from_config
 from diffusion.sampling import class_labels, in_batches, make_sampler
 
 
@@ -30,7 +29,7 @@ def noise_step(alphas_cumprod: np.ndarray, std: float) -> tuple[int, float]:
   return k, float(np.sqrt(ratio[k] - target))
 
 
-def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key, *,
+def denoise(run, variables, noisy: np.ndarray, sigma: float, mesh, key, *,
             sampler: str = "ddpm", steps: int | None = None, seed: int = 0,
             class_label: int | None = None, batch: int = 256,
             progress: bool = True) -> np.ndarray:
@@ -47,10 +46,10 @@ def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key
   its null class (`sampling.class_labels`). Point sets are centred. Drawn `batch` at a
   time with a progress bar (`progress`); the result does not depend on `batch`.
   """
-  spec = data_spec(config)
+  spec = run.diffusion.spec
   noisy, single = spec.batch(noisy, "noisy data")
   std = spec.noise_std(sigma, "`sigma`")
-  schedule = schedule_from_config(config)
+  schedule = run.diffusion.schedule
   ac = np.asarray(schedule.alphas_cumprod, np.float64)
   try:
     k, extra = noise_step(ac, std)
@@ -58,7 +57,7 @@ def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key
     most = np.sqrt((1 - ac[-1]) / ac[-1]) * float(sigma) / std
     raise ValueError(f"`sigma` {sigma} is more noise than the model's last step holds (at most "
                      f"{most:.3g} in the units of `sigma`)") from None
-  labels = class_labels(model, config, len(noisy), class_label)
+  labels = class_labels(run, len(noisy), class_label)
   rng = np.random.default_rng(seed)
   y = spec.project(spec.to_model(noisy))
   x_k = (np.sqrt(ac[k]) * (y + extra * spec.project(rng.standard_normal(y.shape)))
@@ -66,7 +65,7 @@ def denoise(model, variables, config, noisy: np.ndarray, sigma: float, mesh, key
   if isinstance(steps, int) and steps > k + 1:
     raise ValueError(f"`steps` {steps}: the noise of `sigma` {sigma} is the model's step {k}, "
                      f"so the chain from it has at most {k + 1} steps")
-  sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps, start=k)
+  sample = make_sampler(run, mesh, sampler=sampler, steps=steps, start=k)
   out = in_batches(lambda first, rows: sample(variables, key, first, labels[rows],
                                               x_start=x_k[rows]),
                    len(noisy), batch, mesh, desc="denoise", progress=progress)

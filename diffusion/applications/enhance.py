@@ -10,12 +10,10 @@ degraded example as condition.
 
 import numpy as np
 
-from diffusion.config import data_spec
-from diffusion.models import as_denoiser
 from diffusion.sampling import class_labels, in_batches, make_sampler
 
 
-def enhance(model, variables, config, degraded: np.ndarray, mesh, key, *, sampler: str = "ddpm",
+def enhance(run, variables, degraded: np.ndarray, mesh, key, *, sampler: str = "ddpm",
             steps: int | None = None, class_label: int | None = None, batch: int = 256,
             progress: bool = True) -> np.ndarray:
   """An enhanced version of each degraded example.
@@ -27,14 +25,14 @@ def enhance(model, variables, config, degraded: np.ndarray, mesh, key, *, sample
   class-conditional model is conditioned on `class_label`, else on its null class. Drawn
   `batch` at a time with a progress bar (`progress`); the result does not depend on `batch`.
   """
-  cond_channels = as_denoiser(model, config.model).cond_channels
+  cond_channels = run.model.cond_channels
   if not cond_channels:
     raise ValueError("this run's model is not conditioned (config.model.cond_channels = 0): "
                      "train it with config.data.condition set or a source that gives 'cond'")
-  spec = data_spec(config)
+  spec = run.diffusion.spec
   degraded, single = spec.batch(degraded, "the degraded data", channels=cond_channels)
-  labels = class_labels(model, config, len(degraded), class_label)
-  sample = make_sampler(model, config, spec.shape, mesh, sampler=sampler, steps=steps)
+  labels = class_labels(run, len(degraded), class_label)
+  sample = make_sampler(run, mesh, sampler=sampler, steps=steps)
   cond = spec.to_model(degraded).astype(np.float32)
   out = in_batches(lambda first, rows: sample(variables, key, first, labels[rows],
                                               cond=cond[rows]),

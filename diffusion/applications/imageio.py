@@ -8,7 +8,7 @@ import numpy as np
 
 from diffusion import paths
 from diffusion.dataspec import DataSpec
-from diffusion.images import list_images, open_image, pixels
+from diffusion.images import list_images, open_image, pixels, with_channels
 
 ARRAY_KEYS = ("x", "images", "arr_0")
 
@@ -106,3 +106,35 @@ def read_images(path: str, spec: DataSpec) -> tuple[list[str], np.ndarray, np.nd
   if set(groups) == {"normal", "anomalous"}:
     labels = np.array([g == "anomalous" for g in groups], int)
   return names, images, labels
+
+
+def read_mask(path: str, shape: tuple[int, ...]) -> np.ndarray:
+  """bool [*shape] (the data's positions: shape[:-1] of an example): from a black-and-white PNG
+  (images; white (255) = known, black (0) = to generate) or an .npy/.npz of bools or 0/1
+  (1 = known)."""
+  file = paths.resolve(path, "`mask`")
+  if not file.exists():
+    raise FileNotFoundError(f"`mask` {path!r} does not exist")
+  if is_array_file(path):
+    mask, _ = read_array(path, "`mask`", ("mask", "x", "arr_0"))
+    if mask.shape != tuple(shape):
+      raise ValueError(f"`mask` {path!r} has shape {mask.shape}; the data's positions are "
+                       f"{tuple(shape)}")
+    if mask.dtype != bool and not set(np.unique(mask).tolist()) <= {0, 1}:
+      raise ValueError(f"`mask` {path!r} must hold bools or 0/1 (1 = keep)")
+    return mask.astype(bool)
+  if len(shape) != 2:
+    raise ValueError(f"`mask` {path!r}: a PNG mask is for images; this data's positions are "
+                     f"{tuple(shape)}: give an .npy of bools")
+  try:
+    mask = with_channels(pixels(open_image(file)), 1)[..., 0]
+  except Exception as e:  # PIL raises many types for a broken file
+    raise ValueError(f"`mask` {path!r} is not a readable image: {e}") from None
+  if mask.shape != tuple(shape):
+    raise ValueError(f"`mask` {path!r} is {mask.shape[0]}×{mask.shape[1]}; the image is "
+                     f"{shape[0]}×{shape[1]}")
+  values = np.unique(mask)
+  if not set(values.tolist()) <= {0, 255}:
+    raise ValueError(f"`mask` {path!r} must be binary (0 = generate, 255 = keep); it holds "
+                     f"{len(values)} grey levels")
+  return mask == 255

@@ -19,9 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import samplers
-from diffusion.config import betas_from_config, clip_x0, data_spec
 from diffusion.forward import q_sample
-from diffusion.models import as_denoiser
 from diffusion.reverse import p_sample
 from diffusion.sampling import class_labels, in_batches, memoized, over_samples
 from diffusion.schedules import Schedule, respace_betas
@@ -50,41 +48,52 @@ def repaint_schedule(num_steps: int, jump_length: int = 10, resamplings: int = 1
   return np.array(visits)
 
 
-def repaint_chain(denoise_fn, schedule: Schedule, kept: np.ndarray, visits: np.ndarray,
-                  x0: jax.Array, known: jax.Array, x: jax.Array, keys: jax.Array, *,
-                  prediction: str, variance: str, clip_x0: bool = True) -> jax.Array:
-  """Runs RePaint over `visits` (indices into the chain `schedule` of kept timesteps `kept`).
+class RePaint(samplers.Sampler):
+  """RePaint's chain (Algorithm 1 with resampling) as a Sampler run by `samplers.run`: over
+  the visited timesteps `kept` (decreasing, respaced as in improved DDPM), it goes down a step
+  (p_sample, then the known positions replaced by x0 noised to the step below) or back up
+  one (the forward process), as `repaint_schedule` says. Made inside the trace: it holds the
+  data x0 [N, ...] (model units) and the mask `known` [N, ..., 1] of the examples."""
+  name = "repaint"
 
-  x0: [N, ...] the data, known: [N, ..., 1] bool mask, x: [N, ...] at visits[0].
-  """
-  kept = jnp.asarray(kept)
-  shape = x.shape[1:]
-  noise = lambda k: jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, k), shape))(keys)
+  def __init__(self, x0: jax.Array, known: jax.Array, jump_length: int = 10,
+               resamplings: int = 10):
+    self.x0, self.known = x0, known
+    self.jump_length, self.resamplings = jump_length, resamplings
 
-  def down(x, k, i, j):
-    out = denoise_fn(x, jnp.full((x.shape[0],), kept[i]))
-    step = lambda o, xi, key: p_sample(schedule, o, xi, jnp.full((1,), i), key,
-                                       prediction=prediction, variance=variance,
-                                       clip_x0=clip_x0)[0]
-    unknown = samplers.per_sample(step, out, x, keys, 2 * k)
-    t = jnp.full((x.shape[0],), jnp.maximum(j, 0))
-    noised = jnp.where(j >= 0, q_sample(schedule, x0, t, noise(2 * k + 1)), x0)
-    return jnp.where(known, noised, unknown)
+  def options(self):
+    return {"jump_length": self.jump_length, "resamplings": self.resamplings}
 
-  def up(x, k, i, j):
-    beta = schedule.betas[j]
-    return jnp.sqrt(1 - beta) * x + jnp.sqrt(beta) * noise(2 * k)
+  def visits(self, diffusion, steps):
+    path = repaint_schedule(len(steps), self.jump_length, self.resamplings)
+    return np.arange(len(path) - 1), path[:-1], path[1:]
 
-  def body(x, visit):
-    k, i, j = visit
-    return jax.lax.cond(j < i, down, up, x, k, i, j), None
+  def update(self, chain, x, visit):
+    k, i, j = visit  # visit k, from the respaced chain's index i to j (j = -1: the data)
+    kept = np.sort(chain.steps)
+    schedule = Schedule.from_betas(respace_betas(chain.diffusion.betas, kept))
+    d, keys, x0 = chain.diffusion, chain.keys, self.x0
+    noise = lambda n: jax.vmap(lambda key: jax.random.normal(jax.random.fold_in(key, n),
+                                                             x.shape[1:]))(keys)
 
-  pairs = (jnp.arange(len(visits) - 1), jnp.asarray(visits[:-1]), jnp.asarray(visits[1:]))
-  x, _ = jax.lax.scan(body, x, pairs)
-  return x
+    def down(x, k, i, j):
+      out = chain.network(x, jnp.full((x.shape[0],), jnp.asarray(kept)[i]))
+      step = lambda o, xi, key: p_sample(schedule, o, xi, jnp.full((1,), i), key,
+                                         prediction=d.prediction, variance=d.variance,
+                                         clip_x0=d.clip_x0)[0]
+      unknown = samplers.per_sample(step, out, x, keys, 2 * k)
+      t = jnp.full((x.shape[0],), jnp.maximum(j, 0))
+      noised = jnp.where(j >= 0, q_sample(schedule, x0, t, noise(2 * k + 1)), x0)
+      return jnp.where(self.known, noised, unknown)
+
+    def up(x, k, i, j):
+      beta = schedule.betas[j]
+      return jnp.sqrt(1 - beta) * x + jnp.sqrt(beta) * noise(2 * k)
+
+    return jax.lax.cond(j < i, down, up, x, k, i, j)
 
 
-def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, key, *,
+def inpaint(run, variables, data: np.ndarray, mask: np.ndarray, mesh, key, *,
             num_samples: int = 1, steps: int | None = None, jump_length: int = 10,
             resamplings: int = 10, class_label: int | None = None, batch: int = 256,
             progress: bool = True) -> np.ndarray:
@@ -102,11 +111,10 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
   coordinates, and the generated ones are placed around them. Drawn `batch` at a time with
   a progress bar (`progress`); the result does not depend on `batch`.
   """
-  spec = data_spec(config)
-  betas = betas_from_config(config)
-  steps = min(250, len(betas)) if steps is None else steps
-  if not 1 <= steps <= len(betas):
-    raise ValueError(f"`steps` must lie in [1, {len(betas)}] (the model's T); got {steps}")
+  spec, num_steps = run.diffusion.spec, run.diffusion.num_steps
+  steps = min(250, num_steps) if steps is None else steps
+  if not 1 <= steps <= num_steps:
+    raise ValueError(f"`steps` must lie in [1, {num_steps}] (the model's T); got {steps}")
   if resamplings > 1 and not 1 <= jump_length < steps:
     raise ValueError(f"`jump_length` {jump_length} must lie in [1, {steps}) (`steps`) for the "
                      f"chain to jump back at all (`resamplings` {resamplings})")
@@ -122,37 +130,31 @@ def inpaint(model, variables, config, data: np.ndarray, mask: np.ndarray, mesh, 
     raise ValueError(f"the mask must be bool of shape {positions} or {(len(data),) + positions} "
                      f"(True = known); got {mask.dtype} {mask.shape}")
   known = np.broadcast_to(mask, data.shape[:-1])[..., None]
-  labels = class_labels(model, config, len(data), class_label)
-  run = _repaint_program(model, config, mesh, steps, jump_length, resamplings)
+  labels = class_labels(run, len(data), class_label)
+  program = _repaint_program(run, mesh, steps, jump_length, resamplings)
   x0 = spec.to_model(data).astype(np.float32)
   generated = spec.from_model(in_batches(
-      lambda first, rows: run(variables, key, first, x0[rows], known[rows], labels[rows]),
+      lambda first, rows: program(variables, key, first, x0[rows], known[rows], labels[rows]),
       len(data), batch, mesh, desc="inpaint", progress=progress))
   return np.where(known, data, generated)
 
 
 @memoized
-def _repaint_program(model, config, mesh, steps: int, jump_length: int, resamplings: int):
-  """run(variables, key, first_index, x0 [N, *shape] model units, known bool [N, *shape[:-1],
-  1], labels int [N]) -> the chains' ends [N, *shape]: RePaint over `steps` respaced
-  timesteps, jitted and sharded over `mesh` (N divisible by its size)."""
-  d = config.diffusion
-  model = as_denoiser(model, config.model)
-  spec = data_spec(config)
-  betas = betas_from_config(config)
-  kept = np.sort(samplers.spaced_steps(Schedule.from_betas(betas), steps))
-  chain = Schedule.from_betas(respace_betas(betas, kept))
-  visits = repaint_schedule(len(kept), jump_length, resamplings)
+def _repaint_program(run, mesh, steps: int, jump_length: int, resamplings: int):
+  """program(variables, key, first_index, x0 [N, *shape] model units, known bool [N,
+  *shape[:-1], 1], labels int [N]) -> the chains' ends [N, *shape]: RePaint over `steps`
+  respaced timesteps, jitted and sharded over `mesh` (N divisible by its size)."""
+  model, diffusion = run.model, run.diffusion
+  spec = diffusion.spec
+  kept = np.sort(samplers.spaced_steps(diffusion.schedule, steps))
   conditional = model.num_classes > 0
-  clip = clip_x0(config)
 
   def device_fn(variables, key, index, x0, known, y):
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
     x = jax.vmap(lambda k: jax.random.normal(jax.random.split(k)[0], x0.shape[1:]))(keys)
-    denoise = lambda x, t: spec.project_output(
+    network = lambda x, t: spec.project_output(
         model(variables, x, t, y if conditional else None), x.shape[-1])
-    return repaint_chain(denoise, chain, kept, visits, x0, known, x, keys,
-                         prediction=d.prediction, variance=d.variance,
-                         clip_x0=clip)
+    return samplers.run(RePaint(x0, known, jump_length, resamplings), network, diffusion,
+                        kept[::-1].copy(), x, keys)
 
   return over_samples(device_fn, mesh, 3)

@@ -27,7 +27,7 @@ def _setup(args: argparse.Namespace, steps: int | None = None):
 
 def bench_unet(args: argparse.Namespace) -> None:
   """Times the forward pass and training gradient of a config's network."""
-  from diffusion import benchmark
+  from diffusion.benchmarks import timing as benchmark
   from diffusion.config import data_shape
   if args.batch < 1 or args.steps < 1:
     raise ValueError("--batch and --steps must be positive")
@@ -38,7 +38,7 @@ def bench_unet(args: argparse.Namespace) -> None:
 
 def bench_sampling(args: argparse.Namespace) -> None:
   """Times each sampler's whole chain on a config's network (random parameters)."""
-  from diffusion import benchmark
+  from diffusion.benchmarks import timing as benchmark
   if args.batch < 1 or args.repeats < 1:
     raise ValueError("--batch and --repeats must be positive")
   config, model, names = _setup(args, args.steps)
@@ -50,7 +50,7 @@ def bench_sampling(args: argparse.Namespace) -> None:
 def bench(args: argparse.Namespace) -> None:
   """`ddpm bench`: training and sampling speed against the PyTorch reference."""
   import jax
-  from diffusion import benchmark
+  from diffusion.benchmarks import timing as benchmark
   if args.peak_tflops is not None and not args.peak_tflops > 0:
     raise ValueError(f"--peak-tflops must be > 0; got {args.peak_tflops}")
   config, model, names = _setup(args, args.sample_steps)
@@ -82,7 +82,7 @@ def bench(args: argparse.Namespace) -> None:
 
 def bench_data(args: argparse.Namespace) -> None:
   """`ddpm bench-data`: images/s of the data pipeline alone, beside the train step's."""
-  from diffusion.data import throughput
+  from diffusion.benchmarks import throughput
   config = config_with_overrides(args.config, args.overrides)
   try:
     workers = tuple(int(w) for w in args.workers.split(","))
@@ -92,7 +92,8 @@ def bench_data(args: argparse.Namespace) -> None:
                                  batches=args.batches)
   step, label = args.step_images_per_s, "(--step-images-per-s)"
   if args.step:
-    from diffusion import benchmark, models
+    from diffusion import models
+    from diffusion.benchmarks import timing as benchmark
     from diffusion.config import data_shape
     shape = data_shape(config)
     timed = benchmark.bench_network(models.build(config.model, shape), config.train.batch_size,

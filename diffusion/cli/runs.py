@@ -85,9 +85,82 @@ def sample_command(args: argparse.Namespace) -> None:
 def evaluate_command(args: argparse.Namespace) -> None:
   """`ddpm evaluate`: FID/KID/IS, the digits measures or bits/dim."""
   from diffusion import distributed
-  from diffusion.evaluation.commands import evaluate
   distributed.initialize()
   evaluate(args)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+  """Runs what `ddpm evaluate`'s arguments ask for; prints a table, returns (and writes) the figures."""
+  import json
+  from diffusion import paths
+  from diffusion.evaluation.measures import (inception_metrics, load_image_set,
+                                             workdir_bits_per_dim)
+  result = {}
+  if args.out:
+    paths.resolve(args.out, "--out")  # a scheme no backend serves fails before the work
+  if args.digits and (args.inception or args.reference or args.save_reference):
+    raise ValueError("--digits compares with a digits split (--digits-reference); it takes no "
+                     "--inception, --reference or --save-reference")
+  if args.save_reference and not args.reference:
+    raise ValueError("--save-reference needs --reference images to compute the statistics of")
+  if args.digits:
+    from diffusion.data.sources import DIGITS_SPLITS
+    if args.digits_reference not in DIGITS_SPLITS:
+      raise ValueError(f"--digits-reference must be one of {', '.join(DIGITS_SPLITS)}; got "
+                       f"{args.digits_reference!r}")
+    if not args.samples:
+      raise ValueError("--digits needs --samples")
+  if args.bpd and not args.workdir:
+    raise ValueError("--bpd needs --workdir (a training run)")
+  for name in ("batch", "chunk", "num"):
+    value = getattr(args, name, None)
+    if value is not None and value < 1:
+      raise ValueError(f"--{name} must be >= 1; got {value}")
+  if args.samples and not (args.digits or getattr(args, "synthetic", None)):
+    if not args.inception:
+      raise ValueError("--samples needs --inception WEIGHTS (the FID network's weights file) "
+                       "or --digits (the offline digits measures)")
+    from diffusion.evaluation.inception import weights_file
+    weights_file(args.inception)  # before the work of --bpd
+  if args.bpd:
+    bpd = workdir_bits_per_dim(args.workdir, split=args.split, num=args.num, batch=args.batch,
+                               chunk_size=args.chunk, seed=args.seed)
+    result["bpd"] = {k: v for k, v in bpd.items() if k not in ("per_image", "terms")}
+    print(f"NLL ≤ {bpd['bpd']:.4f} ± {bpd['bpd_stderr']:.4f} bits/dim on {bpd['num_images']} "
+          f"images of split {args.split!r} (step {bpd['step']}; prior term {bpd['prior']:.2e})")
+  if getattr(args, "synthetic", None):
+    from diffusion.evaluation.structure import evaluate_synthetic, format_comparison
+    if not args.samples or not args.samples.endswith(".npz"):
+      raise ValueError("--synthetic needs --samples FILE.npz (as `ddpm sample` writes)")
+    data = paths.load_npz(paths.resolve(args.samples, "--samples"), "--samples")
+    if "arr_0" not in data:
+      raise ValueError(f"--samples {args.samples!r} holds no 'arr_0'")
+    comparison = evaluate_synthetic(args.synthetic, data["arr_0"], seed=args.seed)
+    print(format_comparison(comparison))
+    result["synthetic"] = {"set": args.synthetic, "num_samples": len(data["arr_0"]),
+                           "statistics": comparison}
+    args.samples = None
+  if args.samples:
+    samples = load_image_set(args.samples, "--samples")
+    if args.digits:
+      from diffusion.evaluation.digits import digits_metrics
+      # The classifier is loaded (or trained, on a cold cache) once the samples are checked.
+      metrics = digits_metrics(samples, reference=args.digits_reference)
+      names = {"fid": "digits-FID", "kid": "digits-KID", "is": "digits-IS"}
+    else:
+      metrics = inception_metrics(samples, args.inception, args.reference,
+                                  save_reference=args.save_reference, batch=args.batch)
+      names = {"fid": "FID", "kid": "KID", "is": "IS"}
+    result["samples"] = metrics
+    shown = ", ".join(f"{names[k]} {metrics[k]:.4g}" + (f" ± {metrics[k + '_std']:.2g}"
+                                                        if k + "_std" in metrics else "")
+                      for k in ("fid", "kid", "is") if k in metrics)
+    print(f"{metrics['num_samples']} samples of {args.samples}: {shown}")
+  if not result:
+    raise ValueError("nothing to evaluate: give --samples FILE and/or --workdir DIR --bpd")
+  if args.out:
+    paths.write_bytes(paths.resolve(args.out, "--out"), json.dumps(result, indent=2).encode())
+  return result
 
 
 def add_parsers(commands) -> None:

@@ -10,22 +10,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from diffusion.config import clip_x0, data_spec, schedule_from_config
 from diffusion.likelihood import bits_per_dim
-from diffusion.models import as_denoiser
 from diffusion.images import to_float
 from diffusion.sampling import in_batches, memoized, over_samples
 
 
 @memoized
-def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):
+def make_bpd_fn(run, mesh: Mesh, *, chunk_size: int = 10):
   """bpd(variables, key, first_index, images float [N, ...], labels int [N] or None) ->
-  (total [N], terms [N, T], prior [N]), jitted and sharded over `mesh` (N divisible by its
-  size); the same for the same arguments (`sampling.memoized`)."""
-  d = config.diffusion
-  model = as_denoiser(model, config.model)
-  schedule = schedule_from_config(config)
-  clip = clip_x0(config)
+  (total [N], terms [N, T], prior [N]) of a `runs.Run`'s network, jitted and sharded over
+  `mesh` (N divisible by its size); the same for the same arguments (`sampling.memoized`)."""
+  model, d = run.model, run.diffusion
+  schedule, clip = d.schedule, d.clip_x0
 
   def device_bpd(variables, key, index, x0, labels):
     def one(x, i, y):
@@ -38,16 +34,16 @@ def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):
       return result.total[0], result.terms[0], result.prior[0]
     return jax.vmap(one)(x0, index, labels)
 
-  run = over_samples(device_bpd, mesh, 2)
+  program = over_samples(device_bpd, mesh, 2)
 
   def bpd(variables, key, first_index, images, labels=None):
     labels = np.zeros(len(images), np.int32) if labels is None else np.asarray(labels, np.int32)
-    return run(variables, key, first_index, np.asarray(images, np.float32), labels)
+    return program(variables, key, first_index, np.asarray(images, np.float32), labels)
 
   def lower(variables, n: int):
     """The program `bpd` runs on n images, lowered from the shapes of `variables` alone."""
-    images = jax.ShapeDtypeStruct((n, *data_spec(config).shape), jnp.float32)
-    return run.lower(variables, jax.eval_shape(jax.random.key, 0), n, images,
+    images = jax.ShapeDtypeStruct((n, *d.spec.shape), jnp.float32)
+    return program.lower(variables, jax.eval_shape(jax.random.key, 0), n, images,
                      jax.ShapeDtypeStruct((n,), jnp.int32))
 
   bpd.lower = lower
@@ -55,7 +51,7 @@ def make_bpd_fn(model, config, mesh: Mesh, *, chunk_size: int = 10):
   return bpd
 
 
-def dataset_bits_per_dim(model, variables, config, images: np.ndarray, mesh: Mesh, key: jax.Array,
+def dataset_bits_per_dim(run, variables, images: np.ndarray, mesh: Mesh, key: jax.Array,
                          *, labels: np.ndarray | None = None, batch: int = 64,
                          chunk_size: int = 10, progress: bool = True) -> dict:
   """The variational bound of uint8 images [N, H, W, C] under a run's network, in bits/dim.
@@ -68,14 +64,14 @@ def dataset_bits_per_dim(model, variables, config, images: np.ndarray, mesh: Mes
   if images.dtype != np.uint8:
     raise ValueError(f"images must be uint8 (bits/dim is defined on the 8-bit grid); got "
                      f"{images.dtype}")
-  shape = data_spec(config).shape
+  shape = run.diffusion.spec.shape
   if images.ndim != len(shape) + 1 or images.shape[1:] != shape or not len(images):
     raise ValueError(f"images must be [N >= 1, {', '.join(map(str, shape))}] (the run's "
                      f"config.data.shape); got {images.shape}")
   if batch < 1:
     raise ValueError(f"`batch` must be positive; got {batch}")
   batch += (-batch) % mesh.size
-  fn = make_bpd_fn(model, config, mesh, chunk_size=chunk_size)
+  fn = make_bpd_fn(run, mesh, chunk_size=chunk_size)
   totals, terms, priors = in_batches(
       lambda first, rows: fn(variables, key, first, to_float(images[rows]),
                              None if labels is None else labels[rows]),

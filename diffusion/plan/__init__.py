@@ -17,8 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from diffusion import models
-from diffusion.config import data_spec, validate as validate_config
+from diffusion.runs import build
 from diffusion.distributed import mesh_from_config, mesh_sizes
 from diffusion.plan import analysis, topology
 from diffusion.plan.programs import PROGRAMS, lower, skipped
@@ -33,11 +32,9 @@ class Plan:
   compiled: dict[str, Any]
 
 
-def _check(config, model, devices: int, batch: int | None) -> None:
-  """The config's own errors and how it fits the devices, before anything compiles."""
-  validate_config(config)
+def _check(config, devices: int, batch: int | None) -> None:
+  """How the config fits the devices, before anything compiles."""
   mesh_sizes(config, devices)
-  model.check(data_spec(config).shape)
   for name, value in (("config.train.batch_size", config.train.batch_size),
                       ("`sample_batch`", batch)):
     if value is not None and (value < 1 or value % devices):
@@ -56,9 +53,8 @@ def plan(config, devices, *, programs=("train", "sample"), batch: int | None = N
   memory has "fits": False and the bytes it needs and has; others raise.
   """
   devices = list(devices)
-  model = models.as_denoiser(model, config.model) if model is not None else models.build(
-      config.model, data_spec(config).shape)
-  _check(config, model, len(devices), batch)
+  run = build(config, model)  # the config's own errors, and the network's fit to the data
+  _check(config, len(devices), batch)
   for name in programs:
     if name not in PROGRAMS:
       raise ValueError(f"`programs`: unknown program {name!r}; choose from {', '.join(PROGRAMS)}")
@@ -73,13 +69,13 @@ def plan(config, devices, *, programs=("train", "sample"), batch: int | None = N
              "mesh": dict(mesh.shape), "programs": {}, "skipped": {}}
   compiled = {}
   for name in programs:
-    reason = skipped(config, name)
+    reason = skipped(run, name)
     if reason:
       figures["skipped"][name] = reason
       continue
     if progress:
       progress(name)
-    program = lower(name, model, config, mesh, batch=batch)
+    program = lower(name, run, mesh, batch=batch)
     entry = {"what": program.what, "examples_per_call": program.examples,
              "examples_per_device": program.examples // len(devices),
              "estimate": "XLA's cost model (optimal_seconds), not a measurement"}

@@ -24,7 +24,7 @@ class Chip:
   peak_tflops: float | None
 
 
-# HBM of one JAX device (vendor figures); the peaks are `benchmark.PEAK_TFLOPS`'. More
+# HBM of one JAX device (vendor figures); the peaks are `platforms.PEAK_TFLOPS`'. More
 # specific device kinds first.
 HBM_GIB = (("TPU v3", 16.0), ("TPU v4", 32.0), ("TPU v5 lite", 16.0), ("TPU v5", 95.0),
            ("TPU v6 lite", 32.0))
@@ -32,7 +32,7 @@ HBM_GIB = (("TPU v3", 16.0), ("TPU v4", 32.0), ("TPU v5 lite", 16.0), ("TPU v5",
 
 def chip(device_kind: str) -> Chip:
   """The `Chip` of a device kind ("TPU v5 lite"); unknown figures None."""
-  from diffusion.benchmark import peak_tflops
+  from diffusion.platforms import peak_tflops
   hbm = next((gib for kind, gib in HBM_GIB if device_kind.lower().startswith(kind.lower())), None)
   return Chip(device_kind, hbm, peak_tflops(device_kind))
 

@@ -4,7 +4,7 @@ The student's config is the teacher's (data, network, diffusion) with the
 `optim`, `train` and `distill` sections of a distillation config
 (experiments/configs/distill_digits.py, consistency_digits.py, ...); its network
 starts from the teacher's EMA parameters, which the state also keeps, frozen,
-as the teacher (`objectives.py`): a resumed distillation continues from its own
+as the teacher (`Method.extra`): a resumed distillation continues from its own
 checkpoints, bit for bit, whatever the teacher's run has done since, and
 without it if its folder is gone. `ddpm sample` reads the student's
 folder like any run and samples with its own chain.
@@ -16,14 +16,13 @@ import os
 import ml_collections
 
 from diffusion import paths
-from diffusion.config import distill_method
-from diffusion.training import objectives
-from diffusion.training.checkpoint import Checkpoints, IncompatibleResume, load_run
+from diffusion import methods, progressive
+from diffusion.runs import Checkpoints, IncompatibleResume, load_run
 from diffusion.training.loop import train
 
 log = logging.getLogger(__name__)
 
-METHODS = ("progressive", "consistency")
+METHODS = ("progressive", "consistency")  # the methods that distil a teacher (`needs_teacher`)
 SECTIONS = ("optim", "train", "distill")
 
 
@@ -59,15 +58,14 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
     if teacher_steps is not None:
       d.teacher_steps = teacher_steps
     config.train.label_dropout = 0.0
-    keys, example = objectives.KEYS[method]
-    missing = [k for k in keys if k not in d]
+    cls = methods.get(method)
+    missing = [k for k in cls.keys if k not in d]
     if missing:
       raise ValueError(f"`method` {method}: the distillation config's distill section has no "
-                       f"{', '.join(missing)} (a config for it: experiments/configs/{example})")
+                       f"{', '.join(missing)} (a config for it: experiments/configs/{cls.example})")
     if method == "progressive":
       config.diffusion.prediction = "v"
-      config.train.num_steps = objectives.progressive.rounds(d.teacher_steps, d.steps) * \
-          d.round_steps
+      config.train.num_steps = progressive.rounds(d.teacher_steps, d.steps) * d.round_steps
       # Each round anneals its lr to 0 (the paper: linearly; here along a half cosine): the
       # optimizer restarts at every round, and with it the schedule.
       config.optim.decay_steps = d.round_steps
@@ -101,7 +99,7 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
   if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
     raise ValueError(f"`steps` must be a positive int; got {steps!r}")
   saved = _saved_config(out)
-  if saved is not None and not distill_method(saved):
+  if saved is not None and not methods.get(methods.name_of(saved)).needs_teacher:
     raise ValueError(f"`out` {out!r} holds a training run, not a few-step student: choose a new "
                      "`out`")
   teacher_dir = paths.resolve(workdir, "`workdir`")
@@ -111,9 +109,9 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
     config, variables = _teacher_config(saved), None
   else:
     config, _, variables, teacher_step = load_run(workdir, step, model=model)
-    if distill_method(config):
-      raise ValueError(f"`workdir` {workdir!r} is itself a few-step model (config.distill.method "
-                       f"{distill_method(config)!r}): distil from its teacher")
+    if not methods.get(methods.name_of(config)).every_timestep:
+      raise ValueError(f"`workdir` {workdir!r} is itself a few-step model (method "
+                       f"{methods.name_of(config)!r}): distil from its teacher")
   student = student_config(config, settings, method, steps, teacher_steps)
   with student.unlocked():  # a resumed student keeps the teacher it was started from
     student.distill.teacher = (saved.distill.get("teacher") if saved is not None

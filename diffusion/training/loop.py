@@ -23,9 +23,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diffusion import models, paths
-from diffusion._checks import LEARNED_VARIANCES
-from diffusion.config import data_spec, schedule_from_config, validate as validate_config
+from diffusion import paths
 from diffusion.data import Loader, make_source
 from diffusion.data.folders import check_indexes
 from diffusion.data.loader import check_example, config_options
@@ -33,22 +31,13 @@ from diffusion.distributed import gather, mesh_from_config, mesh_sizes
 from diffusion.models import variables_of
 from diffusion.previews import save_preview
 from diffusion.sampling import make_chain, make_sampler
-from diffusion.training.checkpoint import Checkpoints
 from diffusion.training.lock import WorkdirLock
 from diffusion.training.metrics import HostReport, MetricWriter, Progress
-from diffusion.training.state import abstract_state, base_key, create_state, init_inputs
-from diffusion.training import objectives
+from diffusion.runs import Checkpoints, base_key, build
+from diffusion.training.state import abstract_state, create_state, init_inputs
 from diffusion.training.step import make_train_step, shard_batch
 
 log = logging.getLogger(__name__)
-
-
-def validate(config, model, source) -> None:
-  """Errors a run would meet late, raised before anything compiles: the config's own
-  (`config.validate`), then how it fits the network (a Denoiser), the data and the devices."""
-  validate_config(config)
-  objectives.check(config, schedule_from_config(config))
-  _check_fit(config, models.as_denoiser(model, config.model), source)
 
 
 def _readable(source, indices, on_error: str) -> tuple[dict, int]:
@@ -67,8 +56,11 @@ def _readable(source, indices, on_error: str) -> tuple[dict, int]:
                    f"passed over all {len(source)})")
 
 
-def _check_fit(config, model, source) -> None:
-  train, spec = config.train, data_spec(config)
+def _check_fit(run, source) -> None:
+  """Errors a run would meet late, raised before anything compiles: how the config fits the
+  network (a Denoiser), the data and the devices."""
+  config, model, spec = run.config, run.model, run.diffusion.spec
+  train = config.train
   devices = jax.device_count()
   mesh_sizes(config, devices)
   if train.batch_size % devices:
@@ -93,7 +85,7 @@ def _check_fit(config, model, source) -> None:
   if train.get("label_dropout", 0.0) > 0 and not model.num_classes:
     raise ValueError(f"config.train.label_dropout {train.label_dropout} drops class labels for "
                      "classifier-free guidance: it needs config.model.num_classes > 0")
-  if model.learned_variance != (config.diffusion.variance in LEARNED_VARIANCES):
+  if model.learned_variance != run.diffusion.learned_variance:
     raise ValueError(f"config.model.learned_variance={model.learned_variance} does not fit "
                      f"config.diffusion.variance={config.diffusion.variance!r}")
   cond = first.get("cond")
@@ -192,10 +184,11 @@ def _sample_grid(sampler, variables, model, spec, config, source, path, key):
     save_preview(path, x, spec)
 
 
-def _start(checkpoints, model, config, mesh, sample, variables=None):
+def _start(checkpoints, run, mesh, sample, variables=None):
   """(state, data position): the newest readable checkpoint's, after checking that the config
   fits it; else a fresh state at position 0 (from `variables`, if given)."""
-  abstract = abstract_state(model, config, mesh, sample)
+  config = run.config
+  abstract = abstract_state(run, mesh, sample)
 
   def read(step):
     checkpoints.check_resumable(step, config)
@@ -204,10 +197,10 @@ def _start(checkpoints, model, config, mesh, sample, variables=None):
   found = checkpoints.newest(read)
   checkpoints.set_aside_damaged()
   if found is None:
-    if variables is None and objectives.method(config) in objectives.WITH_TEACHER:
+    if variables is None and run.method.needs_teacher:
       raise ValueError(f"no checkpoint of {os.fspath(checkpoints.directory)} could be read, and "
                        "its teacher was not given: run `ddpm distill` with the teacher's `workdir`")
-    return create_state(model, config, mesh, sample, variables), 0
+    return create_state(run, mesh, sample, variables), 0
   step, (state, position) = found
   log.info("resuming from step %d of %s", step, os.fspath(checkpoints.directory))
   if step >= config.train.num_steps:
@@ -277,31 +270,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
   paths.StorageFull if the storage fills up.
   """
   path = paths.resolve(workdir, "`workdir`")
-  validate_config(config)
-  objectives.check(config, schedule_from_config(config))
-  try:
-    make_chain(config, config.train.get("sample_sampler") or None)
-  except ValueError as e:
-    raise ValueError(f"config.train.sample_sampler: {e}") from None
-  if (objectives.method(config) in objectives.WITH_TEACHER and variables is None
-      and not Checkpoints.any_in(path)):  # a resumed student's checkpoints hold its teacher
-    raise ValueError(f"config.distill.method {objectives.method(config)!r} distils a trained "
-                     "run: use `ddpm distill `workdir` TEACHER `out` STUDENT`")
-  shape = data_spec(config).shape
-  source = make_source(config.data) if source is None else source
-  if model is None:
-    model = models.build(config.model, shape)
-  else:
-    model = models.as_denoiser(model, config.model)
-    model.check(shape)
+  run = build(config, model)
+  if model is not None:
     config = config.copy_and_resolve_references()
     with config.unlocked():
-      config.model.name = model.name or "(a network passed to train() in Python)"
-  _check_fit(config, model, source)
+      config.model.name = run.model.name or "(a network passed to train() in Python)"
+    run = run.replace(config=config)
+  try:
+    make_chain(run.method, config.train.get("sample_sampler") or None)
+  except ValueError as e:
+    raise ValueError(f"config.train.sample_sampler: {e}") from None
+  if (run.method.needs_teacher and variables is None
+      and not Checkpoints.any_in(path)):  # a resumed student's checkpoints hold its teacher
+    raise ValueError(f"method {run.method.name!r} distils a trained run: start it with "
+                     "`distill(workdir, out, ...)` (`ddpm distill`) from the teacher's run")
+  source = make_source(config.data) if source is None else source
+  _check_fit(run, source)
   lock = WorkdirLock(path)
   _hold(lock)
   try:
-    return _train(config, path, source, model, variables)
+    return _train(run, path, source, variables)
   except Exception as e:
     if paths.is_disk_full(e):
       try:
@@ -318,21 +306,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
     lock.release()
 
 
-def _train(config, workdir: epath.Path, source, model, variables=None) -> int:
-  schedule = schedule_from_config(config)
+def _train(run, workdir: epath.Path, source, variables=None) -> int:
+  config, model, spec = run.config, run.model, run.diffusion.spec
   mesh = mesh_from_config(config)
   cfg, k = config.train, config.train.get("steps_per_dispatch", 1)
-  spec = data_spec(config)
-  shape = spec.shape
-  sample = init_inputs(model, shape)
+  sample = init_inputs(model, spec.shape)
 
   checkpoints = Checkpoints(workdir, every=cfg.checkpoint_every,
                             keep=cfg.get("keep_checkpoints", None))
-  state, position = _start(checkpoints, model, config, mesh, sample, variables)
+  state, position = _start(checkpoints, run, mesh, sample, variables)
   step = saved = int(state.step)
-  step_fn = make_train_step(model, schedule, config, mesh,
-                            state_sharding=jax.tree.map(lambda a: a.sharding, state))
-  sampler = make_sampler(model, config, shape, mesh, sampler=cfg.get("sample_sampler") or None,
+  step_fn = make_train_step(run, mesh, state_sharding=jax.tree.map(lambda a: a.sharding, state))
+  sampler = make_sampler(run, mesh, sampler=cfg.get("sample_sampler") or None,
                          steps=cfg.get("sample_steps", 0) or None)
   sample_key, train_key = base_key(config.seed, "sample"), base_key(config.seed, "train")
   grid = lambda: _sample_grid(sampler, variables_of(state.ema_params, state.model_state), model,

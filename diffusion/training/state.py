@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from diffusion import _checks, distributed
-from diffusion.models import as_denoiser
+from diffusion import distributed
+from diffusion.methods import HISTORY
+from diffusion.runs import base_key
 
-HISTORY = 10  # losses kept per timestep by the importance sampler (improved DDPM)
 
 
 @jax.tree_util.register_dataclass
@@ -32,7 +32,7 @@ class TrainState:
   loss_history: jax.Array  # float32 [T, HISTORY]: per-timestep losses, importance sampling
   loss_count: jax.Array    # int32 [T]: losses seen per timestep
   model_state: Any = dataclasses.field(default_factory=dict)  # the network's other collections
-  # Parameter trees beside the trained ones (`objectives.extra_names`): a distillation's frozen
+  # Parameter trees beside the trained ones (`Method.extra`): a distillation's frozen
   # "teacher", a consistency model's "target" network. Empty for a DDPM run.
   extra: Any = dataclasses.field(default_factory=dict)
 
@@ -70,21 +70,21 @@ def ema_decay(config, step: jax.Array) -> jax.Array:
   return decay
 
 
-def create_state(model, config, mesh: Mesh, sample: dict[str, jax.Array],
+def create_state(run, mesh: Mesh, sample: dict[str, jax.Array],
                  variables: dict | None = None) -> TrainState:
-  """A fresh state of the Denoiser `model`, created already placed on `mesh` as
+  """A fresh state of a `runs.Run`'s network, created already placed on `mesh` as
   `state_shardings` says (no host copy of the parameters).
 
   `sample` holds one example batch: "x" [b, ..., C] and, for conditional
   models, "y" [b] and/or "cond". `variables` ({"params": ..., other
   collections}, e.g. a teacher's) replace the network's initial ones. The
-  trees of `objectives.extra_names(config)` start as copies of the parameters.
+  trees of the method's `extra` start as copies of the parameters.
   """
-  init, key = _initializer(model, config, sample)
+  init, key = _initializer(run, sample)
   if variables is not None:  # e.g. restored on one device: first onto the mesh, whole
     variables = jax.device_put(variables, jax.sharding.NamedSharding(
         mesh, jax.sharding.PartitionSpec()))
-  shardings = state_shardings(jax.eval_shape(init, key, variables), mesh, config)
+  shardings = state_shardings(jax.eval_shape(init, key, variables), mesh, run.config)
   lowered = jax.jit(init, out_shardings=shardings).lower(key, variables)
   # A program that runs once, made of one inlined threefry per parameter: XLA:CPU took 8.3 s
   # to optimise the digits U-Net's and 4.0 s to compile it unoptimised (4% of the values
@@ -94,12 +94,11 @@ def create_state(model, config, mesh: Mesh, sample: dict[str, jax.Array],
   return lowered.compile(compiler_options=options)(key, variables)
 
 
-def _initializer(model, config, sample):
+def _initializer(run, sample):
   """(init(key, variables | None) -> TrainState, the key it is given)."""
-  from diffusion.training.objectives import extra_names
-  model = as_denoiser(model, config.model)
+  model, config = run.model, run.config
   tx = make_optimizer(config.optim)
-  num_steps = config.diffusion.num_steps
+  num_steps = run.diffusion.num_steps
 
   def init(key, given):
     if given is None:
@@ -112,15 +111,9 @@ def _initializer(model, config, sample):
         ema_params=params, skipped=jnp.zeros((), jnp.int32),
         loss_history=jnp.zeros((num_steps, HISTORY), jnp.float32),
         loss_count=jnp.zeros((num_steps,), jnp.int32), model_state=variables,
-        extra={name: params for name in extra_names(config)})
+        extra={name: params for name in run.method.extra})
 
   return init, base_key(config.seed, "init")
-
-
-def base_key(seed: int, purpose: str) -> jax.Array:
-  """The root key of one use of the seed: "init", "train", "sample" or "evaluate"."""
-  return jax.random.fold_in(jax.random.key(_checks.seed(seed)),
-                            ("init", "train", "sample", "evaluate").index(purpose))
 
 
 def init_inputs(model, shape: tuple[int, ...]) -> dict[str, jax.Array]:
@@ -134,13 +127,13 @@ def init_inputs(model, shape: tuple[int, ...]) -> dict[str, jax.Array]:
   return sample
 
 
-def abstract_state(model, config, mesh: Mesh, sample) -> TrainState:
+def abstract_state(run, mesh: Mesh, sample) -> TrainState:
   """Shapes, dtypes and shardings of `create_state`'s result, for restoring a checkpoint."""
-  init, key = _initializer(model, config, sample)
+  init, key = _initializer(run, sample)
   shapes = jax.eval_shape(init, key, None)
   return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype,
                                                                sharding=sharding),
-                      shapes, state_shardings(shapes, mesh, config))
+                      shapes, state_shardings(shapes, mesh, run.config))
 
 
 def state_shardings(shapes, mesh: Mesh, config):

@@ -25,57 +25,16 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from diffusion import platforms
-from diffusion.config import data_spec
 from diffusion.distributed import BATCH
-from diffusion.losses import training_losses
-from diffusion.models import as_denoiser
-from diffusion.schedules import Schedule
-from diffusion.training import objectives
-from diffusion.training.state import HISTORY, TrainState, ema_decay, learning_rate, make_optimizer
+from diffusion.methods import Nets, Step
+from diffusion.training.state import TrainState, ema_decay, learning_rate, make_optimizer
 
-UNIFORM_MIX = 0.001  # improved DDPM keeps this much of the uniform distribution
-
-
-def timestep_probs(state: TrainState) -> jax.Array:
-  """Importance sampling of t (improved DDPM, Sec. 3.3): p_t ∝ sqrt(E[L_t²]).
-
-  Uniform until every t has HISTORY losses. Returns float32 [T].
-  """
-  num_steps = state.loss_count.shape[0]
-  second_moment = jnp.sqrt(jnp.mean(state.loss_history ** 2, axis=1))
-  probs = second_moment / jnp.sum(second_moment)
-  probs = probs * (1 - UNIFORM_MIX) + UNIFORM_MIX / num_steps
-  warm = jnp.all(state.loss_count >= HISTORY) & jnp.all(jnp.isfinite(probs))
-  return jnp.where(warm, probs, 1.0 / num_steps)
-
-
-def _record_losses(state: TrainState, t: jax.Array, losses: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Pushes each (t_i, loss_i) into the ring buffer of its timestep, in batch order.
-
-  t: int [B], losses: float32 [B]. One scatter with the result of pushing the
-  pairs one by one: the i-th occurrence of a timestep in the batch goes to
-  slot (count + i) mod HISTORY, and of a timestep drawn more than HISTORY
-  times only the last HISTORY occurrences are written (the earlier ones would
-  be overwritten), so no two writes share a slot, whose order XLA leaves undefined.
-  """
-  num_steps = state.loss_count.shape[0]
-  order = jnp.argsort(t, stable=True)
-  sorted_t = t[order]
-  first = jnp.searchsorted(sorted_t, sorted_t, side="left")
-  rank = jnp.zeros_like(t).at[order].set(jnp.arange(t.shape[0]) - first)  # occurrence number
-  drawn = jnp.bincount(t, length=num_steps)
-  kept = rank >= drawn[t] - HISTORY
-  slot = (state.loss_count[t] + rank) % HISTORY
-  row = jnp.where(kept, t, num_steps)  # out of bounds: dropped
-  history = state.loss_history.at[row, slot].set(losses, mode="drop")
-  return history, state.loss_count + drawn.astype(state.loss_count.dtype)
-
-
-def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_sharding=None
+def make_train_step(run, mesh: Mesh, state_sharding=None
                     ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, dict]]:
-  """The jitted, sharded step for a config's `diffusion`, `optim` and `train` sections.
+  """The jitted, sharded step of a `runs.Run`: its method's loss (`run.method`: DDPM's, a
+  distillation's, consistency training's) on its network, with the `optim` and `train`
+  sections of its config.
 
-  `model` is a `diffusion.models.Denoiser` (or a module `as_denoiser` adapts).
   The returned function takes the state, placed as `state_sharding` says (a
   tree of shardings, e.g. `state_shardings`' split over the "fsdp" axis;
   default: replicated), a batch {"x": [B, *shape] data (uint8 or float, see
@@ -84,30 +43,13 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
   placed as it came. With config.train.steps_per_dispatch = k > 1 the batch holds k
   stacked batches ([k, B, ...]) and k steps run in one `lax.scan`. For point
   sets, data, noise and the network's prediction are centred (`DataSpec.project`).
-  With config.distill.method set, the step minimises that objective
-  (`objectives.py`: progressive or consistency distillation, consistency
-  training) with the teacher and target parameters of `state.extra`.
+  The method's extra parameter trees (a teacher, a target network) travel in `state.extra`.
   """
-  d, train = config.diffusion, config.train
-  model = as_denoiser(model, config.model)
-  tx = make_optimizer(config.optim)
-  lr = learning_rate(config.optim)
-  importance = d.get("timestep_sampler", "uniform") == "importance"
+  train, method, model = run.config.train, run.method, run.model
+  tx = make_optimizer(run.config.optim)
+  lr = learning_rate(run.config.optim)
   conditional = model.num_classes > 0
-  spec = data_spec(config)
-  label_dropout = train.get("label_dropout", 0.0)
-  objective = objectives.make(config, schedule, spec.project) if objectives.method(config) else None
-
-  def example_draws(key, label, probs, shape):
-    """One example's t, ε and label, all of its randomness from `key`."""
-    # Four keys, the third once dropout's (now drawn per global batch): the draws stay as they were.
-    key_t, key_loss, _, key_label = jax.random.split(key, 4)
-    t = jax.random.choice(key_t, schedule.num_steps, (1,), p=probs) if importance else \
-        jax.random.randint(key_t, (1,), 0, schedule.num_steps)
-    noise = spec.project(jax.random.normal(jax.random.split(key_loss)[1], (1, *shape))[0])
-    if conditional:  # classifier-free guidance: drop the label to the null class
-      label = jnp.where(jax.random.bernoulli(key_label, label_dropout), model.num_classes, label)
-    return t[0], noise, label
+  spec = run.diffusion.spec
 
   def frozen(state, labels, cond, dropout_key=None):
     """The tree `name` of state.extra as a network: in inference mode, or with `dropout_key`
@@ -125,17 +67,12 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
     return network
 
   def one_step(state: TrainState, batch, key):
-    if objective is not None:
-      state = objective.prepare(state, tx)
+    state = method.prepare(state, tx)
     data = batch["x"]
     size = data.shape[0]
     step_key = jax.random.fold_in(key, state.step)
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(jnp.arange(size))
-    probs = timestep_probs(state)
-    t, noise, labels = jax.vmap(lambda k, y: example_draws(k, y, probs, data.shape[1:]))(
-        keys, batch["label"])
-    if objective is not None:
-      labels = batch["label"]  # a distillation keeps every label (no guidance dropout)
+    labels = method.labels(keys, batch["label"], model.num_classes)
     x0 = spec.project(spec.to_model(data))
     cond = spec.to_model(batch["cond"]) if "cond" in batch else None
     dropout_key = jax.random.fold_in(step_key, np.uint32(2**32 - 1))  # no example's index
@@ -145,22 +82,15 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
         params = jax.lax.with_sharding_constraint(params, replicated)
       updates = {}
 
-      def denoise(x_t, t_):
+      def student(x_t, t_):
         out, new = model.train_apply({"params": params, **state.model_state}, x_t, t_,
                                      labels if conditional else None, cond, dropout_key)
         updates.update(new)
         return spec.project_output(out, x_t.shape[-1])
 
-      if objective is not None:
-        nets = objectives.Nets(denoise, frozen(state, labels, cond),
-                               frozen(state, labels, cond, dropout_key))
-        losses = objective.losses(nets, x0, keys, state.step)
-        return jnp.sum(losses["loss"]) / size, (losses, updates)
-      losses = training_losses(denoise, schedule, x0, step_key, loss=d.loss,
-                               prediction=d.prediction, variance=d.variance, t=t, noise=noise,
-                               vlb_weight=d.get("vlb_weight", 0.001))
-      weights = 1.0 / (schedule.num_steps * probs[losses["t"]]) if importance else 1.0
-      return jnp.sum(weights * losses["loss"]) / size, (losses, updates)
+      nets = Nets(student, frozen(state, labels, cond), frozen(state, labels, cond, dropout_key))
+      losses = method.losses(Step(x0, keys, step_key, state, nets))
+      return jnp.sum(losses["loss"]) / size, (losses, updates)
 
     (loss, (losses, collections)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     if gather:  # and its gradient reduced onto its shards
@@ -169,22 +99,17 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     # The schedules follow the updates applied, as Optax's own count does: a skipped step
-    # advances neither the learning rate's warm-up nor the EMA's.
-    applied = state.step - state.skipped
-    if objective is not None:  # a progressive round restarts the schedules
-      applied = objective.local_step(state.step, applied)
+    # advances neither the learning rate's warm-up nor the EMA's (and a progressive round
+    # restarts them: `Method.local_step`).
+    applied = method.local_step(state.step, state.step - state.skipped)
 
     def update(_):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       decay = ema_decay(train, applied)
       ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
-      history, count = state.loss_history, state.loss_count
-      if importance:
-        history, count = _record_losses(state, losses["t"], losses["loss"])
-      extra = state.extra
-      if objective is not None:
-        extra = objective.update_extra(state.extra, params, state.step)
+      history, count = method.record(state, losses)
+      extra = method.update_extra(state.extra, params, state.step)
       return params, opt_state, ema, history, count, {**state.model_state, **collections}, extra
 
     def skip(_):
@@ -230,17 +155,17 @@ def make_train_step(model, schedule: Schedule, config, mesh: Mesh, state_shardin
                  out_shardings=(state_sharding, replicated), donate_argnums=0)
 
 
-def abstract_batch(config, model, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(run, mesh: Mesh) -> dict[str, jax.ShapeDtypeStruct]:
   """The shapes, dtypes and shardings of the global batches `ddpm train` gives the step of
   `make_train_step` ([k, B, ...] with k = config.train.steps_per_dispatch > 1), for lowering
   it without data."""
-  spec, k = data_spec(config), config.train.get("steps_per_dispatch", 1)
-  lead = (config.train.batch_size,) if k == 1 else (k, config.train.batch_size)
+  spec, k = run.diffusion.spec, run.config.train.get("steps_per_dispatch", 1)
+  lead = (run.config.train.batch_size,) if k == 1 else (k, run.config.train.batch_size)
   sharding = NamedSharding(mesh, BATCH if k == 1 else P(None, *BATCH))
   dtype = jnp.uint8 if spec.dtype == "uint8" else jnp.float32
   shaped = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
   batch = {"x": shaped((*lead, *spec.shape), dtype), "label": shaped(lead, jnp.int32)}
-  channels = as_denoiser(model, config.model).cond_channels
+  channels = run.model.cond_channels
   if channels:
     batch["cond"] = shaped((*lead, *spec.shape[:-1], channels), dtype)
   return batch

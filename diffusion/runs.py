@@ -1,4 +1,7 @@
-"""Orbax checkpoints of a run: the state, the data position and the config, in `workdir/checkpoints/`.
+"""A run's folder: its Orbax checkpoints (the state, the data position and the saved config, in
+`workdir/checkpoints/`), reading a run back (`load_run` -> `Run`), and the run's keys
+(`base_key`). Training writes run folders; sampling, the applications and the evaluations
+read them through this module alone.
 
 Saves are asynchronous and atomic (Orbax writes to a temporary folder and
 renames it when complete, or marks it complete on an object store), so an
@@ -27,8 +30,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from diffusion import models, paths
-from diffusion.config import data_shape, resume_differences
+from diffusion import _checks, methods, models, paths
+from diffusion.config import diffusion_of, resume_differences, validate
+from diffusion.process import Diffusion
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -262,10 +266,58 @@ class Checkpoints:
       self.manager.close()
 
 
-def load_run(workdir: str, step: int | None = None, *, model=None):
-  """(config, denoiser, variables, step) of a run's checkpoint (default: the newest readable):
-  the network rebuilt from the saved config (or `model`, a Denoiser or module, if given: for
-  a network the config cannot name) and its variables with the EMA parameters.
+def base_key(seed: int, purpose: str) -> jax.Array:
+  """The root key of one use of the seed: "init", "train", "sample" or "evaluate"."""
+  return jax.random.fold_in(jax.random.key(_checks.seed(seed)),
+                            ("init", "train", "sample", "evaluate").index(purpose))
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run's typed parts, made once at the boundary (`build`: `train()`, `load_run`, the CLI)
+  and passed down to the library's functions instead of the config: the network (a Denoiser),
+  the `Diffusion` (schedule, prediction, variance, clipping, the data's spec) and the `Method`
+  its config describes, the config itself (the user's file and the checkpoint's record), and
+  for a run read back, its variables (EMA parameters and other collections) and step.
+  Unpacks as (config, model, variables, step), the tuple `load_run` gave before."""
+  config: ml_collections.ConfigDict
+  model: Any
+  diffusion: Diffusion
+  method: methods.Method
+  variables: dict | None = None
+  step: int | None = None
+
+  def __iter__(self):
+    return iter((self.config, self.model, self.variables, self.step))
+
+  def replace(self, **changes) -> "Run":
+    return dataclasses.replace(self, **changes)
+
+
+def build(config: ml_collections.ConfigDict, model=None, *, check: bool = True) -> Run:
+  """The Run of a config (no variables): its Diffusion and Method, made once, and the network
+  of config.model (or `model`, a Denoiser or a Flax module, checked against the data's shape).
+  With `check`, the config's values are checked first (`config.validate`, then the method's own
+  `check`), each error naming its key; a saved config read back is trusted."""
+  if check:
+    validate(config)
+  diffusion = diffusion_of(config)
+  method = methods.from_config(config, diffusion)
+  if check:
+    method.check(config)
+  shape = diffusion.spec.shape
+  if model is None:
+    model = models.build(config.model, shape)
+  else:
+    model = models.as_denoiser(model, config.model)
+    model.check(shape)
+  return Run(config, model, diffusion, method)
+
+
+def load_run(workdir: str, step: int | None = None, *, model=None) -> Run:
+  """The `Run` of a checkpoint (default: the newest readable): its saved config, the network
+  rebuilt from it (or `model`, a Denoiser or module, if given: for a network the config cannot
+  name), its variables with the EMA parameters, the step and the run's `Diffusion`.
 
   `workdir` may also be a model folder with a `config.json` (`python -m
   diffusion.convert ... --config FILE` writes one for a released checkpoint):
@@ -281,8 +333,9 @@ def load_run(workdir: str, step: int | None = None, *, model=None):
       raise ValueError(f"`step` {step}: a model folder has only step 0")
     config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
     unet, params = models.load(path)
-    denoiser = models.build({"name": "unet", **models.model_kwargs(unet)}, data_shape(config))
-    return config, denoiser, {"params": params}, 0
+    denoiser = models.build({"name": "unet", **models.model_kwargs(unet)},
+                            diffusion_of(config).spec.shape)
+    return build(config, denoiser, check=False).replace(variables={"params": params}, step=0)
   if not (path / "checkpoints").exists():
     raise FileNotFoundError(f"`workdir` {workdir!r} holds no checkpoints/: not a training run")
   checkpoints = Checkpoints(path, read_only=True)
@@ -306,7 +359,4 @@ def load_run(workdir: str, step: int | None = None, *, model=None):
                          f" is damaged ({_reason(e)})") from None
   finally:
     checkpoints.manager.close()
-  shape = data_shape(config)
-  denoiser = (models.build(config.model, shape) if model is None
-              else models.as_denoiser(model, config.model))
-  return config, denoiser, variables, step
+  return build(config, model, check=False).replace(variables=variables, step=step)

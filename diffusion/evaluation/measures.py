@@ -1,7 +1,7 @@
-"""`ddpm evaluate`: FID/KID/IS of sample files, the digits measures, and bits/dim of a data split."""
+"""The measures `ddpm evaluate` reports, on files: FID/KID/IS of image sets (.npz or folders), and
+bits/dim of a data split under a run."""
 
 import io
-import json
 import os
 
 import numpy as np
@@ -115,19 +115,18 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   from diffusion.data import make_source
   from diffusion.evaluation.nll import dataset_bits_per_dim
   from diffusion.distributed import make_mesh, replicate
-  from diffusion.training.checkpoint import load_run
-  from diffusion.training.state import base_key
-  from diffusion.config import data_spec, distill_method
-  config, model, variables, step = load_run(workdir, step)
-  if distill_method(config):
-    raise ValueError(f"`bpd` sums the bound over every timestep; `workdir` {workdir!r} is a "
-                     f"few-step model (config.distill.method {distill_method(config)!r}): "
-                     "evaluate its teacher, or its samples with `samples`")
-  if data_spec(config).dtype != "uint8":
-    raise ValueError("`bpd` is defined on 8-bit data (images, volumes); this run's data is "
-                     f"{data_spec(config).dtype}")
+  from diffusion.runs import base_key, load_run
+  run = load_run(workdir, step)
+  config, model, variables, step = run
+  if not run.method.every_timestep:
+    raise ValueError(f"bits/dim sums the bound over every timestep; `workdir` {workdir!r} is a "
+                     f"few-step model (method {run.method.name!r}): evaluate its teacher, or "
+                     "its samples")
+  if run.diffusion.spec.dtype != "uint8":
+    raise ValueError("bits/dim is defined on 8-bit data (images, volumes); this run's data is "
+                     f"{run.diffusion.spec.dtype}")
   if model.cond_channels:
-    raise ValueError("`bpd` evaluates unconditional or class-conditional models; this one is "
+    raise ValueError("bits/dim evaluates unconditional or class-conditional models; this one is "
                      "image-conditioned")
   if config.data.name == "digits":
     from diffusion.data.sources import DIGITS_SPLITS
@@ -146,7 +145,7 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   images = np.stack([item["x"] for item in items])
   labels = np.array([item.get("label", 0) for item in items]) if model.num_classes else None
   mesh = make_mesh()
-  result = dataset_bits_per_dim(model, replicate(variables, mesh), config, images, mesh,
+  result = dataset_bits_per_dim(run, replicate(variables, mesh), images, mesh,
                                 base_key(seed, "evaluate"), labels=labels, batch=batch,
                                 chunk_size=chunk_size)
   result.update(step=step, split=split)
@@ -155,74 +154,4 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
     np.save(buffer, result["terms"])
     paths.write_bytes(paths.resolve(workdir, "`workdir`") / f"bpd_terms_{split}_step{step}.npy",
                       buffer.getvalue())
-  return result
-
-
-def evaluate(args) -> dict:
-  """Runs what `ddpm evaluate`'s arguments ask for; prints a table, returns (and writes) the figures."""
-  result = {}
-  if args.out:
-    paths.resolve(args.out, "`out`")  # a scheme no backend serves fails before the work
-  if args.digits and (args.inception or args.reference or args.save_reference):
-    raise ValueError("`digits` compares with a digits split (`digits_reference`); it takes no "
-                     "`inception`, `reference` or `save_reference`")
-  if args.save_reference and not args.reference:
-    raise ValueError("`save_reference` needs `reference` images to compute the statistics of")
-  if args.digits:
-    from diffusion.data.sources import DIGITS_SPLITS
-    if args.digits_reference not in DIGITS_SPLITS:
-      raise ValueError(f"`digits_reference` must be one of {', '.join(DIGITS_SPLITS)}; got "
-                       f"{args.digits_reference!r}")
-    if not args.samples:
-      raise ValueError("`digits` needs `samples`")
-  if args.bpd and not args.workdir:
-    raise ValueError("`bpd` needs `workdir` (a training run)")
-  for name in ("batch", "chunk", "num"):
-    value = getattr(args, name, None)
-    if value is not None and value < 1:
-      raise ValueError(f"--{name} must be >= 1; got {value}")
-  if args.samples and not (args.digits or getattr(args, "synthetic", None)):
-    if not args.inception:
-      raise ValueError("`samples` needs `inception` WEIGHTS (the FID network's weights file) "
-                       "or `digits` (the offline digits measures)")
-    from diffusion.evaluation.inception import weights_file
-    weights_file(args.inception)  # before the work of --bpd
-  if args.bpd:
-    bpd = workdir_bits_per_dim(args.workdir, split=args.split, num=args.num, batch=args.batch,
-                               chunk_size=args.chunk, seed=args.seed)
-    result["bpd"] = {k: v for k, v in bpd.items() if k not in ("per_image", "terms")}
-    print(f"NLL ≤ {bpd['bpd']:.4f} ± {bpd['bpd_stderr']:.4f} bits/dim on {bpd['num_images']} "
-          f"images of split {args.split!r} (step {bpd['step']}; prior term {bpd['prior']:.2e})")
-  if getattr(args, "synthetic", None):
-    from diffusion.evaluation.structure import evaluate_synthetic, format_comparison
-    if not args.samples or not args.samples.endswith(".npz"):
-      raise ValueError("`synthetic` needs `samples` FILE.npz (as `ddpm sample` writes)")
-    data = paths.load_npz(paths.resolve(args.samples, "`samples`"), "`samples`")
-    if "arr_0" not in data:
-      raise ValueError(f"`samples` {args.samples!r} holds no 'arr_0'")
-    comparison = evaluate_synthetic(args.synthetic, data["arr_0"], seed=args.seed)
-    print(format_comparison(comparison))
-    result["synthetic"] = {"set": args.synthetic, "num_samples": len(data["arr_0"]),
-                           "statistics": comparison}
-    args.samples = None
-  if args.samples:
-    samples = load_image_set(args.samples, "`samples`")
-    if args.digits:
-      from diffusion.evaluation.digits import digits_metrics
-      # The classifier is loaded (or trained, on a cold cache) once the samples are checked.
-      metrics = digits_metrics(samples, reference=args.digits_reference)
-      names = {"fid": "digits-FID", "kid": "digits-KID", "is": "digits-IS"}
-    else:
-      metrics = inception_metrics(samples, args.inception, args.reference,
-                                  save_reference=args.save_reference, batch=args.batch)
-      names = {"fid": "FID", "kid": "KID", "is": "IS"}
-    result["samples"] = metrics
-    shown = ", ".join(f"{names[k]} {metrics[k]:.4g}" + (f" ± {metrics[k + '_std']:.2g}"
-                                                        if k + "_std" in metrics else "")
-                      for k in ("fid", "kid", "is") if k in metrics)
-    print(f"{metrics['num_samples']} samples of {args.samples}: {shown}")
-  if not result:
-    raise ValueError("nothing to evaluate: give `samples` FILE and/or `workdir` DIR `bpd`")
-  if args.out:
-    paths.write_bytes(paths.resolve(args.out, "`out`"), json.dumps(result, indent=2).encode())
   return result

@@ -14,9 +14,10 @@ import numpy as np
 import jax.numpy as jnp
 
 from diffusion.losses import loss_simple
+from diffusion.platforms import peak_tflops
 from diffusion.models import Denoiser
 from diffusion.schedules import make_schedule
-from diffusion.torch_reference import bench_layers, bench_torch
+from diffusion.benchmarks.torch_reference import bench_layers, bench_torch
 
 
 def _timed(fn, args, steps):
@@ -97,12 +98,13 @@ def bench_sampling(model: Denoiser, config, batch: int, *, samplers=("ddpm", "dd
   `repeats` more chains, seconds per chain, samples/s and milliseconds per
   network call of the batch.
   """
-  from diffusion.config import data_shape
   from diffusion.distributed import make_mesh, replicate
+  from diffusion.runs import build
   from diffusion.sampling import make_sampler
   from diffusion import samplers as samplers_lib
   mesh = make_mesh()
-  shape = data_shape(config)
+  run = build(config, model, check=False)
+  shape = run.diffusion.spec.shape
   if batch % mesh.size:
     raise ValueError(f"--batch must be a multiple of the {mesh.size} devices; got {batch}")
   key = jax.random.key(seed)
@@ -118,7 +120,7 @@ def bench_sampling(model: Denoiser, config, batch: int, *, samplers=("ddpm", "dd
   labels = np.zeros(batch, np.int32)
   for name in samplers:
     count = steps or samplers_lib.get(name).default_steps or config.diffusion.num_steps
-    sample = make_sampler(model, config, shape, mesh, sampler=name, steps=count)
+    sample = make_sampler(run, mesh, sampler=name, steps=count)
     start = time.perf_counter()
     jax.block_until_ready(sample(variables, key, 0, labels, cond))
     first_s = time.perf_counter() - start
@@ -147,20 +149,6 @@ def format_sampling_table(result: dict[str, Any]) -> str:
 # Dense peak TFLOP/s of one JAX device (vendor figures): bfloat16, and the float32 matmul rate
 # XLA's default precision gets (TF32 on NVIDIA GPUs; bfloat16 passes on TPUs). More specific names
 # first. A TPU v3 device is one core (half a chip); v4 and later devices are whole chips.
-PEAK_TFLOPS = [("H100 PCIe", 756.0, 378.0), ("H100", 989.0, 494.0), ("H200", 989.0, 494.0),
-               ("A100", 312.0, 156.0), ("TPU v3", 61.5, 61.5), ("TPU v4", 275.0, 275.0),
-               ("TPU v5 lite", 197.0, 197.0), ("TPU v5e", 197.0, 197.0), ("TPU v5", 459.0, 459.0),
-               ("TPU v6 lite", 918.0, 918.0)]
-
-
-def peak_tflops(device_kind: str, dtype: str = "bfloat16") -> float | None:
-  """The device's dense peak for `dtype` from PEAK_TFLOPS, or None if it is not listed."""
-  for name, bf16, f32 in PEAK_TFLOPS:
-    if name.lower() in device_kind.lower():
-      return bf16 if dtype == "bfloat16" else f32
-  return None
-
-
 def _peak_memory(compiled) -> dict[str, float]:
   """Peak device memory in GiB: the allocator's figure where the device reports one (GPU, TPU),
   and XLA's estimate for the compiled program (arguments + outputs + temporaries) everywhere."""
@@ -182,14 +170,14 @@ def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5,
   """The real training step (`training.step.make_train_step`: loss, gradient all-reduce, Adam,
   EMA) on a global batch of `batch` random examples of the config's data over every device.
   `hlo`: also return the optimised program's text (under "hlo")."""
-  from diffusion.config import data_spec, schedule_from_config
   from diffusion.distributed import make_mesh
-  from diffusion.training.state import base_key, create_state, init_inputs
+  from diffusion.runs import base_key, build
+  from diffusion.training.state import create_state, init_inputs
   from diffusion.training.step import make_train_step, shard_batch
   mesh = make_mesh()
   if batch % mesh.size:
     raise ValueError(f"--batch must be a multiple of the {mesh.size} devices; got {batch}")
-  spec = data_spec(config)
+  spec = build(config, model, check=False).diffusion.spec
   shape, cond_shape = spec.shape, spec.shape[:-1] + (model.cond_channels,)
   rng = np.random.default_rng(0)
   draw = lambda s: (rng.integers(0, 256, (batch, *s), dtype=np.uint8) if spec.dtype == "uint8"
@@ -201,8 +189,9 @@ def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5,
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.train.steps_per_dispatch = 1
-  state = create_state(model, config, mesh, sample)
-  step = make_train_step(model, schedule_from_config(config), config, mesh)
+  run = build(config, model, check=False)
+  state = create_state(run, mesh, sample)
+  step = make_train_step(run, mesh)
   key = base_key(0, "train")
   sharded = shard_batch(data, mesh)
   start = time.perf_counter()
@@ -221,7 +210,7 @@ def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5,
   # that a GPU compile turns into library calls.
   flops = _flops(lowered)
   if not np.isfinite(flops):  # some GPU builds give no count: count the CPU lowering instead
-    flops = _cpu_step_flops(model, config, data, sample)
+    flops = _cpu_step_flops(run, data, sample)
   result = {"step_s": step_s, "images_per_s": batch / step_s, "compile_s": compile_s,
             "gflops_per_image": flops / batch / 1e9, "tflops_per_s": flops / step_s / 1e12,
             **_peak_memory(compiled)}
@@ -230,19 +219,19 @@ def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5,
   return result
 
 
-def _cpu_step_flops(model, config, data, sample) -> float:
+def _cpu_step_flops(run, data, sample) -> float:
   """XLA's FLOP count of the same training step lowered for one CPU device (shapes only: nothing
   is allocated or compiled), for backends whose cost analysis is missing."""
   from jax.sharding import NamedSharding
-  from diffusion.config import schedule_from_config
   from diffusion.distributed import BATCH, make_mesh
-  from diffusion.training.state import abstract_state, base_key
+  from diffusion.runs import base_key
+  from diffusion.training.state import abstract_state
   from diffusion.training.step import make_train_step
   mesh = make_mesh(jax.devices("cpu")[:1])
-  state = abstract_state(model, config, mesh, sample)
+  state = abstract_state(run, mesh, sample)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=NamedSharding(mesh, BATCH))
            for k, v in data.items()}
-  step = make_train_step(model, schedule_from_config(config), config, mesh)
+  step = make_train_step(run, mesh)
   return _flops(step.lower(state, batch, base_key(0, "train")))
 
 
