@@ -296,9 +296,9 @@ class Run:
 
 def build(config: ml_collections.ConfigDict, model=None, *, check: bool = True) -> Run:
   """The Run of a config (no variables): its Diffusion and Method, made once, and the network
-  of config.model (or `model`, a Denoiser or a Flax module, checked against the data's shape).
-  With `check`, the config's values are checked first (`config.validate`, then the method's own
-  `check`), each error naming its key; a saved config read back is trusted."""
+  of config.model (or `model`, a Denoiser or a Flax module). With `check`, the config's values
+  are checked first (`config.validate`, then the method's own `check`), each error naming its
+  key, and a given network against the data's shape; a saved config read back is trusted."""
   if check:
     validate(config)
   diffusion = diffusion_of(config)
@@ -310,7 +310,8 @@ def build(config: ml_collections.ConfigDict, model=None, *, check: bool = True) 
     model = models.build(config.model, shape)
   else:
     model = models.as_denoiser(model, config.model)
-    model.check(shape)
+    if check:
+      model.check(shape)
   return Run(config, model, diffusion, method)
 
 

@@ -185,7 +185,7 @@ def test_auroc_counts_the_ordered_pairs():
     (["sample", "--num", "4", "--out", "s.npz", "--eta", "2", "--sampler", "ddim"],
      r"--eta must be a number in \[0, 1\]"),
     (["sample", "--num", "4", "--out", "s.npz", "--eta", "0.5", "--sampler", "ddpm"],
-     "--eta is DDIM's η: it needs --sampler ddim; got --sampler ddpm"),
+     "--eta is no option of sampler 'ddpm'"),
     (["enhance", "--image", "IMG", "--out", "o.png"], "not conditioned"),
     (["denoise", "--image", "IMG", "--sigma", "0.1", "--out", "o.png", "--class", "-1"],
      r"--class must lie in \[0, 10\)"),
@@ -278,9 +278,11 @@ def test_applications_condition_on_the_null_class_or_the_given_one(digits_run, t
   calls = {
       "denoise": lambda m, **kw: denoise(build(config, m), params, images, 0.2, mesh, key, steps=3,
                                          **kw),
-      "anomaly": lambda m, **kw: anomaly_scores(build(config, m), params, images, mesh, key, at_step=5,
+      "anomaly": lambda m, **kw: anomaly_scores(build(config, m), params, images, mesh, key,
+                                                at_step=5,
                                                 sampler="ddim", steps=3, **kw),
-      "inpaint": lambda m, **kw: inpaint(build(config, m), params, images[0], mask, mesh, key, steps=4,
+      "inpaint": lambda m, **kw: inpaint(build(config, m), params, images[0], mask, mesh, key,
+                                         steps=4,
                                          jump_length=2, resamplings=2, **kw),
   }
   for name, call in calls.items():

@@ -77,7 +77,7 @@ def test_inpainting_a_float_sequence_samples_the_gaussian_conditional():
   assert np.abs(want_mean - mu[u, 0]).max() > 1.5
   errors = {}
   for resamplings in (1, 10):
-    out = inpaint(model, {"params": jnp.zeros(())}, config,
+    out = inpaint(build(config, model), {"params": jnp.zeros(())},
                   (x_model * scale)[:, None].astype(np.float32), known, make_mesh(),
                   base_key(0, "sample"), num_samples=512, steps=50, jump_length=5,
                   resamplings=resamplings)
@@ -130,7 +130,7 @@ def test_denoising_float_data_samples_the_gaussian_posterior():
   rng = np.random.default_rng(3)
   clean = rng.multivariate_normal(mu[:, 0], cov)
   noisy = (clean + sigma / scale * rng.standard_normal(16)) * scale
-  samples = denoise(model, {"params": jnp.zeros(())}, config,
+  samples = denoise(build(config, model), {"params": jnp.zeros(())},
                     np.repeat(noisy[None, :, None], 512, 0).astype(np.float32), sigma, make_mesh(),
                     base_key(0, "sample"))
   s2 = (sigma / scale) ** 2
@@ -146,8 +146,9 @@ def test_denoising_float_data_samples_the_gaussian_posterior():
             make_mesh(), base_key(0, "sample"))
   most = np.sqrt(1 / schedule_from_config(config).alphas_cumprod[-1] - 1) * scale  # data units
   with pytest.raises(ValueError, match=rf"`sigma` 1000.0 is more noise than the model's last "
-                                       rf"step holds \(at most {most:.3g} in the units of --sigma"):
-    denoise(build(config, model), {"params": jnp.zeros(())}, noisy[:, None].astype(np.float32), 1000.0,
+                                       rf"step holds \(at most {most:.3g} in the units of `sigma`"):
+    denoise(build(config, model), {"params": jnp.zeros(())},
+            noisy[:, None].astype(np.float32), 1000.0,
             make_mesh(), base_key(0, "sample"))
   with pytest.raises(ValueError, match=r"noisy data is uint8; this run's data is float32"):
     denoise(build(config, model), {"params": jnp.zeros(())}, np.zeros((16, 1), np.uint8), 0.5,
@@ -165,7 +166,8 @@ def test_enhancement_reads_the_condition_in_the_data_units():
                 make_mesh(), base_key(0, "sample"), sampler="ddim", steps=20)
   np.testing.assert_allclose(out.mean(0) * scale, degraded, atol=0.15)
   with pytest.raises(ValueError, match=r"the degraded data has shape \(8, 2\)"):
-    enhance(build(config, model), {"params": jnp.zeros(())}, np.zeros((8, 2), np.float32), make_mesh(),
+    enhance(build(config, model), {"params": jnp.zeros(())}, np.zeros((8, 2), np.float32),
+            make_mesh(),
             base_key(0, "sample"))
 
 
@@ -178,7 +180,7 @@ def test_anomaly_maps_of_volumes_point_at_the_anomaly():
   volumes = np.clip(np.round(128 + 3 * rng.standard_normal((8, 4, 4, 4, 1))), 0, 255).astype(np.uint8)
   volumes[5, 2:, 2:, :2] = 255
   scores, maps, recon = anomaly_scores(build(config, model), {"params": jnp.zeros(())}, volumes,
-                                       make_mesh(), base_key(0, "sample"), step=T // 2,
+                                       make_mesh(), base_key(0, "sample"), at_step=T // 2,
                                        sampler="ddim", steps=10)
   assert maps.shape == (8, 4, 4, 4) and recon.shape == (8, 4, 4, 4, 1)
   assert np.argmax(scores) == 5 and scores[5] > 10 * np.delete(scores, 5).max()
@@ -206,7 +208,8 @@ def test_a_second_call_reuses_the_sampler_and_its_compiled_programs():
     first = inpaint(build(config, model), variables, data, mask, mesh, key, steps=8, jump_length=4,
                     resamplings=2)
     traced = traces.count("/jax/core/compile/jaxpr_trace_duration")
-    again = inpaint(build(config, model), variables, data + 1, mask, mesh, key, steps=8, jump_length=4,
+    again = inpaint(build(config, model), variables, data + 1, mask, mesh, key, steps=8,
+                    jump_length=4,
                     resamplings=2)
     retraced = traces.count("/jax/core/compile/jaxpr_trace_duration") - traced
   finally:
@@ -292,11 +295,12 @@ def test_the_applications_run_in_batches_and_give_the_same_answer_whatever_the_b
                                    sampler="ddim", steps=5, batch=b),
       "inpaint": lambda b: inpaint(build(config, model), variables, data, mask, mesh, key, steps=6,
                                    jump_length=2, resamplings=2, batch=b),
-      "anomaly": lambda b: anomaly_scores(build(config, model), variables, data, mesh, key, at_step=20,
+      "anomaly": lambda b: anomaly_scores(build(config, model), variables, data, mesh, key,
+                                          at_step=20,
                                           sampler="ddim", steps=5, batch=b)[2],
-      "enhance": lambda b: enhance(gaussian_denoiser(config, None, 0.01 * np.eye(8),
-                                                     cond_channels=1), variables, config, data,
-                                   mesh, key, sampler="ddim", steps=5, batch=b),
+      "enhance": lambda b: enhance(build(config, gaussian_denoiser(config, None, 0.01 * np.eye(8),
+                                                                   cond_channels=1)),
+                                   variables, data, mesh, key, sampler="ddim", steps=5, batch=b),
   }
   for name, run in runs.items():
     whole, parts = run(256), run(8)
@@ -317,7 +321,9 @@ def test_samples_that_are_not_finite_are_refused_before_they_become_pixels():
                           params=jnp.zeros(()), num_classes=2)
   labels = np.arange(8) % 2
   with pytest.raises(ValueError, match=r"^4 of 8 samples are not finite \(NaN or inf\)"):
-    draw_samples(build(config, model), labels, variables={"params": jnp.zeros(())}, sampler="ddim", steps=3,
+    draw_samples(build(config, model), labels, variables={"params": jnp.zeros(())},
+                 sampler="ddim", steps=3,
                  batch=4)
-  ok = draw_samples(build(config, model), labels * 0, variables={"params": jnp.zeros(())}, sampler="ddim", steps=3)
+  ok = draw_samples(build(config, model), labels * 0, variables={"params": jnp.zeros(())},
+                    sampler="ddim", steps=3)
   assert ok.dtype == np.uint8 and ok.shape == (8, 8, 8, 1)

@@ -159,7 +159,7 @@ def test_bench_sampling_times_every_sampler(tmp_path, capsys):
   for figures in result["samplers"].values():
     assert figures["steps"] == 2 and figures["samples_per_s"] > 0
   assert cli.main(["bench-sampling", "--config", digits, "--samplers", "euler"]) == 2
-  assert "--sampler must be one of" in capsys.readouterr().err
+  assert "--samplers must be one of" in capsys.readouterr().err
 
 
 def test_bench_against_pytorch(tmp_path, capsys):

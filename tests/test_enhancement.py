@@ -32,7 +32,8 @@ def test_enhancement_trains_on_degraded_digits_and_restores_them(tmp_path, capsy
                        for i, image in enumerate(clean)])
   config, model, params, _ = load_run(str(workdir))
   mesh = make_mesh()
-  enhanced = enhance(build(config, model), replicate(params, mesh), degraded, mesh, base_key(0, "sample"),
+  enhanced = enhance(build(config, model), replicate(params, mesh), degraded, mesh,
+                     base_key(0, "sample"),
                      sampler="ddim", steps=10)
   gain = psnr(enhanced, clean) - psnr(to_float(degraded), clean)
   print(f"enhancement PSNR gain: {gain.mean():.2f} dB")

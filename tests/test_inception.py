@@ -9,7 +9,7 @@ import torch
 F = torch.nn.functional
 
 from diffusion.evaluation.inception import (  # noqa: E402
-    InceptionFeatures, check_rgb_images, load_inception, main as convert_main)
+    InceptionFeatures, check_rgb_images, load_inception)
 
 
 class Reference:
@@ -141,7 +141,8 @@ def test_features_and_logits_equal_the_pytorch_computation(weights, tmp_path):
   assert rel(features, expected_features) < 1e-4, rel(features, expected_features)
   assert rel(logits, expected_logits) < 1e-4, rel(logits, expected_logits)
   # Converted once to .npz, the weights load without PyTorch and give the same features.
-  assert convert_main([path, str(tmp_path / "fid_inception.npz")]) == 0
+  from diffusion import cli
+  assert cli.main(["convert-inception", path, str(tmp_path / "fid_inception.npz")]) == 0
   again, _ = InceptionFeatures(load_inception(str(tmp_path / "fid_inception.npz")),
                                batch_size=8)(images)
   np.testing.assert_array_equal(again, features)

@@ -89,7 +89,7 @@ def test_the_samplers_chain_is_counted_for_each_of_its_steps(v5e):
   config = tiny_config()
   model = models.build(config.model, (8, 8, 1))
   mesh = mesh_from_config(config, topology.devices("v5e:2x2", slices=2))
-  variables = programs._variables(model, config, mesh)
+  variables = programs._variables(build(config, model), mesh)
   raw = {}
   for steps in (2, 8):
     compiled = make_sampler(build(config, model), mesh, steps=steps).lower(

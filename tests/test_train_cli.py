@@ -389,17 +389,15 @@ class StandIn:
                                   "bedroom256", "dit256", "sequences", "volumes3d", "protein",
                                   "digits_ct", "cifar10_ct", "digits_ict", "cifar10_ict"])
 def test_every_config_is_complete(name):
-  from diffusion import models
   from diffusion.config import load_config
-  from diffusion.training.loop import validate
+  from diffusion.runs import build
+  from diffusion.training.loop import check_fit
   config = load_config(os.path.join(CONFIGS, f"{name}.py"))
   for key in ("num_steps", "batch_size", "checkpoint_every", "sample_every"):
     assert config.train[key] > 0
   assert isinstance(config.seed, int)
-  from diffusion.config import data_spec
-  spec = data_spec(config)
-  model = models.build(config.model, spec.shape)
-  validate(config, model, StandIn(spec, config))
+  run = build(config)  # the config's values, its method's, the network's fit to the data
+  check_fit(run, StandIn(run.diffusion.spec, config))
   from diffusion.config import betas_from_config
   from diffusion.schedules import cosine_betas, linear_betas
   d = config.diffusion

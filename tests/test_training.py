@@ -262,7 +262,8 @@ def test_a_data_by_fsdp_mesh_splits_the_state_and_steps_as_data_parallelism(tmp_
   again = Checkpoints(str(tmp_path), every=1)
   saved = jax.device_get(state)
   for n in (8, 1):
-    restored, position = again.restore(3, abstract_state(build(tiny_config(), model), mesh_of(n), sample))
+    restored, position = again.restore(
+        3, abstract_state(build(tiny_config(), model), mesh_of(n), sample))
     assert position == 48 and restored.params["down_0_res_0"]["conv1"]["kernel"] \
         .sharding.is_fully_replicated
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), saved)

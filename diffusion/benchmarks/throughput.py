@@ -20,7 +20,7 @@ def bench_data(config, *, workers=(0, 1, 2), threads: int = 8, batches: int = 20
   (start-up, the first reads) are left out, `batches` timed. Per worker: the total divided
   by the worker processes (by 1 for threads)."""
   if batches < 1 or warmup < 0 or threads < 1 or any(w < 0 for w in workers):
-    raise ValueError("--batches and --threads must be positive, --workers >= 0")
+    raise ValueError("`batches` and `threads` must be positive, `workers` >= 0")
   source = make_source(config.data)
   spec = data_spec(config)
   batch = config.train.batch_size

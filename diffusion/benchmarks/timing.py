@@ -106,7 +106,7 @@ def bench_sampling(model: Denoiser, config, batch: int, *, samplers=("ddpm", "dd
   run = build(config, model, check=False)
   shape = run.diffusion.spec.shape
   if batch % mesh.size:
-    raise ValueError(f"--batch must be a multiple of the {mesh.size} devices; got {batch}")
+    raise ValueError(f"`batch` must be a multiple of the {mesh.size} devices; got {batch}")
   key = jax.random.key(seed)
   x, t = jnp.zeros((1, *shape)), jnp.zeros((1,), jnp.int32)
   y = jnp.zeros((1,), jnp.int32) if model.num_classes else None
@@ -176,7 +176,7 @@ def bench_training(model: Denoiser, config, batch: int, *, steps: int = 5,
   from diffusion.training.step import make_train_step, shard_batch
   mesh = make_mesh()
   if batch % mesh.size:
-    raise ValueError(f"--batch must be a multiple of the {mesh.size} devices; got {batch}")
+    raise ValueError(f"`batch` must be a multiple of the {mesh.size} devices; got {batch}")
   spec = build(config, model, check=False).diffusion.spec
   shape, cond_shape = spec.shape, spec.shape[:-1] + (model.cond_channels,)
   rng = np.random.default_rng(0)
@@ -289,7 +289,7 @@ def format_bench(result: dict[str, Any]) -> str:
   lines.append(f"{'  GFLOP/image (XLA)':<24} {fmt(t['gflops_per_image'])}")
   lines.append(f"{'  TFLOP/s':<24} {t['tflops_per_s']:>10.3f}")
   mfu = f"{100 * t['mfu']:>9.1f}%" if t.get("mfu") is not None else \
-      f"{'n/a':>10}  (peak unknown: --peak-tflops)"
+      f"{'n/a':>10}  (peak unknown: `peak_tflops`)"
   lines.append(f"{'  model FLOP utilisation':<24} {mfu}")
   for key, label in (("peak_gib", "  peak memory GiB"), ("xla_estimate_gib", "  XLA memory GiB")):
     if key in t:
@@ -302,7 +302,7 @@ def format_bench(result: dict[str, Any]) -> str:
   if torch_:
     slower = [k for k, v in result["ratio"].items() if v < 1]
     if slower:
-      lines.append(f"BELOW TARGET: PyTorch is faster for {', '.join(slower)}; `--layers` times "
+      lines.append(f"BELOW TARGET: PyTorch is faster for {', '.join(slower)}; ``layers`` times "
                    "the network's layer kinds on both sides to show where")
   if result.get("layers"):
     lines.append(format_layers(result["layers"]))

@@ -19,19 +19,24 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = _Parser(
-      prog="ddpm", description="Denoising diffusion probabilistic models in JAX.")
-  commands = parser.add_subparsers(dest="command", required=True)
+def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+  """The `ddpm` parser and each command's, by name."""
+  top = _Parser(prog="ddpm", description="Denoising diffusion probabilistic models in JAX.")
+  commands = top.add_subparsers(dest="command", required=True)
   for module in (runs, applications, convert, bench, plan):
     module.add_parsers(commands)
-  args, extra = parser.parse_known_args(argv)
-  command = commands.choices[args.command]
+  return top, commands.choices
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser_, commands = parser()
+  args, extra = parser_.parse_known_args(argv)
+  command = commands[args.command]
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   if extra and not getattr(args, "takes_overrides", False):
-    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    parser_.error(f"unrecognized arguments: {' '.join(extra)}")
   args.overrides = extra
   # Bad input: a one-line message and exit status 2. For the other commands that includes
   # unreadable files (OSError); a training run's I/O failures (a failed checkpoint save) keep

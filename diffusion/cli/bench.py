@@ -10,6 +10,7 @@ def _setup(args: argparse.Namespace, steps: int | None = None):
   --samplers checked at `steps`."""
   from diffusion import models
   from diffusion.config import data_shape
+  from diffusion.runs import build
   from diffusion.sampling import check_options, make_chain
   config = config_with_overrides(args.config, args.overrides)
   model_config = dict(config.model)
@@ -20,7 +21,7 @@ def _setup(args: argparse.Namespace, steps: int | None = None):
   model = models.build(model_config, data_shape(config))
   names = tuple(n.strip() for n in getattr(args, "samplers", "").split(",") if n.strip())
   for name in names:
-    make_chain(config, name)
+    make_chain(build(config, model, check=False).method, name)
     check_options(model, config.diffusion.num_steps, steps=steps, spacing=None, guidance=None)
   return config, model, names
 
@@ -137,7 +138,8 @@ def add_parsers(commands) -> None:
   parser.add_argument("--layers", action="store_true",
                       help="also time conv/GroupNorm/swish at each level's shape, JAX vs PyTorch")
   parser.add_argument("--json", **json_)
-  parser.set_defaults(run=bench, takes_overrides=True, outputs=[("json", False)])
+  parser.set_defaults(run=bench, takes_overrides=True, outputs=[("json", False)],
+                      flag_names={"sampler": "--samplers"})
 
   parser = commands.add_parser(
       "bench-sampling", help="samples/s of each sampler on a config's network")
@@ -149,7 +151,8 @@ def add_parsers(commands) -> None:
   parser.add_argument("--dtype", **dtype)
   parser.add_argument("--repeats", type=int, default=1, help="timed chains after the first")
   parser.add_argument("--json", **json_)
-  parser.set_defaults(run=bench_sampling, takes_overrides=True, outputs=[("json", False)])
+  parser.set_defaults(run=bench_sampling, takes_overrides=True, outputs=[("json", False)],
+                      flag_names={"sampler": "--samplers"})
 
   parser = commands.add_parser(
       "bench-data", help="images/s of the data pipeline alone, per worker and in total",

@@ -7,7 +7,7 @@ do not count padding, a max pool in the last block) and 1,008 classes.
 Nothing is downloaded: the user supplies the weights file,
 
   params = load_inception("pt_inception-2015-12-05-6726825d.pth")  # needs torch
-  python -m diffusion.evaluation.inception pt_inception-2015-12-05-6726825d.pth fid_inception.npz
+  ddpm convert-inception pt_inception-2015-12-05-6726825d.pth fid_inception.npz
   params = load_inception("fid_inception.npz")                     # no torch needed
 
 and `InceptionFeatures(params)(images_uint8)` gives float64 features and
@@ -21,7 +21,6 @@ point on CIFAR-10).
 """
 
 import io
-import sys
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -207,7 +206,7 @@ def weights_file(path: str):
     raise FileNotFoundError(
         f"Inception weights {path!r} do not exist: supply the FID network's weights "
         "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or an .npz converted from it with "
-        "`python -m diffusion.evaluation.inception IN.pth OUT.npz`); nothing is downloaded")
+        "`save_weights(IN.pth, OUT.npz)`, `ddpm convert-inception`); nothing is downloaded")
   return file
 
 
@@ -321,20 +320,12 @@ class InceptionFeatures:
     bar.update(n)
 
 
-def main(argv=None) -> int:
-  """python -m diffusion.evaluation.inception IN.pth OUT.npz: converts the weights once."""
-  argv = sys.argv[1:] if argv is None else argv
-  if len(argv) != 2:
-    print(main.__doc__, file=sys.stderr)
-    return 2
-  if not argv[1].endswith(".npz"):
-    print("OUT must end in .npz", file=sys.stderr)
-    return 2
-  try:
-    variables = load_inception(argv[0])
-  except (FileNotFoundError, ValueError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+def save_weights(weights: str, out: str) -> int:
+  """Converts the FID Inception's weights file `weights` (pytorch-fid's .pth) once into an .npz
+  `out` that needs no PyTorch to read; returns the number of arrays written."""
+  if not str(out).endswith(".npz"):
+    raise ValueError(f"`out` {out!r} must end in .npz")
+  variables = load_inception(weights)
   state = {}
   flat = traverse_util.flatten_dict(variables)
   for (collection, *path, leaf), value in flat.items():
@@ -347,10 +338,5 @@ def main(argv=None) -> int:
     else:
       state[".".join(path) + "." + {"scale": "weight", "bias": "bias", "mean": "running_mean",
                                     "var": "running_var"}[leaf]] = value
-  paths.save_npz(paths.resolve(argv[1], "OUT"), **state)
-  print(f"wrote {argv[1]} ({len(state)} arrays)")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())
+  paths.save_npz(paths.resolve(out, "`out`"), **state)
+  return len(state)

@@ -56,7 +56,7 @@ def _readable(source, indices, on_error: str) -> tuple[dict, int]:
                    f"passed over all {len(source)})")
 
 
-def _check_fit(run, source) -> None:
+def check_fit(run, source) -> None:
   """Errors a run would meet late, raised before anything compiles: how the config fits the
   network (a Denoiser), the data and the devices."""
   config, model, spec = run.config, run.model, run.diffusion.spec
@@ -285,7 +285,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, model=None, source
     raise ValueError(f"method {run.method.name!r} distils a trained run: start it with "
                      "`distill(workdir, out, ...)` (`ddpm distill`) from the teacher's run")
   source = make_source(config.data) if source is None else source
-  _check_fit(run, source)
+  check_fit(run, source)
   lock = WorkdirLock(path)
   _hold(lock)
   try:

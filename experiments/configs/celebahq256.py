@@ -10,7 +10,7 @@ batch 64, EMA 0.9999, random flips, 0.5M steps. The paper shows samples
       --config.data.data_dir=gs://BUCKET/tensorflow_datasets --config.model.dtype=bfloat16
 
 needs celeb_a_hq/256 prepared by TFDS as ArrayRecord (it needs a manual
-download). The released checkpoint loads with `python -m diffusion.convert
+download). The released checkpoint loads with `ddpm convert
 DIFFUSERS_DIR OUT_DIR` (diffusers folder google/ddpm-celebahq-256).
 """
 

@@ -13,7 +13,7 @@ TPU v3-8 ran about 21 steps/s). The paper reports FID 3.17, IS 9.46 and NLL
 needs CIFAR-10 prepared by TFDS as ArrayRecord (`tfds build cifar10
 --file_format=array_record` where the network is reachable). On TPU or GPU
 add --config.model.dtype=bfloat16. The released checkpoint loads with
-`python -m diffusion.convert DIFFUSERS_DIR OUT_DIR` (diffusers folder
+`ddpm convert DIFFUSERS_DIR OUT_DIR` (diffusers folder
 google/ddpm-cifar10-32, downloaded by you; nothing is fetched here).
 """
 
