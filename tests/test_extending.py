@@ -7,6 +7,8 @@ SNR(t))^γ. The network is an affine map per timestep, exact for Gaussian data.
 """
 
 import os
+import pathlib
+import shutil
 import sys
 
 import jax
@@ -20,7 +22,8 @@ from diffusion import cli, edm, methods, models, samplers
 from diffusion.distributed import make_mesh
 from diffusion.process import Diffusion
 from diffusion.runs import build, load_run
-from diffusion.training import base_key, create_state, make_train_step, shard_batch
+from diffusion.sample_run import draw_samples
+from diffusion.training import base_key, create_state, make_train_step, shard_batch, train
 
 T, SHAPE, MEAN, STD = 20, (4, 1), 0.3, 0.2
 
@@ -198,3 +201,33 @@ def test_the_ddpm_command_trains_and_samples_with_them(tmp_path, capsys):
                    "--sampler", "euler-ode", "--eta", "0.5"]) == 2
   assert "--eta is no option of sampler 'euler-ode'" in capsys.readouterr().err
   assert "test_extending" in sys.modules
+
+
+BEFORE = pathlib.Path(__file__).parent / "data"
+
+
+class Gaussian:
+  """The data the run folder of before was trained on."""
+  def __len__(self):
+    return 64
+
+  def __getitem__(self, i):
+    return {"x": (MEAN + STD * np.random.default_rng(i).normal(size=SHAPE)).astype(np.float32)}
+
+
+def test_a_run_folder_written_before_the_redesign_loads_samples_and_resumes(tmp_path):
+  """tests/data/run_before_engine was written by the engine before the Run/Method/Sampler
+  redesign (tests/data/make_run_before_engine.py): it loads as a DDPM run, samples what that
+  engine sampled, and resumes."""
+  start = {"a": jnp.full((T, *SHAPE), 0.5), "b": jnp.zeros((T, *SHAPE))}
+  network = lambda: models.function(affine, params=start, name="(affine)")
+  run = load_run(str(BEFORE / "run_before_engine"), model=network())
+  assert run.step == 2 and type(run.method) is methods.DDPM
+  x = draw_samples(run, np.zeros(8, int), sampler="ddim", steps=5)
+  np.testing.assert_allclose(x, np.load(BEFORE / "samples_before_engine.npz")["arr_0"],
+                             rtol=1e-5, atol=1e-6)
+  folder = tmp_path / "run"
+  shutil.copytree(BEFORE / "run_before_engine", folder)
+  config = run.config
+  config.train.num_steps = 4
+  assert train(config, str(folder), model=network(), source=Gaussian()) == 4
