@@ -315,21 +315,25 @@ def build(config: ml_collections.ConfigDict, model=None, *, check: bool = True) 
   return Run(config, model, diffusion, method)
 
 
-def load_run(workdir: str, step: int | None = None, *, model=None) -> Run:
+def load_run(workdir: str, step: int | None = None, *, model=None,
+             steps: int | None = None) -> Run:
   """The `Run` of a checkpoint (default: the newest readable): its saved config, the network
   rebuilt from it (or `model`, a Denoiser or module, if given: for a network the config cannot
-  name), its variables with the EMA parameters, the step and the run's `Diffusion`.
+  name), its variables with the EMA parameters, the step and the run's `Diffusion` and
+  `Method`. `steps`: the sampling steps asked for, with which a method whose checkpoints hold
+  different models (a progressive run's rounds) picks the checkpoint (`Method.checkpoint_for`);
+  the checkpoints are opened once.
 
-  `workdir` may also be a model folder with a `config.json` (`python -m
-  diffusion.convert ... --config FILE` writes one for a released checkpoint):
-  its parameters, at step 0.
+  `workdir` may also be a model folder with a `config.json` (`ddpm convert ...
+  --config FILE` writes one for a released checkpoint): its parameters, at step 0.
   """
   path = paths.resolve(workdir, "`workdir`")
   if (path / "model.json").exists():
     if not (path / "config.json").exists():
       raise FileNotFoundError(
           f"`workdir` {workdir!r} is a model folder without config.json (the data and diffusion "
-          "settings): convert it with `python -m diffusion.convert IN OUT `config` FILE`")
+          "settings): convert it with `convert.convert(model_dir, out_dir, config)` (`ddpm "
+          "convert`), naming a config")
     if step not in (None, 0):
       raise ValueError(f"`step` {step}: a model folder has only step 0")
     config = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
@@ -340,24 +344,34 @@ def load_run(workdir: str, step: int | None = None, *, model=None) -> Run:
   if not (path / "checkpoints").exists():
     raise FileNotFoundError(f"`workdir` {workdir!r} holds no checkpoints/: not a training run")
   checkpoints = Checkpoints(path, read_only=True)
-  read = lambda s: (checkpoints.restore_config(s), checkpoints.restore_variables(s))
+
+  def read(s):
+    return checkpoints.restore_config(s), checkpoints.restore_variables(s)
+
+  def read_named(s):
+    try:
+      return read(s)
+    except Exception as e:  # noqa: BLE001 (a damaged checkpoint, named)
+      raise ValueError(f"`step` {s}: checkpoint {os.fspath(checkpoints.directory / str(s))}"
+                       f" is damaged ({_reason(e)})") from None
+
   try:
-    steps = checkpoints.all_steps()
-    if not steps:
+    kept = checkpoints.all_steps()
+    if not kept:
       raise FileNotFoundError(f"`workdir` {workdir!r} holds no complete checkpoint")
     if step is None:
       found = checkpoints.newest(read)
       if found is None:
-        raise ValueError(f"`workdir` {workdir!r}: every checkpoint is damaged (steps {steps})")
-      step, (config, variables) = found
-    elif step not in steps:
-      raise ValueError(f"`step` {step}: the run has checkpoints at steps {steps}")
+        raise ValueError(f"`workdir` {workdir!r}: every checkpoint is damaged (steps {kept})")
+      at, (config, variables) = found
+    elif step not in kept:
+      raise ValueError(f"`step` {step}: the run has checkpoints at steps {kept}")
     else:
-      try:
-        config, variables = read(step)
-      except Exception as e:  # noqa: BLE001 (a damaged checkpoint, named)
-        raise ValueError(f"`step` {step}: checkpoint {os.fspath(checkpoints.directory / str(step))}"
-                         f" is damaged ({_reason(e)})") from None
+      at, (config, variables) = step, read_named(step)
+    run = build(config, model, check=False)
+    chosen, method = run.method.checkpoint_for(kept, at, step is not None, steps)
+    if chosen != at:
+      config, variables = read_named(chosen)
   finally:
     checkpoints.manager.close()
-  return build(config, model, check=False).replace(variables=variables, step=step)
+  return run.replace(config=config, method=method, variables=variables, step=chosen)

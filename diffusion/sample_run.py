@@ -1,17 +1,14 @@
 """`ddpm sample`: samples of a trained run as .npz (arr_0 in the data's units, labels) with a
 preview beside it, or per-class PNG folders of images."""
 
-import os
-
 import jax
 import numpy as np
 
-from diffusion import images, paths, progressive
+from diffusion import images, paths
 from diffusion.distributed import make_mesh, replicate
 from diffusion.previews import save_preview
+from diffusion.runs import base_key, load_run
 from diffusion.sampling import class_labels, in_batches, make_sampler
-from diffusion.runs import Checkpoints, load_run
-from diffusion.runs import base_key
 
 LAYOUTS = ("npz", "folders")
 
@@ -46,10 +43,7 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
     if target.exists() and target.is_dir() and any(target.iterdir()):
       raise ValueError(f"`out` {out!r} is a folder that already holds files; `layout` "
                        "folders writes into a new or empty folder (nothing is overwritten)")
-  step, student = round_checkpoint(workdir, steps, step)
-  run = load_run(workdir, step)
-  if student is not None:  # the checkpoint's student: the round that made it
-    run = run.replace(method=run.method.with_steps(student))
+  run = load_run(workdir, step, steps=steps)  # a progressive run: the round of `steps`
   model, step = run.model, run.step
   if model.cond_channels:
     raise ValueError(f"`workdir` {workdir!r}: this model is conditioned on an input "
@@ -66,49 +60,6 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   if jax.process_index() == 0:
     write_samples(out, samples, labels, model.num_classes, layout, spec)
   return samples
-
-
-def round_checkpoint(workdir: str, steps: int | None, step: int | None
-                     ) -> tuple[int | None, int | None]:
-  """(checkpoint step, student steps) of a progressive student (each round halves the steps;
-  the run keeps every round's checkpoint): for `--steps K`, the checkpoint at the end of the
-  round that made the K-step student; for `--step S` (or the newest checkpoint), the steps of
-  the student that S holds; both given, they must agree. (step, None) for any other run."""
-  path = paths.resolve(workdir, "`workdir`")
-  if not (path / "checkpoints").exists():
-    return step, None
-  checkpoints = Checkpoints(path, read_only=True)
-  try:
-    kept = checkpoints.all_steps()
-    newest = checkpoints.newest(checkpoints.restore_config) if kept else None
-  finally:
-    checkpoints.manager.close()
-  if newest is None:
-    return step, None
-  d = newest[1].get("distill") or {}
-  if d.get("method") != "progressive":
-    return step, None
-  made = progressive.rounds(d["teacher_steps"], d["steps"])
-  reachable = [d["teacher_steps"] >> i for i in range(1, made + 1)]
-  # Checkpoint s holds the student of round min((s - 1) // round_steps, made - 1) + 1.
-  held = lambda s: d["teacher_steps"] >> (min(max(s - 1, 0) // d["round_steps"], made - 1) + 1)
-  if steps is None:
-    return step, held(newest[0] if step is None else step)
-  if steps not in reachable:
-    raise ValueError(f"`steps` {steps}: this progressive run made students of {reachable} "
-                     "steps")
-  want = (reachable.index(steps) + 1) * d["round_steps"]
-  if step is None and held(newest[0]) == steps:  # the newest checkpoint's student
-    return newest[0], steps
-  if step is not None:
-    if held(step) != steps:
-      raise ValueError(f"`step` {step} holds the {held(step)}-step student, not the "
-                       f"{steps}-step one (its round ended at step {want})")
-    return step, steps
-  if want not in kept:
-    raise ValueError(f"`steps` {steps}: the checkpoint of its round (step {want}) is not in "
-                     f"{os.fspath(path / 'checkpoints')} (kept: {kept})")
-  return want, steps
 
 
 def draw_samples(run, labels: np.ndarray, *, seed: int = 0, batch: int = 256,

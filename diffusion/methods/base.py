@@ -76,6 +76,11 @@ class Method:
     """The method of a config's settings (each error names its config key)."""
     return cls(diffusion)
 
+  @classmethod
+  def student_config(cls, config) -> None:
+    """A distilling method's own settings of its student's config (`distill`), set in place
+    on the teacher's config with the distillation's sections."""
+
   def check(self, config) -> None:
     """How the method fits the rest of the config (e.g. its number of training steps)."""
 
@@ -99,6 +104,14 @@ class Method:
 
   def local_step(self, step: jax.Array, applied: jax.Array) -> jax.Array:
     return applied
+
+  def checkpoint_for(self, kept: list[int], at: int, given: bool, steps: int | None
+                     ) -> tuple[int, "Method"]:
+    """(the checkpoint to read, the method of the model it holds) for sampling with `steps`
+    steps, where `at` is the checkpoint asked for (`given`) or the newest readable one of those
+    `kept`. A method whose checkpoints hold different models (a progressive run keeps each
+    round's student) picks the one that samples in `steps`; the others keep `at`."""
+    return at, self
 
   def sampler_options(self) -> dict:
     """Options of this method's own sampler (an `own_only` one), e.g. a consistency model's σ_d."""

@@ -137,6 +137,12 @@ class ConsistencyDistillation(_Consistency):
     d = few_step_config(config, cls.keys, cls.name, cls.example)
     return cls(diffusion, d.num_points, d.target_decay, **cls._shared(d))
 
+  @classmethod
+  def student_config(cls, config):
+    config.train.sample_sampler = "consistency"
+    if config.distill.get("steps") is not None:  # the steps of its sample grids
+      config.train.sample_steps = config.distill.steps
+
   def points(self, step):
     return jnp.int32(self.num_points)
 

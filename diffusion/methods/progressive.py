@@ -42,10 +42,53 @@ class Progressive(Method):
     return cls(diffusion, d.teacher_steps, d.steps, d.round_steps,
                d.get("teacher_prediction", "eps"))
 
+  @classmethod
+  def student_config(cls, config):
+    d = config.distill
+    config.diffusion.prediction = "v"
+    config.train.num_steps = progressive.rounds(d.teacher_steps, d.steps) * d.round_steps
+    # Each round anneals its lr to 0 (the paper: linearly; here along a half cosine): the
+    # optimizer restarts at every round, and with it the schedule.
+    config.optim.decay_steps = d.round_steps
+    config.train.sample_sampler = "ddim"
+    config.train.sample_steps = 0
+    # Every round's student is kept: sampling with K steps reads the round that made it.
+    if d.round_steps % config.train.checkpoint_every:
+      config.train.checkpoint_every = d.round_steps
+    config.train.keep_checkpoints = None
+
   def with_steps(self, steps: int) -> "Progressive":
     """The method of this run's student of `steps` steps (an earlier round's)."""
     return Progressive(self.diffusion, self.teacher_steps, steps, self.round_steps,
                        self.teacher_prediction)
+
+  def held(self, checkpoint: int) -> int:
+    """The steps of the student checkpoint `checkpoint` holds: that of round
+    min((checkpoint - 1) // round_steps, rounds - 1) + 1."""
+    return self.teacher_steps >> (min(max(checkpoint - 1, 0) // self.round_steps,
+                                      self.num_rounds - 1) + 1)
+
+  def checkpoint_for(self, kept, at, given, steps):
+    """Each round halves the steps, and the run keeps every round's checkpoint: for `steps` K,
+    the checkpoint at the end of the round that made the K-step student (the newest, if it
+    holds that student); without, the student checkpoint `at` holds; a checkpoint given and K
+    must agree."""
+    if steps is None:
+      return at, self.with_steps(self.held(at))
+    reachable = [self.teacher_steps >> i for i in range(1, self.num_rounds + 1)]
+    if steps not in reachable:
+      raise ValueError(f"`steps` {steps}: this progressive run made students of {reachable} "
+                       "steps")
+    want = (reachable.index(steps) + 1) * self.round_steps
+    if given and self.held(at) != steps:
+      raise ValueError(f"`step` {at} holds the {self.held(at)}-step student, not the "
+                       f"{steps}-step one (its round ended at step {want})")
+    if given or self.held(at) == steps:
+      return at, self.with_steps(steps)
+    if want not in kept:
+      raise ValueError(f"`steps` {steps}: the checkpoint of its round (step {want}) is not "
+                       f"among the run's (kept: {kept})")
+    return want, self.with_steps(steps)
 
   def check(self, config):
     total = self.num_rounds * self.round_steps

@@ -15,14 +15,24 @@ import os
 
 import ml_collections
 
-from diffusion import paths
-from diffusion import methods, progressive
+from diffusion import methods, paths
 from diffusion.runs import Checkpoints, IncompatibleResume, load_run
 from diffusion.training.loop import train
 
 log = logging.getLogger(__name__)
 
-METHODS = ("progressive", "consistency")  # the methods that distil a teacher (`needs_teacher`)
+
+
+def distilling() -> tuple[str, ...]:
+  """The methods that distil a teacher (`Method.needs_teacher`), registered ones included."""
+  return tuple(name for name, cls in methods.REGISTRY.items() if cls.needs_teacher)
+
+
+def _method(name: str):
+  """The class of a distilling method, or a ValueError naming `method`."""
+  if name not in distilling():
+    raise ValueError(f"`method` must be one of {', '.join(distilling())}; got {name!r}")
+  return methods.get(name)
 SECTIONS = ("optim", "train", "distill")
 
 
@@ -31,11 +41,11 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
                    ) -> ml_collections.ConfigDict:
   """The teacher's config with the `optim`, `train` and `distill` sections of `settings` (and
   the keys of its `model` section, if any, e.g. dropout), `method` and the step counts filled
-  in. A progressive student predicts v and trains rounds x round_steps steps, its lr annealed
-  to 0 in each round; a consistency model keeps the teacher's prediction type as the
-  teacher's only (its network's output is F of `consistency.py`)."""
-  if method not in METHODS:
-    raise ValueError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}")
+  in, and then the method's own settings of its student (`Method.student_config`: a
+  progressive student predicts v and trains rounds x round_steps steps, its lr annealed to 0
+  in each round; a consistency model keeps the teacher's prediction type as the teacher's
+  only, its network's output being F of `consistency.py`)."""
+  cls = _method(method)
   for section in SECTIONS:
     if section not in settings:
       raise ValueError(f"the distillation config has no `{section}` section (see "
@@ -58,27 +68,11 @@ def student_config(teacher: ml_collections.ConfigDict, settings: ml_collections.
     if teacher_steps is not None:
       d.teacher_steps = teacher_steps
     config.train.label_dropout = 0.0
-    cls = methods.get(method)
     missing = [k for k in cls.keys if k not in d]
     if missing:
       raise ValueError(f"`method` {method}: the distillation config's distill section has no "
                        f"{', '.join(missing)} (a config for it: experiments/configs/{cls.example})")
-    if method == "progressive":
-      config.diffusion.prediction = "v"
-      config.train.num_steps = progressive.rounds(d.teacher_steps, d.steps) * d.round_steps
-      # Each round anneals its lr to 0 (the paper: linearly; here along a half cosine): the
-      # optimizer restarts at every round, and with it the schedule.
-      config.optim.decay_steps = d.round_steps
-      config.train.sample_sampler = "ddim"
-      config.train.sample_steps = 0
-      # Every round's student is kept: `ddpm sample --steps K` reads the round that made it.
-      if d.round_steps % config.train.checkpoint_every:
-        config.train.checkpoint_every = d.round_steps
-      config.train.keep_checkpoints = None
-    else:
-      config.train.sample_sampler = "consistency"
-      if steps is not None:
-        config.train.sample_steps = steps
+    cls.student_config(config)
   return config
 
 
@@ -94,8 +88,7 @@ def distill(workdir: str, out: str, settings: ml_collections.ConfigDict, *, meth
   the student is the same network."""
   if os.fspath(paths.resolve(workdir, "`workdir`")) == os.fspath(paths.resolve(out, "`out`")):
     raise ValueError("`out` must differ from `workdir` (the teacher's run is read, not written)")
-  if method not in METHODS:
-    raise ValueError(f"`method` must be one of {', '.join(METHODS)}; got {method!r}")
+  _method(method)
   if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
     raise ValueError(f"`steps` must be a positive int; got {steps!r}")
   saved = _saved_config(out)
