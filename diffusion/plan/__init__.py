@@ -14,7 +14,6 @@ import math
 import time
 from typing import Any
 
-import jax
 import ml_collections
 
 from diffusion.runs import build
