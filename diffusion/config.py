@@ -64,6 +64,7 @@ RANGES = {
     "diffusion.s": _real(0, math.inf),
     "diffusion.max_beta": _real(0, 1, open_low=True, open_high=True),
     "diffusion.vlb_weight": _real(0, math.inf),
+    "diffusion.snr_gamma": _real(0, math.inf),
     "optim.lr": _real(0, math.inf, open_low=True),
     "optim.warmup_steps": _int(0),
     "optim.decay_steps": _int(0),
@@ -168,7 +169,7 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
 
 
 # Keys added after runs were saved without them, and the value their absence means.
-ABSENT_MEANS = {"optim.decay_steps": 0, "diffusion.clip_x0": None}
+ABSENT_MEANS = {"optim.decay_steps": 0, "diffusion.clip_x0": None, "diffusion.snr_gamma": 0.0}
 
 _SPEC_KEYS = ("data.shape", "data.kind", "data.dtype", "data.scale", "data.image_size",
               "data.channels")

@@ -1,5 +1,5 @@
 """Training objectives: L_simple (Ho et al. eq. 14, the survey's eq. 9), L_vlb
-and L_hybrid (Nichol & Dhariwal eq. 16).
+and L_hybrid (Nichol & Dhariwal eq. 16), and min-SNR-γ weighting (Hang et al. 2023).
 
 Each takes a batch of data and one key, draws t ~ U{0, ..., T-1} and
 ε ~ N(0, I) inside (Algorithm 1), and returns float32 values.
@@ -109,3 +109,17 @@ def loss_hybrid(denoise_fn, schedule, x0, key, **kwargs) -> jax.Array:
   """L_hybrid averaged over the batch, a float32 scalar; args as `training_losses`."""
   return jnp.mean(training_losses(
       denoise_fn, schedule, x0, key, loss="hybrid", **kwargs)["loss"])
+
+
+def min_snr_weight(schedule: Schedule, t: jax.Array, prediction: str, gamma: float) -> jax.Array:
+  """Min-SNR-γ weights (Hang et al. 2023) of the per-example L_simple of `prediction`, float32
+  [B] for t int [B]: with SNR_t = ᾱ_t / (1 - ᾱ_t), min(SNR_t, γ) / SNR_t for ε, min(SNR_t, γ)
+  for x_0 and min(SNR_t, γ) / (SNR_t + 1) for v, so that each equals min(SNR_t, γ) · ||x_0 -
+  x̂_0||² (the x_0 error is the ε error over SNR_t and the v error over SNR_t + 1)."""
+  _checks.choice(prediction, _checks.PREDICTIONS, "prediction")
+  if not gamma > 0:
+    raise ValueError(f"gamma must be > 0; got {gamma!r}")
+  log_snr = (schedule.log_alphas_cumprod - schedule.log_one_minus_alphas_cumprod)[t]
+  snr = jnp.exp(log_snr.astype(jnp.float32))
+  clipped = jnp.minimum(snr, gamma)
+  return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[prediction]

@@ -148,25 +148,27 @@ def make_sampler(run, name, steps, **options):
   return make(run, make_mesh(), sampler=name, steps=steps, **options)
 
 
-def test_a_method_defined_here_trains_through_the_engine():
-  """P2 with γ = 0 gives DDPM's parameters bit for bit after two steps (the engine calls the
-  method and nothing else); with γ = 1 the loss is down-weighted (λ < 1 for k = 1) and the
-  parameters differ."""
+def trained(config):
+  """(run, parameters, losses) after two train steps of the affine network on two fixed batches
+  over 2 devices, from the same start."""
   mesh = make_mesh(jax.devices()[:2])
   rng = np.random.default_rng(0)
   batches = [{"x": (MEAN + STD * rng.normal(size=(16, *SHAPE))).astype(np.float32),
               "label": np.zeros(16, np.int32)} for _ in range(2)]
   start = {"params": jax.tree.map(lambda a: a * 0.5, exact_params())}
+  run = build(config, affine_network(None, SHAPE))
+  state = create_state(run, mesh, {"x": jnp.zeros((1, *SHAPE))}, start)
+  step, losses = make_train_step(run, mesh), []
+  for batch in batches:
+    state, metrics = step(state, shard_batch(batch, mesh), base_key(config.seed, "train"))
+    losses.append(float(metrics["loss"]))
+  return run, jax.device_get(state.params), losses
 
-  def trained(config):
-    run = build(config, affine_network(None, SHAPE))
-    state = create_state(run, mesh, {"x": jnp.zeros((1, *SHAPE))}, start)
-    step, losses = make_train_step(run, mesh), []
-    for batch in batches:
-      state, metrics = step(state, shard_batch(batch, mesh), base_key(config.seed, "train"))
-      losses.append(float(metrics["loss"]))
-    return run, jax.device_get(state.params), losses
 
+def test_a_method_defined_here_trains_through_the_engine():
+  """P2 with γ = 0 gives DDPM's parameters bit for bit after two steps (the engine calls the
+  method and nothing else); with γ = 1 the loss is down-weighted (λ < 1 for k = 1) and the
+  parameters differ."""
   ddpm, ddpm_params, ddpm_losses = trained(extending_config())
   flat, flat_params, flat_losses = trained(extending_config(method="p2-test", gamma=0.0))
   p2, p2_params, p2_losses = trained(extending_config(method="p2-test", gamma=1.0))
@@ -175,6 +177,28 @@ def test_a_method_defined_here_trains_through_the_engine():
   assert flat_losses == ddpm_losses
   assert p2_losses[0] < ddpm_losses[0]
   assert not np.array_equal(p2_params["a"], ddpm_params["a"])
+
+
+def test_min_snr_weighting_is_one_config_key_of_ddpm():
+  """config.diffusion.snr_gamma: a γ above every SNR weighs ε's L_simple by SNR / SNR = 1, the
+  plain run's parameters bit for bit; γ = 5 down-weighs the high-SNR steps and changes them."""
+  def config(gamma):
+    c = extending_config()
+    c.diffusion.snr_gamma = gamma
+    return c
+  _, plain, plain_losses = trained(config(0.0))
+  _, above, above_losses = trained(config(1e30))
+  _, five, five_losses = trained(config(5.0))
+  jax.tree.map(np.testing.assert_array_equal, above, plain)
+  assert above_losses == plain_losses and five_losses[0] < plain_losses[0]
+  assert not np.array_equal(five["a"], plain["a"])
+  bad = config(5.0)
+  bad.diffusion.loss = "vlb"
+  with pytest.raises(ValueError, match="config.diffusion.snr_gamma weighs L_simple's term"):
+    build(bad)
+  bad.diffusion.snr_gamma = -1.0
+  with pytest.raises(ValueError, match=r"config.diffusion.snr_gamma must be a number >= 0"):
+    build(bad)
 
 
 def test_the_ddpm_command_trains_and_samples_with_them(tmp_path, capsys):

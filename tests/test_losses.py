@@ -112,3 +112,27 @@ def test_hybrid_trains_the_variance_through_the_vlb_only(schedule):
                                      variance="learned_range", vlb_weight=0.01)
   np.testing.assert_allclose(losses["loss"], losses["mse"] + 0.01 * T * losses["vb"],
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weighting_is_min_snr_times_the_x0_error(schedule, prediction):
+  """Hang et al. 2023: each parameterisation's min-SNR-γ weighted L_simple equals
+  min(SNR_t, γ) ||x_0 - x̂_0||² (x̂_0 the network's, converted), SNR_t = ᾱ_t / (1 - ᾱ_t) computed
+  here in float64; t spans SNRs far above and below γ = 5."""
+  from diffusion.losses import min_snr_weight
+  x0 = jax.random.uniform(jax.random.key(0), (8, 4, 4, 1), minval=-1, maxval=1)
+  noise = jax.random.normal(jax.random.key(1), x0.shape)
+  t = jnp.array([0, 10, 50, 100, 200, 400, 700, 999])
+  output = jax.random.normal(jax.random.key(2), x0.shape)
+  out = diffusion.training_losses(lambda x_t, t: output, schedule, x0, jax.random.key(3),
+                                  prediction=prediction, t=t, noise=noise)
+  weighted = min_snr_weight(schedule, t, prediction, 5.0) * out["mse"]
+  x_t = diffusion.q_sample(schedule, x0, t, noise)
+  x0_hat = diffusion.x0_from_prediction(schedule, prediction, x_t, t, output)
+  ac = np.asarray(schedule.alphas_cumprod, np.float64)[np.asarray(t)]
+  snr = ac / (1 - ac)
+  assert snr.max() > 100 * 5 and snr.min() < 5 / 100
+  want = np.minimum(snr, 5.0) * np.mean(np.asarray(x0 - x0_hat, np.float64) ** 2, axis=(1, 2, 3))
+  np.testing.assert_allclose(weighted, want, rtol=2e-4)
+  with pytest.raises(ValueError, match="gamma must be > 0"):
+    min_snr_weight(schedule, t, prediction, 0.0)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion import _checks
-from diffusion.losses import LOSSES, training_losses
+from diffusion.losses import LOSSES, min_snr_weight, training_losses
 from diffusion.methods.base import Method, register
 
 HISTORY = 10  # losses kept per timestep by the importance sampler (improved DDPM)
@@ -58,12 +58,14 @@ def _keys(key):
 class DDPM(Method):
   """The network predicts ε, x_0 or v (`Diffusion.prediction`) at a timestep t drawn uniformly
   or by importance (`timestep_sampler`), minimising `loss` ("simple", "vlb" or "hybrid", with
-  `vlb_weight` for the hybrid); a class-conditional network sees the null class with
+  `vlb_weight` for the hybrid), its L_simple term weighted by min-SNR-γ if `snr_gamma` > 0
+  (Hang et al. 2023; 5 in the paper); a class-conditional network sees the null class with
   probability `label_dropout`. Every draw of example i comes from its own key."""
   name = "ddpm"
 
   def __init__(self, diffusion, loss: str = "simple", vlb_weight: float = 0.001,
-               timestep_sampler: str = "uniform", label_dropout: float = 0.0):
+               timestep_sampler: str = "uniform", label_dropout: float = 0.0,
+               snr_gamma: float = 0.0):
     super().__init__(diffusion)
     _checks.choice(loss, LOSSES, "config.diffusion.loss")
     _checks.choice(timestep_sampler, ("uniform", "importance"),
@@ -71,14 +73,18 @@ class DDPM(Method):
     if loss == "hybrid" and not diffusion.learned_variance:
       raise ValueError("config.diffusion.loss='hybrid' trains the variance: config.diffusion."
                        f"variance must be learned_range or learned, not {diffusion.variance!r}")
+    if snr_gamma and loss == "vlb":
+      raise ValueError("config.diffusion.snr_gamma weighs L_simple's term: it needs "
+                       "config.diffusion.loss 'simple' or 'hybrid', not 'vlb'")
     self.loss, self.vlb_weight, self.timestep_sampler = loss, vlb_weight, timestep_sampler
-    self.label_dropout = label_dropout
+    self.label_dropout, self.snr_gamma = label_dropout, snr_gamma
 
   @classmethod
   def from_config(cls, config, diffusion):
     d = config.diffusion
     return cls(diffusion, d.get("loss", "simple"), d.get("vlb_weight", 0.001),
-               d.get("timestep_sampler", "uniform"), config.train.get("label_dropout", 0.0))
+               d.get("timestep_sampler", "uniform"), config.train.get("label_dropout", 0.0),
+               d.get("snr_gamma", 0.0) or 0.0)
 
   @property
   def importance(self) -> bool:
@@ -107,6 +113,10 @@ class DDPM(Method):
     out = training_losses(step.nets.student, schedule, step.x0, step.key, loss=self.loss,
                           prediction=d.prediction, variance=d.variance, t=t, noise=noise,
                           vlb_weight=self.vlb_weight)
+    if self.snr_gamma:  # min-SNR-γ on the L_simple term (the hybrid's vlb term unweighted)
+      weight = min_snr_weight(schedule, out["t"], d.prediction, self.snr_gamma)
+      vb = self.vlb_weight * schedule.num_steps * out["vb"] if "vb" in out else 0.0
+      out = {**out, "loss": weight * out["mse"] + vb}
     if self.importance:  # the unbiased estimate of the uniform average; the history keeps L_t
       out = {**out, "loss": 1.0 / (schedule.num_steps * probs[out["t"]]) * out["loss"],
              "unweighted": out["loss"]}

@@ -65,6 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.diffusion.variance = "fixed_large"
   config.diffusion.loss = "simple"
   config.diffusion.vlb_weight = 0.001  # λ of the hybrid loss
+  config.diffusion.snr_gamma = 0.0  # min-SNR-γ weighting of L_simple (Hang et al.: 5); 0: off
   config.diffusion.timestep_sampler = "uniform"
   # config.diffusion.clip_x0: unset, the samplers clip x0 to [-1, 1] for uint8 data only
 
