@@ -87,3 +87,60 @@ def heun_step(d, x: jax.Array, t: jax.Array, t_next: jax.Array, sigma: jax.Array
   euler = x + (sigma_next - sigma) * slope
   slope_next = (euler - d(euler, t_next)) / sigma_next
   return x + (sigma_next - sigma) * 0.5 * (slope + slope_next)
+
+
+# EDM's training (Karras et al. 2022, Table 1, config F): σ ~ log-normal, the network F_θ
+# preconditioned into a denoiser D(x; σ) = c_skip x + c_out F_θ(c_in x, c_noise), the loss
+# weighted by λ(σ), all on continuous σ (VE: x = x_0 + σ n).
+P_MEAN, P_STD, SIGMA_DATA = -1.2, 1.2, 0.5
+
+
+def preconditioning(sigma: jax.Array, sigma_data: float = SIGMA_DATA):
+  """(c_skip, c_out, c_in, c_noise) of σ (any shape): c_skip = σ_d² / (σ² + σ_d²), c_out = σ σ_d /
+  sqrt(σ² + σ_d²), c_in = 1 / sqrt(σ² + σ_d²), c_noise = ln(σ) / 4."""
+  sigma = jnp.asarray(sigma, jnp.float32)
+  total = sigma ** 2 + sigma_data ** 2
+  return (sigma_data ** 2 / total, sigma * sigma_data / jnp.sqrt(total), 1 / jnp.sqrt(total),
+          jnp.log(sigma) / 4)
+
+
+def loss_weight(sigma: jax.Array, sigma_data: float = SIGMA_DATA) -> jax.Array:
+  """λ(σ) = (σ² + σ_d²) / (σ σ_d)², which makes λ c_out² = 1: the network's own target has unit
+  weight at every σ."""
+  sigma = jnp.asarray(sigma, jnp.float32)
+  return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+
+
+def sample_sigmas(key: jax.Array, shape, p_mean: float = P_MEAN, p_std: float = P_STD
+                  ) -> jax.Array:
+  """Training noise levels: ln σ ~ N(P_mean, P_std²), float32 of `shape`."""
+  return jnp.exp(p_mean + p_std * jax.random.normal(key, shape, jnp.float32))
+
+
+def preconditioned(network_fn, sigma_data: float = SIGMA_DATA):
+  """D(x; σ) = c_skip x + c_out F(c_in x, c_noise) for F = `network_fn(x_in [B, ..., C], c_noise
+  float [B]) -> [B, ..., C]`; x [B, ..., C], σ float [B]."""
+  def d(x, sigma):
+    c_skip, c_out, c_in, c_noise = preconditioning(sigma, sigma_data)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    out = network_fn((c_in.reshape(shape) * x).astype(x.dtype), c_noise)[..., :x.shape[-1]]
+    return (c_skip.reshape(shape) * x + c_out.reshape(shape) * out).astype(x.dtype)
+  return d
+
+
+def training_loss(denoiser_fn, x0: jax.Array, noise: jax.Array, sigma: jax.Array,
+                  sigma_data: float = SIGMA_DATA) -> jax.Array:
+  """λ(σ) ||D(x_0 + σ n; σ) − x_0||² averaged over the data dimensions, float32 [B], for a
+  denoiser D(x, σ) (e.g. `preconditioned`); x0, noise [B, ..., C], σ float [B]."""
+  shape = (-1,) + (1,) * (x0.ndim - 1)
+  x = x0 + jnp.asarray(sigma, x0.dtype).reshape(shape) * noise
+  err = (denoiser_fn(x, sigma).astype(jnp.float32) - x0.astype(jnp.float32))
+  return loss_weight(sigma, sigma_data) * jnp.mean(err.reshape(err.shape[0], -1) ** 2, axis=1)
+
+
+def ode_field(denoiser_fn):
+  """EDM's probability-flow ODE in σ, dx/dσ = (x − D(x; σ)) / σ, as a field for `diffusion.ode`."""
+  def f(x, sigma):
+    s = sigma.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
+    return (x - denoiser_fn(x, sigma)) / s
+  return f
