@@ -245,3 +245,24 @@ def test_bfloat16_unet_program_convolves_in_bf16_and_fuses_its_elementwise_work(
   kinds = set(re.findall(r"= \S+ ([a-z][\w-]*)\(", entry))
   assert kinds <= {"fusion", "parameter", "convolution", "dot", "bitcast", "copy", "constant",
                    "tuple", "get-tuple-element", "custom-call"}, kinds
+
+
+@pytest.mark.parametrize("settings, shape", [(None, (8, 8, 1)), (DIT, (8, 8, 3)), (EGNN, (10, 3))])
+def test_every_network_takes_a_continuous_noise_level(settings, shape):
+  """The embeddings take a float conditioning (flow matching's t, EDM's c_noise) as well as
+  integer timesteps: a float t equals its integer, and between two integers the output moves
+  continuously (a small step in t, a small change; t = 3.5 is neither 3 nor 4)."""
+  from _tiny import tiny_config
+  settings = dict(tiny_config().model) if settings is None else settings
+  x = jax.random.normal(jax.random.key(0), (2, *shape))
+  model = models.build(settings, shape)
+  variables = jax.jit(model.init)(jax.random.key(1), x, jnp.array([3, 3]))
+  variables = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape),
+                           variables)
+  at = lambda t: np.asarray(jax.jit(model)(variables, x, t), np.float64)
+  three, four = at(jnp.array([3, 3])), at(jnp.array([4, 4]))
+  np.testing.assert_allclose(at(jnp.array([3.0, 3.0])), three, rtol=1e-5, atol=1e-6)
+  half = at(jnp.array([3.5, 3.5]))
+  assert not np.allclose(half, three) and not np.allclose(half, four)
+  near = at(jnp.array([3.001, 3.001]))
+  assert np.abs(near - three).max() < 0.01 * np.abs(four - three).max()
