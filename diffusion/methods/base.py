@@ -1,4 +1,4 @@
-"""The `Method` protocol: what a run trains its network to do, the state that needs beside the
+"""The `Method` protocol: what a run trains its network to do, the state it needs beside the
 parameters, and how the trained model samples; and the registry of methods.
 
 The train step (`training/step.py`) calls every method the same way, with no
