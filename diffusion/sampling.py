@@ -37,6 +37,14 @@ def check_options(model, num_steps: int, *, steps: int | None, spacing: str | No
                      f"conditional model alone, 0 the unconditional one); got {guidance!r}")
 
 
+def needs_ddpm(run, what: str) -> None:
+  """A ValueError for `what` (an application, the bound) on a run whose method trains on
+  continuous noise levels: it is written for a discrete DDPM's forward process."""
+  if getattr(run.method, "continuous", False):
+    raise ValueError(f"{what} is written for a discrete DDPM's forward process; this run's "
+                     f"method {run.method.name!r} trains on continuous noise levels")
+
+
 def make_chain(method, sampler: str | samplers.Sampler | None = None, *, eta: float = 0.0,
                churn: float | None = None) -> samplers.Sampler:
   """The Sampler named `sampler` (a registered name, "package.module:Class" or a Sampler;
@@ -44,17 +52,22 @@ def make_chain(method, sampler: str | samplers.Sampler | None = None, *, eta: fl
   given), EDM-SDE's S_churn `churn`. A sampler of one kind of model only (the consistency
   models' chain) gets the method's settings (`Method.sampler_options`), and is refused for
   the runs of other methods."""
-  own = method.default_sampler
+  own, continuous = method.default_sampler, method.continuous
   sampler = own if sampler is None else sampler
-  cls = type(sampler) if isinstance(sampler, samplers.Sampler) else samplers.get(sampler)
+  cls = (type(sampler) if isinstance(sampler, samplers.Sampler)
+         else samplers.get(sampler, continuous))
   if cls.own_only and cls.name != own:
     raise ValueError(f"`sampler` {cls.name!r} needs {cls.needs or 'a model of its own kind'}")
+  if cls.continuous != continuous:
+    raise ValueError(f"`sampler` {cls.name!r} is a {'continuous' if cls.continuous else 'discrete'}"
+                     f" chain; method {method.name!r} samples with "
+                     f"{'continuous' if continuous else 'discrete'} ones")
   if isinstance(sampler, samplers.Sampler):
     return samplers.make(sampler, eta=eta or None, churn=churn)
   options = {"eta": eta or None, "churn": churn}
   if cls.own_only:
     options.update(method.sampler_options())
-  return samplers.make(sampler, **options)
+  return samplers.make(sampler, continuous, **options)
 
 
 def class_labels(run, num: int, class_label: int | None, *, default: str = "null"
@@ -195,7 +208,8 @@ def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = No
       network = lambda x, t: model_fn(x, t, labels)
     x = x_start if x_start is not None else spec.project(jax.vmap(
         lambda k: jax.random.normal(k, shape))(init_keys))
-    return spec.project(samplers.run(chain, network, diffusion, visit, x, chain_keys))
+    return spec.project(samplers.run(chain, network, diffusion, visit, x, chain_keys,
+                                     method=method if chain.continuous else None))
 
   program = over_samples(device_sample, mesh, 3)
 

@@ -10,7 +10,7 @@ range for uint8 data, the data's own for float data).
 
 import numpy as np
 
-from diffusion.sampling import class_labels, in_batches, make_sampler
+from diffusion.sampling import class_labels, in_batches, make_sampler, needs_ddpm
 
 
 def anomaly_scores(run, variables, data: np.ndarray, mesh, key, *, at_step: int | None = None,
@@ -25,6 +25,7 @@ def anomaly_scores(run, variables, data: np.ndarray, mesh, key, *, at_step: int 
   else under its null class (unconditional). Point sets are compared after
   centring both.
   """
+  needs_ddpm(run, "anomaly scoring")
   spec = run.diffusion.spec
   data, _ = spec.batch(data, "the data to score")
   schedule = run.diffusion.schedule

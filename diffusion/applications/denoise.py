@@ -12,7 +12,7 @@ k. Several chains give the posterior mean and a per-element standard deviation.
 
 import numpy as np
 
-from diffusion.sampling import class_labels, in_batches, make_sampler
+from diffusion.sampling import class_labels, in_batches, make_sampler, needs_ddpm
 
 
 def noise_step(alphas_cumprod: np.ndarray, std: float) -> tuple[int, float]:
@@ -46,6 +46,7 @@ def denoise(run, variables, noisy: np.ndarray, sigma: float, mesh, key, *,
   its null class (`sampling.class_labels`). Point sets are centred. Drawn `batch` at a
   time with a progress bar (`progress`); the result does not depend on `batch`.
   """
+  needs_ddpm(run, "denoising")
   spec = run.diffusion.spec
   noisy, single = spec.batch(noisy, "noisy data")
   std = spec.noise_std(sigma, "`sigma`")

@@ -21,7 +21,7 @@ import numpy as np
 from diffusion import samplers
 from diffusion.forward import q_sample
 from diffusion.reverse import p_sample
-from diffusion.sampling import class_labels, in_batches, memoized, over_samples
+from diffusion.sampling import class_labels, in_batches, memoized, needs_ddpm, over_samples
 from diffusion.schedules import Schedule, respace_betas
 
 
@@ -111,6 +111,7 @@ def inpaint(run, variables, data: np.ndarray, mask: np.ndarray, mesh, key, *,
   coordinates, and the generated ones are placed around them. Drawn `batch` at a time with
   a progress bar (`progress`); the result does not depend on `batch`.
   """
+  needs_ddpm(run, "inpainting (RePaint)")
   spec, num_steps = run.diffusion.spec, run.diffusion.num_steps
   steps = min(250, num_steps) if steps is None else steps
   if not 1 <= steps <= num_steps:

@@ -116,8 +116,10 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   from diffusion.evaluation.nll import dataset_bits_per_dim
   from diffusion.distributed import make_mesh, replicate
   from diffusion.runs import base_key, load_run
+  from diffusion.sampling import needs_ddpm
   run = load_run(workdir, step)
   config, model, variables, step = run
+  needs_ddpm(run, "the variational bound (bits/dim)")
   if not run.method.every_timestep:
     raise ValueError(f"bits/dim sums the bound over every timestep; `workdir` {workdir!r} is a "
                      f"few-step model (method {run.method.name!r}): evaluate its teacher, or "

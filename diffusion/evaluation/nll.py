@@ -12,7 +12,7 @@ from jax.sharding import Mesh
 
 from diffusion.likelihood import bits_per_dim
 from diffusion.images import to_float
-from diffusion.sampling import in_batches, memoized, over_samples
+from diffusion.sampling import in_batches, memoized, needs_ddpm, over_samples
 
 
 @memoized
@@ -20,6 +20,7 @@ def make_bpd_fn(run, mesh: Mesh, *, chunk_size: int = 10):
   """bpd(variables, key, first_index, images float [N, ...], labels int [N] or None) ->
   (total [N], terms [N, T], prior [N]) of a `runs.Run`'s network, jitted and sharded over
   `mesh` (N divisible by its size); the same for the same arguments (`sampling.memoized`)."""
+  needs_ddpm(run, "the variational bound (bits/dim)")
   model, d = run.model, run.diffusion
   schedule, clip = d.schedule, d.clip_x0
 
@@ -60,6 +61,7 @@ def dataset_bits_per_dim(run, variables, images: np.ndarray, mesh: Mesh, key: ja
   [N], "terms": mean L_t [T] (t = 0..T-1; L_0 the decoder), "prior": mean L_T,
   "num_images": N}.
   """
+  needs_ddpm(run, "the variational bound (bits/dim)")
   images = np.asarray(images)
   if images.dtype != np.uint8:
     raise ValueError(f"images must be uint8 (bits/dim is defined on the 8-bit grid); got "

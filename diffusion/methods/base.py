@@ -63,6 +63,10 @@ class Method:
   extra: ClassVar[tuple[str, ...]] = ()
   needs_teacher: ClassVar[bool] = False  # starts from a trained run (`distill`), not from scratch
   every_timestep: ClassVar[bool] = True  # a model of every timestep (the applications need one)
+  # Trained on continuous noise levels (flow matching's t, EDM's σ) instead of the discrete
+  # process's timesteps: it samples with the continuous chains, through `field`, and the
+  # applications and bits/dim, written for a discrete DDPM, refuse it.
+  continuous: ClassVar[bool] = False
   default_sampler: ClassVar[str] = "ddpm"
   label_dropout: float = 0.0  # the rate at which training dropped labels to the null class
   keys: ClassVar[tuple[str, ...]] = ()  # the keys of config.distill it reads (few-step methods)
@@ -112,6 +116,19 @@ class Method:
     `kept`. A method whose checkpoints hold different models (a progressive run keeps each
     round's student) picks the one that samples in `steps`; the others keep `at`."""
     return at, self
+
+  def conditioning(self, level: jax.Array) -> jax.Array:
+    """What the network is given for noise level `level` [B] (a continuous method's)."""
+    raise NotImplementedError
+
+  def field(self, network: NetworkFn):
+    """The probability-flow ODE's field f(x, τ) in this method's levels τ, from the network
+    (x, conditioning) -> output (a continuous method's)."""
+    raise NotImplementedError
+
+  def prior_scale(self, level: float) -> float:
+    """The standard deviation of x at the highest level, `level` (a continuous method's)."""
+    raise NotImplementedError
 
   def sampler_options(self) -> dict:
     """Options of this method's own sampler (an `own_only` one), e.g. a consistency model's σ_d."""

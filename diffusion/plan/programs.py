@@ -38,6 +38,8 @@ def skipped(run, name: str) -> str | None:
   if name == "inception" and (spec.kind != "image" or len(spec.shape) != 3
                               or spec.shape[-1] not in (1, 3)):
     return f"FID's Inception takes 2-D images of 1 or 3 channels; the data are {spec.shape}"
+  if name == "bpd" and run.method.continuous:
+    return f"bits/dim is a discrete DDPM's bound; method {run.method.name!r} is continuous"
   if name == "bpd" and spec.dtype != "uint8":
     return "bits/dim is defined on 8-bit data; config.data.dtype is not uint8"
   return None

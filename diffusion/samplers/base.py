@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import spacing
+from diffusion import ode, spacing
 from diffusion.process import Diffusion
 
 # The network as a chain calls it: (x_t [N, ..., C], t int [N]) -> its output [N, ..., C or 2C].
@@ -44,8 +44,10 @@ class Chain:
   """What each step of a chain reads (inside the trace)."""
   network: NetworkFn       # t is always the original (unspaced) timestep
   diffusion: Diffusion
-  steps: np.ndarray        # decreasing int timesteps, host array; x starts at steps[0]
+  steps: np.ndarray        # decreasing int timesteps (a continuous chain: float noise levels),
+                           # host array; x starts at steps[0]
   keys: jax.Array | None   # [N], one key per sample
+  method: Any = None       # a continuous chain's method: its ODE field and prior (`Method`)
 
   @property
   def schedule(self):
@@ -63,6 +65,11 @@ class Sampler:
   # A sampler of one kind of model only (e.g. a consistency model): `make_sampler` offers it
   # to the runs whose method names it as theirs, and refuses it for the others.
   own_only: ClassVar[bool] = False
+  # A chain over continuous noise levels (float, decreasing to the data), for the methods that
+  # train on them (flow matching, EDM): it integrates the method's probability-flow ODE,
+  # `method.field(network)`, from `method.prior_scale` x_T. Its name is looked up among the
+  # continuous samplers when the run's method is continuous (`get(name, continuous=True)`).
+  continuous: ClassVar[bool] = False
   needs: ClassVar[str] = ""  # the kind of model an `own_only` sampler needs, in words
 
   def evaluations(self, steps: int) -> int:
@@ -98,9 +105,10 @@ class Sampler:
 
 
 def run(sampler: Sampler, network: NetworkFn, diffusion: Diffusion, steps, x: jax.Array,
-        keys: jax.Array | None = None) -> jax.Array:
+        keys: jax.Array | None = None, *, method=None) -> jax.Array:
   """The chain of `sampler` from x [N, ..., C] at steps[0] through each of `steps` (decreasing
-  timesteps in [0, T)) to x_0 [N, ..., C], as one `lax.scan`. `keys` [N]: one key per sample
+  timesteps in [0, T); for a continuous sampler, decreasing noise levels of `method`, the run's
+  continuous Method) to x_0 [N, ..., C], as one `lax.scan`. `keys` [N]: one key per sample
   (unused by deterministic samplers)."""
   if not isinstance(sampler, Sampler):
     raise TypeError(f"sampler must be a Sampler (samplers.make(name, ...)); got "
@@ -108,9 +116,15 @@ def run(sampler: Sampler, network: NetworkFn, diffusion: Diffusion, steps, x: ja
   if not isinstance(diffusion, Diffusion):
     raise TypeError(f"diffusion must be a diffusion.process.Diffusion; got "
                     f"{type(diffusion).__name__}")
-  steps = spacing.check_chain(diffusion.schedule, steps, x,
-                              keys if sampler.stochastic else None)
-  chain = Chain(network, diffusion, steps, keys)
+  if sampler.continuous:
+    if method is None or not getattr(method, "continuous", False):
+      raise ValueError(f"sampler {sampler.name!r} integrates a continuous method's ODE: give "
+                       "`method` (a flow-matching or EDM run's)")
+    steps = ode.check_grid(steps)
+  else:
+    steps = spacing.check_chain(diffusion.schedule, steps, x,
+                                keys if sampler.stochastic else None)
+  chain = Chain(network, diffusion, steps, keys, method)
   visits = sampler.visits(diffusion, steps)
   carry = sampler.initialize(chain, x)
   if len(jax.tree.leaves(visits)[0]):
@@ -125,46 +139,61 @@ def per_sample(step_fn, out, x, keys, i):
   return jax.vmap(one)(out, x, keys)
 
 
-REGISTRY: dict[str, type[Sampler]] = {}
+REGISTRY: dict[str, type[Sampler]] = {}  # the discrete chains, by name
+CONTINUOUS: dict[str, type[Sampler]] = {}  # the continuous ones, by name
+
+
+def _table(continuous: bool) -> dict[str, type[Sampler]]:
+  return CONTINUOUS if continuous else REGISTRY
 
 
 def register(cls: type[Sampler]) -> type[Sampler]:
-  """Class decorator: makes the Sampler subclass `cls` known by `cls.name`."""
+  """Class decorator: makes the Sampler subclass `cls` known by `cls.name` (among the
+  continuous samplers if `cls.continuous`)."""
   if not (isinstance(cls, type) and issubclass(cls, Sampler)) or not cls.name:
     raise TypeError(f"register takes a Sampler subclass with a name; got {cls!r}")
-  REGISTRY[cls.name] = cls
+  _table(cls.continuous)[cls.name] = cls
   return cls
 
 
-def names() -> tuple[str, ...]:
-  """The registered samplers' names."""
-  return tuple(REGISTRY)
+def names(continuous: bool = False) -> tuple[str, ...]:
+  """The registered samplers' names (of the continuous ones, with `continuous`)."""
+  return tuple(_table(continuous))
 
 
-def get(name: str) -> type[Sampler]:
-  """The Sampler class registered as `name`, or named by an import path "package.module:Class"
-  (imported, and registered under its own name)."""
+def get(name: str, continuous: bool = False) -> type[Sampler]:
+  """The Sampler class registered as `name` (among the continuous samplers, with
+  `continuous`), or named by an import path "package.module:Class" (imported, and registered
+  under its own name)."""
   if isinstance(name, str) and ":" in name:
     module, _, attr = name.partition(":")
     try:
       cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
       raise ValueError(f"`sampler` {name!r} cannot be imported: {e}") from None
-    return register(cls)
-  if name not in REGISTRY:
-    raise ValueError(f"`sampler` must be one of {', '.join(REGISTRY)} (or an import path "
-                     f"package.module:Class); got {name!r}")
-  return REGISTRY[name]
+    cls = register(cls)
+    if cls.continuous != continuous:
+      raise ValueError(f"`sampler` {name!r} is a {'continuous' if cls.continuous else 'discrete'}"
+                       f" chain; this run's method needs a "
+                       f"{'continuous' if continuous else 'discrete'} one")
+    return cls
+  table = _table(continuous)
+  if name not in table:
+    kind = "continuous " if continuous else ""
+    raise ValueError(f"`sampler` must be one of {', '.join(table)} (the {kind}chains of this "
+                     f"run's method, or an import path package.module:Class); got {name!r}")
+  return table[name]
 
 
-def make(name: str | Sampler, **options) -> Sampler:
-  """A sampler from its name and options (those it does not take are refused: options that are
-  None count as not given). A Sampler passes through (with no options)."""
+def make(name: str | Sampler, continuous: bool = False, **options) -> Sampler:
+  """A sampler from its name (among the continuous ones, with `continuous`) and options (those
+  it does not take are refused: options that are None count as not given). A Sampler passes
+  through (with no options)."""
   if isinstance(name, Sampler):
     if any(v is not None for v in options.values()):
       raise ValueError(f"options {sorted(options)} are for a sampler given by name")
     return name
-  cls = get(name)
+  cls = get(name, continuous)
   given = {k: v for k, v in options.items() if v is not None}
   try:
     return cls(**given)
