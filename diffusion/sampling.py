@@ -234,7 +234,9 @@ def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = No
     return program.lower(variables, jax.eval_shape(jax.random.key, 0), n, labels, cond, None)
 
   sample.lower = lower
-  sample.loop_trips = len(visit)  # the chain's scan: one network step (or two: heun) a trip
+  # The trips of the chain's scan (one network evaluation a trip, or two: heun's); a first or
+  # last step outside the scan (heun's Euler step) is counted once by XLA already.
+  sample.loop_trips = len(jax.tree.leaves(chain.visits(diffusion, visit))[0])
   return sample
 
 
