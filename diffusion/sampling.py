@@ -49,9 +49,10 @@ def make_chain(method, sampler: str | samplers.Sampler | None = None, *, eta: fl
                churn: float | None = None) -> samplers.Sampler:
   """The Sampler named `sampler` (a registered name, "package.module:Class" or a Sampler;
   default: the `method`'s own, `Method.default_sampler`) with its options: DDIM's `eta` (0: not
-  given), EDM-SDE's S_churn `churn`. A sampler of one kind of model only (the consistency
-  models' chain) gets the method's settings (`Method.sampler_options`), and is refused for
-  the runs of other methods."""
+  given), EDM-SDE's S_churn `churn`. The name is looked up among the continuous chains for a
+  method trained on continuous noise levels (flow matching, EDM), among the discrete ones
+  otherwise. A sampler of one kind of model only (the consistency models' chain) gets the
+  method's settings (`Method.sampler_options`), and is refused for the runs of other methods."""
   own, continuous = method.default_sampler, method.continuous
   sampler = own if sampler is None else sampler
   cls = (type(sampler) if isinstance(sampler, samplers.Sampler)
