@@ -96,8 +96,8 @@ P_MEAN, P_STD, SIGMA_DATA = -1.2, 1.2, 0.5
 
 
 def preconditioning(sigma: jax.Array, sigma_data: float = SIGMA_DATA):
-  """(c_skip, c_out, c_in, c_noise) of σ (any shape): c_skip = σ_d² / (σ² + σ_d²), c_out = σ σ_d /
-  sqrt(σ² + σ_d²), c_in = 1 / sqrt(σ² + σ_d²), c_noise = ln(σ) / 4."""
+  """(c_skip, c_out, c_in, c_noise) of σ (any shape): c_skip = σ_d² / (σ² + σ_d²),
+  c_out = σ σ_d / sqrt(σ² + σ_d²), c_in = 1 / sqrt(σ² + σ_d²), c_noise = ln(σ) / 4."""
   sigma = jnp.asarray(sigma, jnp.float32)
   total = sigma ** 2 + sigma_data ** 2
   return (sigma_data ** 2 / total, sigma * sigma_data / jnp.sqrt(total), 1 / jnp.sqrt(total),
@@ -105,8 +105,8 @@ def preconditioning(sigma: jax.Array, sigma_data: float = SIGMA_DATA):
 
 
 def loss_weight(sigma: jax.Array, sigma_data: float = SIGMA_DATA) -> jax.Array:
-  """λ(σ) = (σ² + σ_d²) / (σ σ_d)², which makes λ c_out² = 1: the network's own target has unit
-  weight at every σ."""
+  """λ(σ) = (σ² + σ_d²) / (σ σ_d)², which makes λ c_out² = 1: the network's own target has
+  unit weight at every σ."""
   sigma = jnp.asarray(sigma, jnp.float32)
   return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
 
@@ -139,7 +139,8 @@ def training_loss(denoiser_fn, x0: jax.Array, noise: jax.Array, sigma: jax.Array
 
 
 def ode_field(denoiser_fn):
-  """EDM's probability-flow ODE in σ, dx/dσ = (x − D(x; σ)) / σ, as a field for `diffusion.ode`."""
+  """EDM's probability-flow ODE in σ, dx/dσ = (x − D(x; σ)) / σ, as a field for
+  `diffusion.ode`."""
   def f(x, sigma):
     s = sigma.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
     return (x - denoiser_fn(x, sigma)) / s

@@ -1,5 +1,6 @@
 """The `ddpm` command (also `python -m diffusion`): each command's parser lives beside its runner
-(`runs.py`, `applications.py`, `convert.py`, `bench.py`, `plan.py`); this module parses and reports bad input."""
+(`runs.py`, `applications.py`, `convert.py`, `bench.py`, `plan.py`); this module parses and
+reports bad input."""
 
 import argparse
 import logging

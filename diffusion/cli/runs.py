@@ -90,7 +90,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-  """Runs what `ddpm evaluate`'s arguments ask for; prints a table, returns (and writes) the figures."""
+  """Runs what `ddpm evaluate`'s arguments ask for; prints a table, returns (and writes) the
+  figures."""
   import json
   from diffusion import paths
   from diffusion.evaluation.measures import (inception_metrics, load_image_set,

@@ -19,6 +19,6 @@ def from_config(config, diffusion) -> Method:
   return get(name_of(config)).from_config(config, diffusion)
 
 
-__all__ = ["DDPM", "EDM", "FlowMatching", "HISTORY", "REGISTRY", "ConsistencyDistillation", "ConsistencyTraining",
-           "Method", "Nets", "Progressive", "Step", "from_config", "get", "name_of",
-           "record_losses", "register", "timestep_probs"]
+__all__ = ["DDPM", "EDM", "FlowMatching", "HISTORY", "REGISTRY", "ConsistencyDistillation",
+           "ConsistencyTraining", "Method", "Nets", "Progressive", "Step", "from_config", "get",
+           "name_of", "record_losses", "register", "timestep_probs"]

@@ -1,4 +1,5 @@
-"""EDM's training (Karras et al. 2022, Table 1, config F) as a method (the math: `diffusion/edm.py`).
+"""EDM's training (Karras et al. 2022, Table 1, config F) as a method (the math:
+`diffusion/edm.py`).
 
 The network F_θ is preconditioned into a denoiser D(x; σ) = c_skip x + c_out F_θ(c_in x,
 c_noise) with c_noise = ln σ / 4, trained at ln σ ~ N(P_mean, P_std²) with the weight λ(σ) that
