@@ -32,6 +32,18 @@ def solve(solver, field, x, grid):
   return getattr(ode, solver)(field, x, grid)
 
 
+def data_and_noise(n: int = 200_000):
+  """(n, x_0 ~ N(MU, SIGMA) [n, 2], ε ~ N(0, I) [n, 2])."""
+  x0 = jnp.asarray(MU, jnp.float32)[None] + jax.random.normal(
+      jax.random.key(0), (n, 2)) @ jnp.asarray(np.linalg.cholesky(SIGMA).T, jnp.float32)
+  return n, x0, jax.random.normal(jax.random.key(1), (n, 2))
+
+
+def norm(grads: dict) -> float:
+  """The Euclidean norm of a gradient given as a dict of arrays."""
+  return float(np.sqrt(sum(np.sum(np.square(v)) for v in grads.values())))
+
+
 def test_the_velocity_target_is_the_derivative_of_the_path():
   x0, noise = (jax.random.normal(jax.random.key(i), (16, 3, 1)) for i in (0, 1))
   t, h = jnp.linspace(0.05, 0.95, 16), 1e-3
@@ -68,10 +80,7 @@ def test_euler_and_heun_on_the_exact_field_draw_the_data_at_first_and_second_ord
 def test_the_exact_velocity_minimises_the_flow_matching_loss():
   """At each t the loss's gradient with respect to an affine predictor A x + b vanishes at the
   exact field (up to sampling noise) and not at a perturbed one."""
-  n = 200_000
-  x0 = jnp.asarray(MU, jnp.float32)[None] + jax.random.normal(
-      jax.random.key(0), (n, 2)) @ jnp.asarray(np.linalg.cholesky(SIGMA).T, jnp.float32)
-  noise = jax.random.normal(jax.random.key(1), (n, 2))
+  n, x0, noise = data_and_noise()
   for t0 in (0.2, 0.5, 0.8):
     t = jnp.full((n,), t0)
     # The exact field as A x + b: read off at x = 0 and the unit vectors.
@@ -80,7 +89,6 @@ def test_the_exact_velocity_minimises_the_flow_matching_loss():
     mean_loss = lambda p: jnp.mean(flow.loss(lambda x, _: x @ p["a"].T + p["b"][None], x0, noise, t))
     at_exact = jax.grad(mean_loss)({"a": a, "b": b})
     off = jax.grad(mean_loss)({"a": a * 1.1, "b": b + 0.05})
-    norm = lambda g: float(np.sqrt(sum(np.sum(np.square(v)) for v in g.values())))
     assert norm(at_exact) < 0.01 and 5 * norm(at_exact) < norm(off), (t0, norm(at_exact),
                                                                        norm(off))
 
@@ -123,10 +131,7 @@ def exact_denoiser(x, sigma):
 
 
 def test_the_exact_denoiser_minimises_edms_loss_and_its_ode_draws_the_data():
-  n = 200_000
-  x0 = jnp.asarray(MU, jnp.float32)[None] + jax.random.normal(
-      jax.random.key(0), (n, 2)) @ jnp.asarray(np.linalg.cholesky(SIGMA).T, jnp.float32)
-  noise = jax.random.normal(jax.random.key(1), (n, 2))
+  n, x0, noise = data_and_noise()
   for s in (0.05, 0.5, 5.0):
     sigma = jnp.full((n,), s)
     gain = jnp.asarray(SIGMA @ np.linalg.inv(SIGMA + s ** 2 * np.eye(2)), jnp.float32)
@@ -136,7 +141,6 @@ def test_the_exact_denoiser_minimises_edms_loss_and_its_ode_draws_the_data():
     at_exact = jax.grad(mean_loss)({"g": gain, "c": jnp.asarray(MU, jnp.float32)})
     off = jax.grad(mean_loss)({"g": gain + 0.05 * jnp.eye(2),
                                "c": jnp.asarray(MU, jnp.float32) + 0.05})
-    norm = lambda g: float(np.sqrt(sum(np.sum(np.square(v)) for v in g.values())))
     assert 5 * norm(at_exact) < norm(off), (s, norm(at_exact), norm(off))
   # Heun on continuous σ (EDM's ρ = 7 grid from 80, then 0): x_80 = x_0 + 80 n ends at the
   # exact flow's μ + Σ^{1/2} (Σ + 80² I)^{-1/2} (x_80 − μ), the error shrinking at second order.
