@@ -237,7 +237,7 @@ def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = No
   sample.lower = lower
   # The trips of the chain's scan (one network evaluation a trip, or two: heun's); a first or
   # last step outside the scan (heun's Euler step) is counted once by XLA already.
-  sample.loop_trips = len(jax.tree.leaves(chain.visits(diffusion, visit))[0])
+  sample.loop_trips = len(jax.tree.leaves(chain.visits(method if chain.continuous else diffusion, visit))[0])
   return sample
 
 

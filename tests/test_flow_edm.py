@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from _tiny import CONFIGS, tiny_config, tiny_overrides
-from diffusion import cli, edm, methods, models
+from diffusion import cli, edm, methods, models, samplers
 from diffusion.distributed import make_mesh
 from diffusion.runs import build, load_run
 from diffusion.sampling import make_sampler
@@ -55,7 +55,9 @@ def exact_edm_network(x_in, c_noise):
     ("flow", lambda p, x, t: exact_velocity(x, t / 1000), "euler", 200),
     ("flow", lambda p, x, t: exact_velocity(x, t / 1000), "heun", 40),
     ("edm", lambda p, x, c: exact_edm_network(x, c), "heun", 64),
-    ("edm", lambda p, x, c: exact_edm_network(x, c), "euler", 256)])
+    ("edm", lambda p, x, c: exact_edm_network(x, c), "euler", 256),
+    ("flow", lambda p, x, t: exact_velocity(x, t / 1000), "edm-sde", 64),
+    ("edm", lambda p, x, c: exact_edm_network(x, c), "edm-sde", 64)])
 def test_the_continuous_chains_draw_the_data_from_the_exact_network(method, network, sampler,
                                                                     steps):
   run = build(config_of(method), models.function(network, params={}))
@@ -65,14 +67,43 @@ def test_the_continuous_chains_draw_the_data_from_the_exact_network(method, netw
   assert abs(x.mean() - MEAN) < 0.01 and abs(x.std() / STD - 1) < 0.03, (x.mean(), x.std())
   # The scan's trips: Euler's every step; Heun's but the last, an Euler step after the scan.
   assert sample.loop_trips == (steps if sampler == "euler" else steps - 1)
-  with pytest.raises(ValueError, match="`sampler` must be one of euler, heun"):
-    make_sampler(run, make_mesh(), sampler="ddim")
+  with pytest.raises(ValueError, match="`sampler` must be one of euler, heun, .*edm-sde"):
+    make_sampler(run, make_mesh(), sampler="ddpm")
   with pytest.raises(ValueError, match="`spacing`: method"):
     make_sampler(run, make_mesh(), spacing="karras")
   with pytest.raises(ValueError, match="written for a discrete DDPM's forward process"):
     from diffusion.applications import denoise
     denoise(run, {"params": {}}, np.zeros((8, *SHAPE), np.float32), 0.1, make_mesh(),
             jax.random.key(0))
+
+
+@pytest.mark.parametrize("method", ["flow", "edm"])
+def test_ddim_is_the_euler_step_and_dpm_solver_is_second_order_on_either_path(method):
+  """From x at the top level the exact ODE ends at MEAN + STD (x − MEAN) / sqrt(STD² + top²):
+  DDIM's step (in λ, on the data prediction) equals Euler's on the field to float precision,
+  and DPM-Solver++(2M)'s error shrinks at more than first order when the steps grow 16-fold
+  (Euler's: ~16×; second order: ~256×, which EDM's grid reaches and flow matching's uniform
+  one, uneven in λ, approaches more slowly)."""
+  net = ((lambda x, t: exact_velocity(x, t / 1000)) if method == "flow" else exact_edm_network)
+  run = build(config_of(method), models.function(lambda p, x, c: net(x, c), params={}))
+  z = jax.random.normal(jax.random.key(0), (4096, *SHAPE))
+  top = run.method.prior_scale(1.0 if method == "flow" else run.method.sigma_max)
+  exact = MEAN + STD / np.sqrt(STD ** 2 + top ** 2) * (top * np.asarray(z, np.float64) - MEAN)
+  if method == "flow":  # x_1 = ε: x_0 = MEAN + STD ε
+    exact = MEAN + STD * np.asarray(z, np.float64)
+  errors, euler_x = {}, {}
+  for name in ("euler", "ddim", "dpm++"):
+    sampler = samplers.make(name, continuous=True)
+    for steps in (16, 256):
+      grid = run.method.sampling_steps(sampler, steps, None, None)
+      x = samplers.run(sampler, net, run.diffusion, grid, z, method=run.method)
+      errors[name, steps] = float(np.abs(np.asarray(x, np.float64) - exact).mean())
+      if name == "ddim":
+        np.testing.assert_allclose(x, euler_x[steps], rtol=1e-4, atol=1e-5)
+      euler_x[steps] = x
+  ratios = {n: errors[n, 16] / errors[n, 256] for n in ("euler", "dpm++")}
+  assert 10 < ratios["euler"] < 25 and ratios["dpm++"] > 32, (ratios, errors)
+  assert errors["dpm++", 256] < errors["euler", 256] / 5, errors
 
 
 def basis(level):

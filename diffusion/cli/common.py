@@ -72,7 +72,10 @@ def sampler_arguments(parser: argparse.ArgumentParser, guidance: bool = True) ->
   parser.add_argument("--sampler",
                       help="ddpm (ancestral), ddim, dpm++, heun or edm-sde (EDM's samplers); "
                            "default: ddpm, or a few-step model's own (ddim for a progressive "
-                           "student, consistency for a consistency model)")
+                           "student, consistency for a consistency model). A flow-matching or "
+                           "EDM run: euler (its default 50 steps for flow matching), heun "
+                           "(18: EDM's), ddim (= euler there), dpm++ or edm-sde, over "
+                           "continuous noise levels")
   parser.add_argument("--steps", type=int,
                       help="timesteps visited (default: all for ddpm, 50 for ddim, 20 for dpm++, "
                            "18 for heun, 40 for edm-sde; heun and edm-sde evaluate the network "

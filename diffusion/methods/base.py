@@ -130,6 +130,21 @@ class Method:
     """The standard deviation of x at the highest level, `level` (a continuous method's)."""
     raise NotImplementedError
 
+  def denoiser(self, network: NetworkFn):
+    """The data prediction x̂_0(x, τ) (τ float [N]) from the network (x, conditioning) ->
+    output (a continuous method's)."""
+    raise NotImplementedError
+
+  def path(self, level: float) -> tuple[float, float]:
+    """(α, σ) of the Gaussian path at `level`, x_τ = α x_0 + σ ε, on the host (a continuous
+    method's): what lets the solvers written in λ = log(α/σ) (DDIM, DPM-Solver++) and EDM's
+    noise injection run on any continuous method."""
+    raise NotImplementedError
+
+  def level_of(self, ratio: float) -> float:
+    """The level τ at which σ/α = `ratio` (EDM's σ of the path), the inverse of `path`."""
+    raise NotImplementedError
+
   def sampler_options(self) -> dict:
     """Options of this method's own sampler (an `own_only` one), e.g. a consistency model's σ_d."""
     return {}

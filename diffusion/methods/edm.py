@@ -51,7 +51,7 @@ class EDM(Method):
   def labels(self, keys, labels, num_classes):
     return _label_dropout(keys, labels, num_classes, self.label_dropout)
 
-  def _denoiser(self, network):
+  def denoiser(self, network):
     c = self.diffusion.spec.shape[-1]
     return edm.preconditioned(lambda x_in, c_noise: network(x_in, c_noise)[..., :c],
                               self.sigma_data)
@@ -65,15 +65,21 @@ class EDM(Method):
               self.diffusion.spec.project(jax.random.normal(key_noise, x0.shape[1:])))
 
     sigma, noise = jax.vmap(draws)(step.keys)
-    loss = edm.training_loss(self._denoiser(step.nets.student), x0, noise, sigma,
+    loss = edm.training_loss(self.denoiser(step.nets.student), x0, noise, sigma,
                              self.sigma_data)
     return {"loss": loss, "mse": loss / edm.loss_weight(sigma, self.sigma_data)}
 
   def field(self, network):
-    return edm.ode_field(self._denoiser(network))
+    return edm.ode_field(self.denoiser(network))
 
   def prior_scale(self, level):
     return float(level)
+
+  def path(self, level):
+    return 1.0, float(level)
+
+  def level_of(self, ratio):
+    return float(ratio)
 
   def sampling_steps(self, sampler, steps, spacing_name, start, sigmas=None):
     count = continuous_steps(self, sampler, steps, spacing_name, start, sigmas)

@@ -77,6 +77,16 @@ class FlowMatching(Method):
   def prior_scale(self, level):
     return 1.0
 
+  def denoiser(self, network):
+    field = self.field(network)
+    return lambda x, t: flow.x0_from_velocity(x, t, field(x, t)).astype(x.dtype)
+
+  def path(self, level):
+    return 1.0 - float(level), float(level)
+
+  def level_of(self, ratio):
+    return float(flow.from_sigma(ratio))
+
   def sampling_steps(self, sampler, steps, spacing_name, start, sigmas=None):
     return flow.time_grid(continuous_steps(self, sampler, steps, spacing_name, start, sigmas),
                           self.shift)

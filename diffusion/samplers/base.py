@@ -77,7 +77,9 @@ class Sampler:
     return steps
 
   def visits(self, diffusion: Diffusion, steps: np.ndarray) -> Any:
-    """A pytree of host arrays of one leading axis: one row per `update`."""
+    """A pytree of host arrays of one leading axis: one row per `update`. A continuous
+    sampler is given the run's `Method` in place of `diffusion` (its levels are the method's:
+    `Method.path`)."""
     raise NotImplementedError
 
   def initialize(self, chain: Chain, x: jax.Array) -> Any:
@@ -125,7 +127,7 @@ def run(sampler: Sampler, network: NetworkFn, diffusion: Diffusion, steps, x: ja
     steps = spacing.check_chain(diffusion.schedule, steps, x,
                                 keys if sampler.stochastic else None)
   chain = Chain(network, diffusion, steps, keys, method)
-  visits = sampler.visits(diffusion, steps)
+  visits = sampler.visits(method if sampler.continuous else diffusion, steps)
   carry = sampler.initialize(chain, x)
   if len(jax.tree.leaves(visits)[0]):
     carry, _ = jax.lax.scan(lambda c, v: (sampler.update(chain, c, v), None), carry,
