@@ -169,7 +169,8 @@ def resume_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
 
 
 # Keys added after runs were saved without them, and the value their absence means.
-ABSENT_MEANS = {"optim.decay_steps": 0, "diffusion.clip_x0": None, "diffusion.snr_gamma": 0.0}
+ABSENT_MEANS = {"optim.decay_steps": 0, "diffusion.clip_x0": None, "diffusion.snr_gamma": 0.0,
+                "method": ""}
 
 _SPEC_KEYS = ("data.shape", "data.kind", "data.dtype", "data.scale", "data.image_size",
               "data.channels")

@@ -23,6 +23,11 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # The training method: "" = DDPM (or config.distill.method in a distillation's config);
+  # "flow" (flow matching) or "edm" (EDM's training) on this config's data and network
+  # (`--config.method=flow`; their own settings: `digits_fm.py`, `digits_edm.py`), or an
+  # import path "package.module:Class" of a Method of your own.
+  config.method = ""
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "cifar10"
