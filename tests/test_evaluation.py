@@ -162,6 +162,13 @@ def test_digits_measures_tell_digits_from_noise(evaluator, rng):
   assert held_out["fid"] < 0.1 * noise["fid"] and held_out["fid"] < blurred["fid"]
   assert held_out["is"] > 7 and noise["is"] < held_out["is"]
   assert held_out["kid"] < blurred["kid"] < noise["kid"]
+  # Precision and recall tell fidelity from diversity: noise has neither, the held-out digits
+  # both, and the held-out 0s and 1s alone (a collapse onto two modes) fidelity only.
+  test = DigitsSource(split="test")
+  collapsed = digits_metrics(test.images[test.labels < 2], evaluator)
+  assert held_out["precision"] > 0.7 and held_out["recall"] > 0.7
+  assert noise["precision"] < 0.05
+  assert collapsed["precision"] > 0.7 and collapsed["recall"] < 0.5
 
 
 def test_digits_measures_refuse_other_images(evaluator):

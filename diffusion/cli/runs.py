@@ -147,15 +147,17 @@ def evaluate(args: argparse.Namespace) -> dict:
       from diffusion.evaluation.digits import digits_metrics
       # The classifier is loaded (or trained, on a cold cache) once the samples are checked.
       metrics = digits_metrics(samples, reference=args.digits_reference)
-      names = {"fid": "digits-FID", "kid": "digits-KID", "is": "digits-IS"}
+      names = {"fid": "digits-FID", "kid": "digits-KID", "is": "digits-IS",
+               "precision": "precision", "recall": "recall"}
     else:
       metrics = inception_metrics(samples, args.inception, args.reference,
                                   save_reference=args.save_reference, batch=args.batch)
-      names = {"fid": "FID", "kid": "KID", "is": "IS"}
+      names = {"fid": "FID", "kid": "KID", "is": "IS", "precision": "precision",
+               "recall": "recall"}
     result["samples"] = metrics
     shown = ", ".join(f"{names[k]} {metrics[k]:.4g}" + (f" ± {metrics[k + '_std']:.2g}"
                                                         if k + "_std" in metrics else "")
-                      for k in ("fid", "kid", "is") if k in metrics)
+                      for k in names if k in metrics)
     print(f"{metrics['num_samples']} samples of {args.samples}: {shown}")
   if not result:
     raise ValueError("nothing to evaluate: give --samples FILE and/or --workdir DIR --bpd")

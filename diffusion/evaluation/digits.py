@@ -29,6 +29,7 @@ from flax import traverse_util
 
 from diffusion.evaluation.frechet import (
     fid_from_features, inception_score, kernel_inception_distance, score_splits, statistics)
+from diffusion.evaluation.manifold import precision_recall
 from diffusion.paths import cache_dir
 
 VERSION = 1  # bump when the network or its training changes: old caches are then retrained
@@ -183,8 +184,9 @@ def digits_metrics(samples, evaluator: DigitsEvaluator | None = None, *,
                    reference: str = "train", kid_subsets: int = 100) -> dict[str, float]:
   """digits-FID, digits-KID and digits-IS of uint8 samples [N, 8, 8, 1] against a digits split.
 
-  Returns {"fid", "kid", "kid_std", "is", "is_std", "num_samples"}; the IS uses
-  10 parts, or fewer of at least 50 samples each for fewer than 500 samples.
+  Returns {"fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "num_samples"};
+  the IS uses 10 parts, or fewer of at least 50 samples each for fewer than 500 samples;
+  precision and recall (`manifold.precision_recall`, k = 3) are on the classifier's features.
   """
   samples = check_images(samples, "samples")
   evaluator = evaluator or DigitsEvaluator.load()
@@ -193,5 +195,6 @@ def digits_metrics(samples, evaluator: DigitsEvaluator | None = None, *,
   kid, kid_std = kernel_inception_distance(features, reference_features, subsets=kid_subsets)
   score, score_std = inception_score(_softmax(logits), splits=score_splits(len(samples)))
   return {"fid": fid_from_features(features, reference_features), "kid": kid, "kid_std": kid_std,
-          "is": score, "is_std": score_std, "num_samples": len(samples)}
+          "is": score, "is_std": score_std,
+          **precision_recall(reference_features, features), "num_samples": len(samples)}
 

@@ -53,8 +53,10 @@ def load_image_set(path: str, argument: str) -> np.ndarray:
 def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, *,
                       save_reference: str | None = None, batch: int = 200,
                       kid_subsets: int = 100) -> dict:
-  """FID, KID and IS of uint8 samples with the FID Inception; `reference` is images (.npz with
-  arr_0, or a folder) or saved statistics (.npz with mu, sigma: FID only)."""
+  """FID, KID, IS, precision and recall (k = 3, on the pool features, as ADM's suite) of uint8
+  samples with the FID Inception; `reference` is images (.npz with arr_0, or a folder) or saved
+  statistics (.npz with mu, sigma: FID only)."""
+  from diffusion.evaluation.manifold import precision_recall
   from diffusion.evaluation.frechet import (
       frechet_distance, inception_score, kernel_inception_distance, save_statistics, score_splits,
       statistics)
@@ -88,6 +90,7 @@ def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, 
     mu, sigma = statistics(reference_features)
     result["kid"], result["kid_std"] = kernel_inception_distance(
         features, reference_features, subsets=kid_subsets)
+    result.update(precision_recall(reference_features, features))
     if save_reference:
       save_statistics(save_reference, mu, sigma, image_shape=np.array(images.shape[1:3]))
   result["fid"] = frechet_distance(*statistics(features), mu, sigma)
