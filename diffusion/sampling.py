@@ -235,9 +235,14 @@ def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = No
     return program.lower(variables, jax.eval_shape(jax.random.key, 0), n, labels, cond, None)
 
   sample.lower = lower
-  # The trips of the chain's scan (one network evaluation a trip, or two: heun's); a first or
-  # last step outside the scan (heun's Euler step) is counted once by XLA already.
-  sample.loop_trips = len(jax.tree.leaves(chain.visits(method if chain.continuous else diffusion, visit))[0])
+  # The trips of the chain's scan, its network evaluations, and those XLA's cost analysis
+  # counts: the scanned step once (`trip_evaluations`) and any step outside the scan (heun's
+  # last Euler step).
+  sample.loop_trips = len(jax.tree.leaves(
+      chain.visits(method if chain.continuous else diffusion, visit))[0])
+  sample.evaluations = chain.evaluations(len(visit) - 1 if chain.continuous else len(visit))
+  sample.counted_evaluations = sample.evaluations - max(sample.loop_trips - 1, 0) * (
+      chain.trip_evaluations)
   return sample
 
 

@@ -15,7 +15,7 @@ from _tiny import tiny_config
 from diffusion import models
 from diffusion.cli import main
 from diffusion.config import data_spec
-from diffusion.distributed import mesh_from_config
+from diffusion.distributed import make_mesh, mesh_from_config
 from diffusion.plan import analysis, plan, programs, topology
 from diffusion.sampling import make_sampler
 from diffusion.training.state import abstract_state, init_inputs
@@ -97,8 +97,27 @@ def test_the_samplers_chain_is_counted_for_each_of_its_steps(v5e):
     raw[steps] = compiled.cost_analysis()["flops"]
   assert raw[8] == pytest.approx(raw[2], rel=0.05)  # the body once, whatever the steps
   sample = v5e.figures["programs"]["sample"]
-  assert sample["what"] == "a chain of 20 steps"
+  assert sample["what"] == "a chain of 20 network evaluations"
   assert sample["cost"]["flops_per_device"] == pytest.approx(20 * raw[2], rel=0.05)
+
+
+def test_a_chain_with_a_step_outside_its_loop_is_scaled_by_its_evaluations():
+  """Heun's chain scans two evaluations a step and ends with one more outside the scan: XLA
+  counts three, and the plan scales them to the chain's 2N − 1 (on CPU devices: no TPU
+  compile)."""
+  config = tiny_config()
+  run = build(config, models.build(config.model, (8, 8, 1)))
+  mesh = make_mesh(jax.devices()[:1])
+  variables = programs._variables(run, mesh)
+  flops, samplers_ = {}, {}
+  for name in ("ddim", "heun"):
+    samplers_[name] = make_sampler(run, mesh, sampler=name, steps=6)
+    flops[name] = samplers_[name].lower(variables, 4).compile().cost_analysis()["flops"]
+  heun = samplers_["heun"]
+  assert (heun.evaluations, heun.counted_evaluations, heun.loop_trips) == (11, 3, 5)
+  assert flops["heun"] == pytest.approx(3 * flops["ddim"], rel=0.1)  # ddim: its body once
+  assert flops["heun"] * heun.evaluations / heun.counted_evaluations == pytest.approx(
+      11 * flops["ddim"], rel=0.1)
 
 
 def test_the_plan_is_the_program_the_tpu_runs(v5p):

@@ -99,7 +99,7 @@ def plan(config, devices, *, programs=("train", "sample"), batch: int | None = N
     if program.state is not None:
       mem["state_bytes_per_device"] = entry["state_bytes_per_device"]
     entry.update(fits=True, memory=mem,
-                 cost=analysis.cost(result, trips=program.trips, examples=program.examples,
+                 cost=analysis.cost(result, scale=program.scale, examples=program.examples,
                                     devices=len(devices), peak_tflops=peak),
                  collectives=analysis.collectives(result.as_text()))
     figures["programs"][name] = entry

@@ -3,7 +3,8 @@ collectives, read from `compiled.memory_analysis()`, `cost_analysis()` and the H
 
 Every time here is XLA's estimate (its cost model's `optimal_seconds`), never a measurement.
 XLA counts a loop's body once: figures of a program with a loop (the sampler's chain, the
-bound's terms, k steps a dispatch kept as a while loop) are scaled by its trips.
+bound's terms, k steps a dispatch kept as a while loop) are scaled to the whole call
+(`programs.Program.scale`).
 """
 
 import math
@@ -82,21 +83,21 @@ def memory(compiled) -> dict[str, int]:
   return figures
 
 
-def cost(compiled, *, trips: int, examples: int, devices: int,
+def cost(compiled, *, scale: float, examples: int, devices: int,
          peak_tflops: float | None) -> dict:
-  """XLA's FLOPs (per device, per call: its count times the loop's `trips`), per example (all
+  """XLA's FLOPs (per device, per call: its count times `scale`), per example (all
   devices' FLOPs over the call's `examples`), its cost-model time for a call, the examples/s
   that implies and the FLOP utilisation against `peak_tflops` per device (None where unknown
   or where the cost model gives no positive time)."""
   analysis = compiled.cost_analysis() or {}
   if isinstance(analysis, (list, tuple)):  # older JAX: one dict per program
     analysis = analysis[0] if analysis else {}
-  flops = float(analysis.get("flops", 0.0)) * trips
+  flops = float(analysis.get("flops", 0.0)) * scale
   raw = float(analysis.get("optimal_seconds", -1.0))
-  seconds = raw * trips if raw > 0 else None  # none for, e.g., collectives across slices
+  seconds = raw * scale if raw > 0 else None  # none for, e.g., collectives across slices
   return {"flops_per_device": flops, "flops_per_example": flops * devices / examples,
           "xla_optimal_seconds": raw,
-          "bytes_accessed_per_device": float(analysis.get("bytes accessed", 0.0)) * trips,
+          "bytes_accessed_per_device": float(analysis.get("bytes accessed", 0.0)) * scale,
           "estimated_seconds": seconds,
           "estimated_examples_per_s": examples / seconds if seconds else None,
           "estimated_mfu": flops / seconds / (peak_tflops * 1e12)

@@ -22,12 +22,14 @@ PROGRAMS = ("train", "sample", "inception", "bpd")
 
 @dataclasses.dataclass
 class Program:
-  """One lowered program: `examples` per call (over all devices), `trips` of its loop (XLA
-  counts a loop's body once), `state` the train state's shapes and shardings (train only)."""
+  """One lowered program: `examples` per call (over all devices), `scale` the work of a call
+  over the work XLA counts (it counts a loop's body once: the loop's trips, or for a chain its
+  network evaluations over those counted), `state` the train state's shapes and shardings
+  (train only)."""
   name: str
   lowered: Any
   examples: int
-  trips: int
+  scale: float
   state: Any = None
   what: str = ""
 
@@ -63,17 +65,18 @@ def lower(name: str, run, mesh, *, batch: int) -> Program:
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, P()))
     lowered = step.lower(state, abstract_batch(run, mesh), key)
     kept = k > 1 and platforms.of_mesh(mesh) != "cpu"  # elsewhere the steps are unrolled
-    return Program(name, lowered, examples=k * config.train.batch_size, trips=k if kept else 1,
+    return Program(name, lowered, examples=k * config.train.batch_size, scale=k if kept else 1,
                    state=state, what=f"{k} train step{'s' if k > 1 else ''} a dispatch")
   if name == "sample":
     sampler = make_sampler(run, mesh)
     return Program(name, sampler.lower(_variables(run, mesh), batch), examples=batch,
-                   trips=sampler.loop_trips, what=f"a chain of {sampler.loop_trips} steps")
+                   scale=sampler.evaluations / sampler.counted_evaluations,
+                   what=f"a chain of {sampler.evaluations} network evaluations")
   if name == "inception":
     return Program(name, lower_features(mesh, batch, run.diffusion.spec.shape[:2]),
-                   examples=batch, trips=1, what="FID Inception features")
+                   examples=batch, scale=1, what="FID Inception features")
   if name == "bpd":
     bpd = make_bpd_fn(run, mesh)
     return Program(name, bpd.lower(_variables(run, mesh), batch), examples=batch,
-                   trips=bpd.loop_trips, what=f"the bound's T terms, {bpd.loop_trips} chunks")
+                   scale=bpd.loop_trips, what=f"the bound's T terms, {bpd.loop_trips} chunks")
   raise ValueError(f"`programs`: unknown program {name!r}; choose from {', '.join(PROGRAMS)}")

@@ -72,6 +72,11 @@ class Sampler:
   continuous: ClassVar[bool] = False
   needs: ClassVar[str] = ""  # the kind of model an `own_only` sampler needs, in words
 
+  # Network evaluations in one `update` (the rest of `evaluations`, if any, in `initialize`
+  # and `finalize`): what tells a plan how XLA's count of a chain, which sees the scanned
+  # `update` once, scales to the whole chain.
+  trip_evaluations: ClassVar[int] = 1
+
   def evaluations(self, steps: int) -> int:
     """Network evaluations of a chain of `steps` visited timesteps (unguided)."""
     return steps

@@ -57,6 +57,8 @@ class Heun(_ODE):
   name = "heun"
   default_steps = 18
 
+  trip_evaluations = 2
+
   def evaluations(self, steps):
     return 2 * steps - 1
 
@@ -161,6 +163,8 @@ class EDMSDE(Sampler):
         or not churn >= 0:
       raise ValueError(f"`churn` is S_churn >= 0 of the edm-sde sampler; got {churn!r}")
     self.churn, self.s_tmin, self.s_tmax, self.s_noise = churn, s_tmin, s_tmax, s_noise
+
+  trip_evaluations = 2
 
   def evaluations(self, steps):
     return 2 * steps - 1

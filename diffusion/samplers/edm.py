@@ -31,6 +31,8 @@ class Heun(Sampler):
   default_spacing = "karras"
   stochastic = False
 
+  trip_evaluations = 2
+
   def evaluations(self, steps):
     return 2 * steps - 1
 
@@ -82,6 +84,8 @@ class EDMSDE(Sampler):
         or not churn >= 0:
       raise ValueError(f"`churn` is S_churn >= 0 of the edm-sde sampler; got {churn!r}")
     self.churn, self.s_tmin, self.s_tmax, self.s_noise = churn, s_tmin, s_tmax, s_noise
+
+  trip_evaluations = 2
 
   def evaluations(self, steps):
     return 2 * steps - 1
