@@ -12,6 +12,7 @@ import numpy as np
 
 from diffusion import _checks
 from diffusion.dataspec import DataSpec, from_data_config
+from diffusion.power_ema import MAX_SIGMA_REL
 from diffusion.process import Diffusion
 from diffusion.schedules import BETA_SCHEDULES, Schedule
 
@@ -83,6 +84,7 @@ RANGES = {
     "train.num_samples": _int(0),
     "train.sample_steps": _int(0),
     "train.ema_decay": _real(0, 1),
+    "train.ema_snapshot_every": _int(0),
     "train.label_dropout": _real(0, 1),
 }
 
@@ -129,15 +131,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "beta_start" in d and "beta_end" in d and d.beta_start > d.beta_end:
     raise ValueError(f"config.diffusion.beta_start ({d.beta_start!r}) must not exceed "
                      f"config.diffusion.beta_end ({d.beta_end!r})")
+  power_ema_sigmas(config)
+  if train.get("ema_snapshot_every", 0) and not train.get("power_ema"):
+    raise ValueError("config.train.ema_snapshot_every keeps snapshots of the power-function "
+                     "EMAs of config.train.power_ema, which is empty: set both, or 0")
   betas_from_config(config)
   data_spec(config)
+
+
+def power_ema_sigmas(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """The σ_rel of each power-function EMA the run keeps (`config.train.power_ema`, e.g. (0.05,
+  0.10); () for none), checked: distinct, each in (0, 1/sqrt(12))."""
+  sigmas = config.train.get("power_ema") or ()
+  if isinstance(sigmas, (int, float)):
+    sigmas = (sigmas,)
+  sigmas = tuple(sigmas)
+  for s in sigmas:
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < MAX_SIGMA_REL:
+      raise ValueError(f"config.train.power_ema must hold σ_rel values in (0, "
+                       f"{MAX_SIGMA_REL:.4f}); got {config.train.power_ema!r}")
+  if len(set(sigmas)) != len(sigmas):
+    raise ValueError(f"config.train.power_ema must not repeat a value; got {sigmas!r}")
+  return tuple(float(s) for s in sigmas)
+
+
+def power_ema_key(sigma_rel: float) -> str:
+  """The name of the σ_rel profile in the train state and its snapshots: "sigma_rel_0_05"."""
+  return f"sigma_rel_{sigma_rel:g}".replace(".", "_")
 
 
 # What may change when a run resumes: how it executes, not what it computes.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.sample_every",
                   "train.checkpoint_every", "train.keep_checkpoints", "train.num_samples",
                   "train.sample_sampler", "train.sample_steps",
-                  "train.steps_per_dispatch", "model.dtype", "model.remat", "data.data_dir",
+                  "train.steps_per_dispatch", "train.power_ema", "train.ema_snapshot_every",
+                  "model.dtype", "model.remat", "data.data_dir",
                   "data.num_workers", "data.on_error", "mesh.data", "mesh.fsdp",
                   "mesh.min_shard_size")
 

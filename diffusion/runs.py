@@ -190,26 +190,44 @@ class Checkpoints:
 
     A checkpoint saved before the state had `model_state` (the network's
     collections other than its parameters) or `extra` (a distillation's
-    teacher and target) restores with them empty.
+    teacher and target) restores with them empty. A power-function EMA the
+    run keeps and the checkpoint lacks (a run that turned config.train.power_ema
+    on, or one saved before it existed) starts from the classic EMA, with a
+    warning; one it no longer keeps is not read.
     """
     saved = self.manager.item_metadata(step).state
-    missing = [f.name for f in dataclasses.fields(abstract_state)
-               if f.name in ("model_state", "extra") and f.name not in saved]
+    fields = [f.name for f in dataclasses.fields(abstract_state)]
+    missing = [name for name in fields
+               if name in ("model_state", "extra", "power_emas") and name not in saved]
     for name in missing:
-      if jax.tree.leaves(getattr(abstract_state, name)):
+      if name != "power_emas" and jax.tree.leaves(getattr(abstract_state, name)):
         raise IncompatibleResume(f"checkpoint {step} holds no {name}, which this run needs: "
                                  "train in another `workdir`")
-    target = abstract_state
-    if missing:
-      target = {f.name: getattr(abstract_state, f.name)
-                for f in dataclasses.fields(abstract_state) if f.name not in missing}
+    wanted = dict(getattr(abstract_state, "power_emas", {}))
+    have = set(saved.get("power_emas") or {}) if "power_emas" in saved else set()
+    target = {name: getattr(abstract_state, name) for name in fields if name not in missing}
+    if "power_emas" in target:
+      target["power_emas"] = {k: v for k, v in wanted.items() if k in have}
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
-            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target)),
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=bool(have - set(wanted))),
         data=ocp.args.JsonRestore()))
-    state = (dataclasses.replace(abstract_state, **restored.state, **{n: {} for n in missing})
-             if missing else restored.state)
+    state = dataclasses.replace(abstract_state, **restored.state, **{n: {} for n in missing})
+    new = sorted(set(wanted) - have)
+    if new:
+      log.warning("checkpoint %d holds no power-function EMA %s: it starts from the classic "
+                  "EMA at this step (a post-hoc reconstruction that reaches back before it is "
+                  "approximate)", step, ", ".join(new))
+      state = dataclasses.replace(state, power_emas={
+          **state.power_emas,
+          **{k: jax.tree.map(jax.numpy.copy, state.ema_params) for k in new}})  # own buffers
     return state, restored.data["position"]
+
+  def restore_position(self, step: int) -> int:
+    """The data position saved with checkpoint `step`."""
+    return int(self.manager.restore(step, args=ocp.args.Composite(
+        data=ocp.args.JsonRestore())).data["position"])
 
   def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
     step = self.latest_step() if step is None else step
@@ -259,6 +277,57 @@ class Checkpoints:
 
   def close(self) -> None:
     """Waits for pending saves, raising their errors, and releases the manager."""
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    finally:
+      self.manager.close()
+
+
+class EmaSnapshots:
+  """Snapshots of a run's power-function EMAs (`TrainState.power_emas`), in
+  `workdir/ema_snapshots/STEP/`: the trees as the state holds them (sharded on a mesh,
+  written by every process), and {"t": the updates applied, "sigma_rels": {name: σ_rel}}.
+  All are kept: post-hoc EMA (`diffusion.posthoc`) combines them."""
+
+  def __init__(self, workdir: str | os.PathLike, *, read_only: bool = False):
+    self.directory = paths.resolve(workdir, "`workdir`") / "ema_snapshots"
+    if read_only:
+      logging.getLogger("absl").addFilter(_READ_ONLY)
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=0 if read_only else 1, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"profiles": _state_handler(), "meta": ocp.JsonCheckpointHandler()})
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, profiles: dict, t: int, sigma_rels: dict[str, float]) -> None:
+    """Starts writing the snapshot of `step` (in the background), unless the step has one
+    (a run resumed from an earlier checkpoint recomputes the same trees)."""
+    if step in self.manager.all_steps():
+      return
+    self.manager.save(step, args=ocp.args.Composite(
+        profiles=ocp.args.PyTreeSave(profiles),
+        meta=ocp.args.JsonSave({"t": int(t), "sigma_rels": dict(sigma_rels)})), force=True)
+
+  def meta(self, step: int) -> dict:
+    return dict(self.manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta)
+
+  def restore(self, step: int) -> dict:
+    """The profiles of snapshot `step`, {name: parameter tree}, on this process's first
+    device."""
+    metadata = self.manager.item_metadata(step).profiles
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            dict(metadata))
+    return self.manager.restore(step, args=ocp.args.Composite(profiles=ocp.args.PyTreeRestore(
+        abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))).profiles
+
+  def close(self) -> None:
     try:
       self.manager.wait_until_finished()
       self.manager.check_for_errors()

@@ -90,3 +90,77 @@ def test_a_new_length_is_reconstructed_from_snapshots_on_a_toy_training_path():
     assert spread > 0.01
     assert np.linalg.norm(rebuilt - want) < 0.05 * spread, (rebuilt, want, spread)
     assert power_ema.profile_error(steps, gammas, x, at, target) < 0.05
+
+
+# The engine: the train step keeps the power EMAs, training keeps their snapshots, `ddpm ema`
+# rebuilds any σ_rel from them as a run folder that `ddpm sample` reads.
+
+def _config(steps, power=(0.05, 0.10), every=2):
+  from test_flow_edm import config_of
+  config = config_of("ddpm", num_steps=steps, checkpoint_every=2)
+  with config.unlocked():
+    config.train.power_ema, config.train.ema_snapshot_every = power, every
+  return config
+
+
+def test_the_train_step_keeps_each_power_ema_as_its_recursion_says():
+  import jax
+  import jax.numpy as jnp
+  from test_flow_edm import SHAPE, small_network
+  from diffusion.distributed import make_mesh
+  from diffusion.runs import base_key, build
+  from diffusion.training import create_state, make_train_step, shard_batch
+  rng = np.random.default_rng(0)
+  batch = {"x": rng.normal(size=(16, *SHAPE)).astype(np.float32),
+           "label": np.zeros(16, np.int32)}
+  mesh = make_mesh(jax.devices()[:1])
+  run = build(_config(3), small_network())
+  state = create_state(run, mesh, {"x": jnp.zeros((1, *SHAPE))})
+  step = make_train_step(run, mesh)
+  path = []
+  for _ in range(3):
+    state, _ = step(state, shard_batch(batch, mesh), base_key(0, "train"))
+    path.append(jax.device_get(state.params))
+  for name, sigma in (("sigma_rel_0_05", 0.05), ("sigma_rel_0_1", 0.10)):
+    gamma, expected = power_ema.gamma_of(sigma), None
+    for t, params in enumerate(path, start=1):
+      b = power_ema.beta(t, gamma)
+      expected = params if expected is None else jax.tree.map(
+          lambda e, p: b * e + (1 - b) * p, expected, params)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7),
+                 jax.device_get(state.power_emas[name]), expected)
+  assert not np.allclose(state.power_emas["sigma_rel_0_05"]["w"],
+                         state.power_emas["sigma_rel_0_1"]["w"])
+
+
+def test_ddpm_ema_rebuilds_a_profile_of_a_resumed_run_and_samples_it(tmp_path, capsys):
+  """A run trained 2 steps without power EMAs resumes to 6 with them (they start from the
+  classic EMA) and keeps snapshots at steps 4 and 6; the reconstruction of a tracked σ_rel is
+  that profile, another σ_rel a different average, and `ddpm ema` writes a run folder that
+  `load_run` (as `ddpm sample`) reads."""
+  import jax
+  from test_flow_edm import Gaussian, small_network
+  from diffusion import cli, posthoc
+  from diffusion.runs import Checkpoints, load_run
+  from diffusion.training import train
+  workdir = str(tmp_path / "run")
+  train(_config(2, power=(), every=0), workdir, model=small_network(), source=Gaussian())
+  assert not (tmp_path / "run" / "ema_snapshots").exists()
+  assert train(_config(6), workdir, model=small_network(), source=Gaussian()) == 6
+  assert posthoc.snapshot_steps(workdir) == [4, 6]
+  saved = Checkpoints(workdir, read_only=True).restore_part("power_emas", 6)
+  recon = posthoc.reconstruct(workdir, 0.10)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               recon.params, jax.device_get(saved["sigma_rel_0_1"]))
+  other = posthoc.reconstruct(workdir, 0.07, step=4)
+  assert other.step == 4 and not np.allclose(other.params["w"], recon.params["w"])
+  out = str(tmp_path / "ema07")
+  assert cli.main(["ema", "--workdir", workdir, "--sigma-rel", "0.07", "--out", out]) == 0
+  run = load_run(out, model=small_network())
+  assert run.step == 6
+  np.testing.assert_allclose(run.variables["params"]["w"],
+                             posthoc.reconstruct(workdir, 0.07).params["w"], rtol=1e-6)
+  capsys.readouterr()
+  assert cli.main(["ema", "--workdir", workdir, "--sigma-rel", "0.07", "--step", "5", "--out",
+                   str(tmp_path / "x")]) == 2
+  assert "--step 5 has no EMA snapshot; the snapshots are at steps 4, 6" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import re
 import sys
 from collections.abc import Sequence
 
-from diffusion.cli import applications, bench, convert, plan, runs
+from diffusion.cli import applications, bench, convert, ema, plan, runs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +24,7 @@ def parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
   """The `ddpm` parser and each command's, by name."""
   top = _Parser(prog="ddpm", description="Denoising diffusion probabilistic models in JAX.")
   commands = top.add_subparsers(dest="command", required=True)
-  for module in (runs, applications, convert, bench, plan):
+  for module in (runs, ema, applications, convert, bench, plan):
     module.add_parsers(commands)
   return top, commands.choices
 

@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import paths
+from diffusion.config import power_ema_key, power_ema_sigmas
 from diffusion.data import Loader, make_source
 from diffusion.data.folders import check_indexes
 from diffusion.data.loader import check_example, config_options
@@ -33,7 +34,7 @@ from diffusion.previews import save_preview
 from diffusion.sampling import make_chain, make_sampler
 from diffusion.training.lock import WorkdirLock
 from diffusion.training.metrics import HostReport, MetricWriter, Progress
-from diffusion.runs import Checkpoints, base_key, build
+from diffusion.runs import Checkpoints, EmaSnapshots, base_key, build
 from diffusion.training.state import abstract_state, create_state, init_inputs
 from diffusion.training.step import make_train_step, shard_batch
 
@@ -315,6 +316,9 @@ def _train(run, workdir: epath.Path, source, variables=None) -> int:
   checkpoints = Checkpoints(workdir, every=cfg.checkpoint_every,
                             keep=cfg.get("keep_checkpoints", None))
   state, position = _start(checkpoints, run, mesh, sample, variables)
+  snapshot_every = cfg.get("ema_snapshot_every", 0)
+  snapshots = EmaSnapshots(workdir) if snapshot_every else None
+  sigma_rels = {power_ema_key(s): s for s in power_ema_sigmas(config)}
   step = saved = int(state.step)
   step_fn = make_train_step(run, mesh, state_sharding=jax.tree.map(lambda a: a.sharding, state))
   sampler = make_sampler(run, mesh, sampler=cfg.get("sample_sampler") or None,
@@ -358,6 +362,8 @@ def _train(run, workdir: epath.Path, source, variables=None) -> int:
       if checkpoints.save(step, state, position, config):
         saved = step
       checkpoints.check()
+      if snapshots is not None and step % snapshot_every < k:
+        snapshots.save(step, state.power_emas, int(state.step - state.skipped), sigma_rels)
       if step % cfg.sample_every < k and step < cfg.num_steps:
         grid()
     else:
@@ -371,6 +377,8 @@ def _train(run, workdir: epath.Path, source, variables=None) -> int:
     loader.close()
     try:
       checkpoints.close()
+      if snapshots is not None:
+        snapshots.close()
     finally:
       writer.close()
   return step

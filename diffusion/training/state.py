@@ -10,6 +10,7 @@ import optax
 from jax.sharding import Mesh
 
 from diffusion import distributed
+from diffusion.config import power_ema_key, power_ema_sigmas
 from diffusion.methods import HISTORY
 from diffusion.runs import base_key
 
@@ -35,6 +36,9 @@ class TrainState:
   # Parameter trees beside the trained ones (`Method.extra`): a distillation's frozen
   # "teacher", a consistency model's "target" network. Empty for a DDPM run.
   extra: Any = dataclasses.field(default_factory=dict)
+  # Power-function EMAs of the parameters (Karras et al. 2024), one tree per σ_rel of
+  # config.train.power_ema, by `config.power_ema_key`; empty when the run keeps none.
+  power_emas: Any = dataclasses.field(default_factory=dict)
 
   def replace(self, **changes) -> "TrainState":
     return dataclasses.replace(self, **changes)
@@ -111,7 +115,8 @@ def _initializer(run, sample):
         ema_params=params, skipped=jnp.zeros((), jnp.int32),
         loss_history=jnp.zeros((num_steps, HISTORY), jnp.float32),
         loss_count=jnp.zeros((num_steps,), jnp.int32), model_state=variables,
-        extra={name: params for name in run.method.extra})
+        extra={name: params for name in run.method.extra},
+        power_emas={power_ema_key(s): params for s in power_ema_sigmas(config)})
 
   return init, base_key(config.seed, "init")
 

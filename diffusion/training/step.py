@@ -24,7 +24,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from diffusion import platforms
+from diffusion import platforms, power_ema
+from diffusion.config import power_ema_key, power_ema_sigmas
 from diffusion.distributed import BATCH
 from diffusion.methods import Nets, Step
 from diffusion.training.state import TrainState, ema_decay, learning_rate, make_optimizer
@@ -43,13 +44,15 @@ def make_train_step(run, mesh: Mesh, state_sharding=None
   placed as it came. With config.train.steps_per_dispatch = k > 1 the batch holds k
   stacked batches ([k, B, ...]) and k steps run in one `lax.scan`. For point
   sets, data, noise and the network's prediction are centred (`DataSpec.project`).
-  The method's extra parameter trees (a teacher, a target network) travel in `state.extra`.
+  The method's extra parameter trees (a teacher, a target network) travel in `state.extra`;
+  the power-function EMAs of config.train.power_ema in `state.power_emas`.
   """
   train, method, model = run.config.train, run.method, run.model
   tx = make_optimizer(run.config.optim)
   lr = learning_rate(run.config.optim)
   conditional = model.num_classes > 0
   spec = run.diffusion.spec
+  gammas = {power_ema_key(s): power_ema.gamma_of(s) for s in power_ema_sigmas(run.config)}
 
   def frozen(state, labels, cond, dropout_key=None):
     """The tree `name` of state.extra as a network: in inference mode, or with `dropout_key`
@@ -110,20 +113,27 @@ def make_train_step(run, mesh: Mesh, state_sharding=None
       ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
       history, count = method.record(state, losses)
       extra = method.update_extra(state.extra, params, state.step)
-      return params, opt_state, ema, history, count, {**state.model_state, **collections}, extra
+      # Update t = 1, 2, ... of the applied ones: β_t = (1 − 1/t)^{γ+1} (`power_ema.beta`).
+      t = (state.step - state.skipped + 1).astype(jnp.float32)
+      powers = {name: jax.tree.map(
+          lambda e, p, b=power_ema.beta(t, gammas[name]): b * e + (1 - b) * p, tree, params)
+          for name, tree in state.power_emas.items()}
+      return (params, opt_state, ema, history, count, {**state.model_state, **collections},
+              extra, powers)
 
     def skip(_):
       return (state.params, state.opt_state, state.ema_params, state.loss_history,
-              state.loss_count, state.model_state, state.extra)
+              state.loss_count, state.model_state, state.extra, state.power_emas)
 
     # A branch, not a select per leaf: a skipped step costs nothing and a normal step does
     # not read every tree twice.
-    params, opt_state, ema, history, count, model_state, extra = jax.lax.cond(
+    params, opt_state, ema, history, count, model_state, extra, powers = jax.lax.cond(
         finite, update, skip, None)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
         skipped=state.skipped + (~finite).astype(jnp.int32),
-        loss_history=history, loss_count=count, model_state=model_state, extra=extra)
+        loss_history=history, loss_count=count, model_state=model_state, extra=extra,
+        power_emas=powers)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr(applied),
                "skipped": (~finite).astype(jnp.int32)}
     for name in ("mse", "vb", "round", "points"):

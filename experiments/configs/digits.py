@@ -89,6 +89,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.label_dropout = 0.0  # for classifier-free guidance, with num_classes > 0
   config.train.ema_decay = 0.999
   config.train.ema_warmup = True
+  # Power-function EMAs (Karras et al. 2024) beside the classic one, by σ_rel, and snapshots
+  # of them every ema_snapshot_every steps in workdir/ema_snapshots/: `ddpm ema` rebuilds the
+  # average of any σ_rel after training (`ddpm ema --workdir DIR --sweep 0.03,0.05,0.1
+  # --digits`). () and 0: none.
+  config.train.power_ema = (0.05, 0.10)
+  config.train.ema_snapshot_every = 200
   config.train.steps_per_dispatch = 1
   config.train.log_every = 50
   config.train.checkpoint_every = 1000
