@@ -17,7 +17,10 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
                     step: int | None = None, sampler: str | None = None, steps: int | None = None,
                     eta: float = 0.0, spacing: str | None = None, guidance: float | None = None,
                     class_label: int | None = None, layout: str = "npz",
-                    churn: float | None = None, sigmas=None) -> np.ndarray:
+                    churn: float | None = None, sigmas=None,
+                    guidance_interval: tuple[float, float] | None = None,
+                    guide_workdir: str | None = None, guide_step: int | None = None
+                    ) -> np.ndarray:
   """Draws `num` samples from a run; writes them in `layout` and returns them [num, *shape]
   in the data's units: uint8 for images (NHWC, the FID evaluators' format) and uint8 volumes,
   float32 otherwise (e.g. Å for coordinates).
@@ -27,6 +30,9 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   a PDB file for point sets). "folders" (images only): `out/` gets one PNG
   per sample, in a subfolder per class for a class-conditional model, the
   layout `config.data.name = "folder"` reads back (data augmentation).
+
+  `guide_workdir` (and `guide_step`): autoguidance by that run's model with weight `guidance`
+  (`load_guide`); `guidance_interval` limits guidance to the levels of EDM σ in (low, high).
   """
   if num < 1 or batch < 1:
     raise ValueError(f"`num` and `batch` must be positive; got {num} and {batch}")
@@ -53,9 +59,11 @@ def sample_to_files(workdir: str, num: int, out: str, *, seed: int = 0, batch: i
   if layout == "folders" and spec.kind != "image":
     raise ValueError(f"`layout` folders writes images; this run's data is {spec.kind} data: "
                      "use `layout` npz")
+  guide = None if guide_workdir is None else load_guide(run, guide_workdir, guide_step)
   labels = class_labels(run, num, class_label, default="cycle")
   samples = draw_samples(run, labels, seed=seed, batch=batch, sampler=sampler, steps=steps,
                          eta=eta, spacing=spacing, guidance=guidance, churn=churn, sigmas=sigmas,
+                         guidance_interval=guidance_interval, guide=guide,
                          desc=f"sample {sampler or run.method.default_sampler} (step {step})")
   if jax.process_index() == 0:
     write_samples(out, samples, labels, model.num_classes, layout, spec)
@@ -66,11 +74,13 @@ def draw_samples(run, labels: np.ndarray, *, seed: int = 0, batch: int = 256,
                  sampler: str | None = None, steps: int | None = None, eta: float = 0.0,
                  spacing: str | None = None, guidance: float | None = None,
                  churn: float | None = None, sigmas=None, variables=None,
+                 guidance_interval: tuple[float, float] | None = None, guide=None,
                  desc: str = "sample") -> np.ndarray:
   """Samples [len(labels), *shape] in the data's units of a `runs.Run` (`load_run`'s; labels:
   classes, ignored by an unconditional model) with its variables (or `variables`), drawn
   `batch` at a time over every device with a progress bar (samples/s, ETA), each batch
-  converted to the data's units as it arrives (`sampling.in_batches`)."""
+  converted to the data's units as it arrives (`sampling.in_batches`). `guide`: a Run (with
+  variables) whose model autoguides this one (`load_guide`)."""
   labels = np.asarray(labels)
   if labels.ndim != 1:
     raise ValueError(f"labels must be a 1-D array, one class per sample (np.zeros(N, int) for an "
@@ -83,10 +93,13 @@ def draw_samples(run, labels: np.ndarray, *, seed: int = 0, batch: int = 256,
     raise ValueError("`variables`: this run holds none (a Run read by `load_run` does); give "
                      "them")
   sample = make_sampler(run, mesh, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
-                        guidance=guidance, churn=churn, sigmas=sigmas)
+                        guidance=guidance, churn=churn, sigmas=sigmas,
+                        guidance_interval=guidance_interval,
+                        guide=None if guide is None else guide.model)
   if not num:
     return np.zeros((0, *spec.shape), np.float32)
   variables, key = replicate(variables, mesh), base_key(seed, "sample")
+  extra = {} if guide is None else {"guide_variables": replicate(guide.variables, mesh)}
   bad = 0
 
   def convert(x):  # the check comes before the conversion, which would turn NaN into pixels
@@ -94,12 +107,30 @@ def draw_samples(run, labels: np.ndarray, *, seed: int = 0, batch: int = 256,
     bad += int(np.sum(~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))))
     return spec.from_model(x)
 
-  samples = in_batches(lambda first, rows: sample(variables, key, first, labels[rows]), num,
+  samples = in_batches(lambda first, rows: sample(variables, key, first, labels[rows], **extra),
+                       num,
                        batch, mesh, desc=desc, unit="sample", convert=convert)
   if bad:
     raise ValueError(f"{bad} of {num} samples are not finite (NaN or inf): the network "
                      "diverged or the sampler's settings do not suit it; nothing was written")
   return samples
+
+
+def load_guide(run, workdir: str, step: int | None = None, *, model=None):
+  """The Run of `workdir` (checkpoint `step`, default the newest; `model` as `load_run`'s) as
+  the autoguidance guide of `run`: a model of the same data, diffusion and method, taking the
+  same conditioning (a smaller network, or the same trained for less)."""
+  guide = load_run(workdir, step, model=model)
+  checks = (("data", run.diffusion.spec, guide.diffusion.spec),
+            ("diffusion", run.diffusion, guide.diffusion),
+            ("method", run.method, guide.method),
+            ("classes", run.model.num_classes, guide.model.num_classes))
+  for what, ours, theirs in checks:
+    if ours != theirs:
+      raise ValueError(f"`guide_workdir` {workdir!r} holds a model of another {what} ({theirs}) "
+                       f"than this run's ({ours}): a guide is a weaker model of the same data, "
+                       "diffusion, method and conditioning")
+  return guide
 
 
 def write_samples(out: str, samples: np.ndarray, labels: np.ndarray, num_classes: int,

@@ -157,11 +157,12 @@ def memoized(build):
 def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = None,
                  steps: int | None = None, eta: float = 0.0, spacing: str | None = None,
                  guidance: float | None = None, start: int | None = None,
-                 churn: float | None = None, sigmas=None):
+                 churn: float | None = None, sigmas=None,
+                 guidance_interval: tuple[float, float] | None = None, guide=None):
   """A jitted sampler of a `runs.Run`'s network over the devices of `mesh`:
 
-    sample(variables, key, first_index, labels=None, cond=None, x_start=None)
-      -> float32 [N, *shape] in the model's units
+    sample(variables, key, first_index, labels=None, cond=None, x_start=None,
+           guide_variables=None) -> float32 [N, *shape] in the model's units
 
   runs `sampler` (`make_chain`: a registered name, `samplers.names()`, an
   import path "package.module:Class" or a Sampler; default: the run's own,
@@ -180,14 +181,37 @@ def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = No
   timesteps (`Method.sampling_steps`): a few-step model visits its own; a consistency model
   those nearest to the noise levels `sigmas` if given. The same arguments give the same
   sampler (`memoized`), so its programs compile once per process.
+
+  Guidance (`samplers.guidance`): with `guide` (a network: autoguidance, Karras et al. 2024)
+  `guidance` is the weight w of D_guide + w (D − D_guide), the guide's variables passed to
+  each call as `guide_variables` (a weaker model of the same data and conditioning: see
+  `check_guide`); without, classifier-free guidance of scale w. `guidance_interval` (low,
+  high) limits either to the levels whose EDM σ lies in it (Kynkäänniemi et al. 2024);
+  elsewhere, and everywhere at w = 1, only the main model is evaluated.
   """
   model, diffusion, method = run.model, run.diffusion, run.method
   chain = make_chain(method, sampler, eta=eta, churn=churn)
-  check_options(model, diffusion.num_steps, spacing=spacing, guidance=guidance, steps=None)
-  if guidance is not None and not method.label_dropout > 0:
+  if guide is not None:
+    guide = as_denoiser(guide)
+    if guidance is None or not guidance >= 0:
+      raise ValueError(f"`guide` (autoguidance) needs `guidance`, its weight w >= 0 (1: the main "
+                       f"model alone); got {guidance!r}")
+    if (guide.num_classes, guide.cond_channels) != (model.num_classes, model.cond_channels):
+      raise ValueError(f"`guide` must take the main model's conditioning: {model.num_classes} "
+                       f"classes and {model.cond_channels} conditioning channels; it takes "
+                       f"{guide.num_classes} and {guide.cond_channels}")
+  check_options(model, diffusion.num_steps, spacing=spacing, steps=None,
+                guidance=guidance if guide is None else None)
+  if guidance is not None and guide is None and not method.label_dropout > 0:
     raise ValueError("`guidance` mixes in the unconditional model, the null class, which a run "
                      "learns only with label dropout: this one was trained with "
                      "config.train.label_dropout = 0")
+  active = None
+  if guidance_interval is not None:
+    if guidance is None:
+      raise ValueError("`guidance_interval` limits guidance to an interval: give `guidance`")
+    active = samplers.interval(method.noise_sigma, *map(float, guidance_interval))
+  guided = guidance is not None and guidance != 1  # w = 1: the main model alone
   visit = method.sampling_steps(chain, steps, spacing, start, sigmas)
   shape = diffusion.spec.shape
   channels = shape[-1]
@@ -197,16 +221,25 @@ def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = No
     keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(index)
     init_keys, chain_keys = keys[:, 0], keys[:, 1]
 
-    def model_fn(x, t, y):
-      c = None if cond is None else jnp.concatenate([cond] * (x.shape[0] // cond.shape[0]))
-      out = model(variables, x, t, y if model.num_classes else None, c)
-      return spec.project_output(out, x.shape[-1])
+    main, guide_variables = ((variables["main"], variables["guide"]) if guide is not None
+                             else (variables, None))
 
-    if guidance is not None:
+    def apply(net, net_variables):
+      def fn(x, t, y):
+        c = None if cond is None else jnp.concatenate([cond] * (x.shape[0] // cond.shape[0]))
+        out = net(net_variables, x, t, y if model.num_classes else None, c)
+        return spec.project_output(out, x.shape[-1])
+      return fn
+
+    model_fn = apply(model, main)
+    network = lambda x, t: model_fn(x, t, labels)
+    if guided and guide is not None:
+      guide_fn = apply(guide, guide_variables)
+      network = samplers.autoguidance(network, lambda x, t: guide_fn(x, t, labels), guidance,
+                                      channels, active)
+    elif guided:
       network = samplers.classifier_free_guidance(model_fn, labels, model.num_classes, guidance,
-                                                  channels)
-    else:
-      network = lambda x, t: model_fn(x, t, labels)
+                                                  channels, active)
     x = x_start if x_start is not None else spec.project(jax.vmap(
         lambda k: jax.random.normal(k, shape))(init_keys))
     return spec.project(samplers.run(chain, network, diffusion, visit, x, chain_keys,
@@ -214,8 +247,14 @@ def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = No
 
   program = over_samples(device_sample, mesh, 3)
 
-  def sample(variables, key, first_index: int, labels=None, cond=None, x_start=None
-             ) -> jax.Array:
+  def sample(variables, key, first_index: int, labels=None, cond=None, x_start=None,
+             guide_variables=None) -> jax.Array:
+    if (guide_variables is None) != (guide is None):
+      raise ValueError("`guide_variables` are the variables of the sampler's `guide` (autoguidance)"
+                       if guide is not None else
+                       "`guide_variables` given to a sampler made without a `guide`")
+    if guide is not None:
+      variables = {"main": variables, "guide": guide_variables}
     n = next((len(a) for a in (labels, cond, x_start) if a is not None), None)
     if n is None:
       raise ValueError("sample(variables, key, first_index, labels, cond, x_start): give labels "
@@ -226,9 +265,11 @@ def make_sampler(run, mesh: Mesh, *, sampler: str | samplers.Sampler | None = No
     as_float = lambda a: None if a is None else np.asarray(a, np.float32)
     return program(variables, key, first_index, labels, as_float(cond), as_float(x_start))
 
-  def lower(variables, n: int):
+  def lower(variables, n: int, guide_variables=None):
     """The program `sample(variables, key, 0, labels[, cond])` runs for n samples (from x_T),
     lowered from the shapes of `variables` (arrays or ShapeDtypeStructs) alone."""
+    if guide is not None:
+      variables = {"main": variables, "guide": guide_variables}
     labels = jax.ShapeDtypeStruct((n,), jnp.int32)
     cond = (jax.ShapeDtypeStruct((n, *shape[:-1], model.cond_channels), jnp.float32)
             if model.cond_channels else None)

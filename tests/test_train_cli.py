@@ -388,7 +388,8 @@ class StandIn:
 @pytest.mark.parametrize("name", ["digits", "digits_hybrid", "cifar10", "celebahq256", "church256",
                                   "bedroom256", "dit256", "sequences", "volumes3d", "protein",
                                   "digits_ct", "cifar10_ct", "digits_ict", "cifar10_ict",
-                                  "digits_fm", "digits_edm", "cifar10_fm", "cifar10_edm"])
+                                  "digits_fm", "digits_edm", "cifar10_fm", "cifar10_edm",
+                                  "digits_cond", "digits_cond_guide"])
 def test_every_config_is_complete(name):
   from diffusion.config import load_config
   from diffusion.runs import build

@@ -88,7 +88,9 @@ def sampler_arguments(parser: argparse.ArgumentParser, guidance: bool = True) ->
   parser.add_argument("--churn", type=float,
                       help="edm-sde's S_churn (default 30, EDM's for VP models)")
   parser.add_argument("--guidance", type=float,
-                      help="classifier-free guidance scale w (class-conditional models)")
+                      help="classifier-free guidance scale w (class-conditional models trained "
+                           "with label dropout), or with --guide-workdir the autoguidance "
+                           "weight w")
 
 
 def report(args: argparse.Namespace, result: dict, table: str) -> None:

@@ -74,12 +74,24 @@ def sample_command(args: argparse.Namespace) -> None:
       args.workdir, args.num, args.out, seed=args.seed, batch=args.batch, step=args.step,
       sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
       guidance=args.guidance, class_label=args.class_label, layout=args.layout, churn=args.churn,
-      sigmas=sigmas)
+      sigmas=sigmas, guidance_interval=_interval(args.guidance_interval),
+      guide_workdir=args.guide_workdir, guide_step=args.guide_step)
   import jax
   if jax.process_index() == 0:
     where = ("one PNG per sample" if args.layout == "folders"
              else f"preview {os.path.splitext(args.out)[0]}.png")
     print(f"{args.out}: {args.num} samples ({where})")
+
+
+def _interval(text: str | None) -> tuple[float, float] | None:
+  if text is None:
+    return None
+  try:
+    low, high = (float(v) for v in text.split(","))
+  except ValueError:
+    raise ValueError(f"--guidance-interval must be two numbers low,high (EDM's σ); got "
+                     f"{text!r}") from None
+  return low, high
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
@@ -223,12 +235,19 @@ def add_parsers(commands) -> None:
   parser.add_argument("--sigmas",
                       help="a consistency model's chain through these noise levels, e.g. 80,0.8 "
                            "(decreasing, EDM's σ; instead of --steps)")
+  parser.add_argument("--guidance-interval",
+                      help="low,high: guide only where the noise level's EDM σ lies in [low, "
+                           "high] (Kynkäänniemi et al. 2024), e.g. 0.28,5.42")
+  parser.add_argument("--guide-workdir",
+                      help="autoguidance (Karras et al. 2024): a weaker run of the same data and "
+                           "conditioning guides this one with weight --guidance")
+  parser.add_argument("--guide-step", type=int, help="the guide's checkpoint (default: newest)")
   parser.add_argument("--class", dest="class_label", type=int,
                       help="draw this class only (class-conditional models; default: all in turn)")
   parser.add_argument("--layout", default="npz",
                       help="npz (arr_0 and labels, plus a PNG grid) or folders (a PNG per sample "
                            "in per-class folders, for data augmentation)")
-  parser.set_defaults(run=sample_command, inputs=["workdir"],
+  parser.set_defaults(run=sample_command, inputs=["workdir", "guide_workdir"],
                       outputs=lambda args: [("out", args.layout == "folders")],
                       writes=lambda args: [] if not args.out.lower().endswith(".npz") else [
                           ("--out", args.out),

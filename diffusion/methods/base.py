@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from diffusion import spacing
@@ -120,6 +121,11 @@ class Method:
   def conditioning(self, level: jax.Array) -> jax.Array:
     """What the network is given for noise level `level` [B] (a continuous method's)."""
     raise NotImplementedError
+
+  def noise_sigma(self, conditioning: jax.Array) -> jax.Array:
+    """EDM's σ (the noise-to-signal ratio σ_t / α_t) of what the network is given, [N]
+    (traceable): a discrete DDPM's timestep t, sqrt(1 / ᾱ_t − 1); a continuous method's own."""
+    return jnp.asarray(self.diffusion.schedule.sqrt_recipm1_alphas_cumprod)[conditioning]
 
   def field(self, network: NetworkFn):
     """The probability-flow ODE's field f(x, τ) in this method's levels τ, from the network

@@ -48,6 +48,9 @@ class EDM(Method):
   def conditioning(self, level):
     return edm.preconditioning(level, self.sigma_data)[3]
 
+  def noise_sigma(self, conditioning):
+    return jax.numpy.exp(4 * conditioning)  # c_noise = ln σ / 4
+
   def labels(self, keys, labels, num_classes):
     return _label_dropout(keys, labels, num_classes, self.label_dropout)
 

@@ -54,6 +54,9 @@ class FlowMatching(Method):
   def conditioning(self, level):
     return SCALE * level
 
+  def noise_sigma(self, conditioning):
+    return flow.to_sigma(conditioning / SCALE)
+
   def labels(self, keys, labels, num_classes):
     return _label_dropout(keys, labels, num_classes, self.label_dropout)
 

@@ -18,8 +18,8 @@ The chains also keep their functional forms, pure and traceable:
 """
 
 from diffusion.samplers.base import (
-    CONTINUOUS, REGISTRY, Chain, NetworkFn, Sampler, classifier_free_guidance, get, make, names,
-    per_sample, register, run)
+    CONTINUOUS, REGISTRY, Chain, NetworkFn, Sampler, get, make, names, per_sample, register, run)
+from diffusion.samplers.guidance import autoguidance, classifier_free_guidance, interval
 from diffusion.samplers.ddpm import Ancestral, ancestral
 from diffusion.samplers.ddim import DDIM, ddim
 from diffusion.samplers.dpm_solver import DPMSolverPP2M, dpm_solver_pp_2m
@@ -29,7 +29,9 @@ from diffusion.samplers import continuous  # Euler and Heun over continuous nois
 from diffusion.spacing import SPACINGS, check_chain, check_steps, spaced_steps
 
 __all__ = ["CONTINUOUS", "REGISTRY", "SPACINGS", "Ancestral", "Chain", "Consistency", "DDIM",
-           "DPMSolverPP2M", "EDMSDE", "Heun", "NetworkFn", "Sampler", "ancestral", "check_chain",
+           "DPMSolverPP2M", "EDMSDE", "Heun", "NetworkFn", "Sampler", "ancestral", "autoguidance",
+           "check_chain",
            "check_steps", "churned_steps", "classifier_free_guidance", "continuous", "ddim",
-           "dpm_solver_pp_2m", "edm_sde", "get", "heun", "make", "names", "per_sample", "register",
+           "dpm_solver_pp_2m", "edm_sde", "get", "heun", "interval", "make", "names", "per_sample",
+           "register",
            "run", "spaced_steps"]

@@ -212,20 +212,3 @@ def make(name: str | Sampler, continuous: bool = False, **options) -> Sampler:
       raise
     raise ValueError(f"`{unknown[0]}` is no option of sampler {cls.name!r}"
                      + (f" (it takes {', '.join(sorted(accepted))})" if accepted else "")) from None
-
-
-def classifier_free_guidance(model_fn: Callable[..., jax.Array], labels: jax.Array,
-                             null_class: int, scale: float, channels: int) -> NetworkFn:
-  """ε̃ = ε(x, ∅) + w (ε(x, y) - ε(x, ∅)) (Ho & Salimans 2022) on the mean channels.
-
-  `model_fn(x, t, y)` is the class-conditional network; both terms come from
-  one call on the doubled batch. A learned variance keeps the conditional one.
-  """
-  def network(x, t):
-    n = x.shape[0]
-    both = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]),
-                    jnp.concatenate([labels, jnp.full((n,), null_class, labels.dtype)]))
-    cond, uncond = both[:n], both[n:]
-    mean = uncond[..., :channels] + scale * (cond[..., :channels] - uncond[..., :channels])
-    return jnp.concatenate([mean, cond[..., channels:]], axis=-1)
-  return network
