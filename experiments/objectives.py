@@ -6,7 +6,8 @@ evaluations (NFE) with the samplers that suit it, 1,000 samples, digits-FID and 
   python experiments/objectives.py --dir runs/objectives --seed 0 --out runs/objectives/seed0.json
 
 A DDPM samples with DPM-Solver++(2M) and DDIM at NFE steps; a continuous method with Euler and
-DPM-Solver++(2M) at NFE steps and Heun at the most steps whose 2N − 1 evaluations fit. Runs already trained in
+DPM-Solver++(2M) at NFE steps (EDM: on its ρ grid and uniform in log σ) and Heun at the most
+steps whose 2N − 1 evaluations fit. Runs already trained in
 --dir are reused. About 20 CPU-minutes a seed on 2 cores.
 """
 
@@ -27,12 +28,14 @@ METHODS = {  # name: (config, overrides)
 NFES = (1, 2, 4, 8, 16, 35)
 
 
-def chains(continuous: bool, nfe: int) -> list[tuple[str, int]]:
-  """(sampler, steps) within `nfe` network evaluations."""
-  if not continuous:
-    return [("dpm++", nfe), ("ddim", nfe)]
-  return ([("euler", nfe), ("dpm++", nfe)] if nfe >= 2 else [("euler", nfe)]) + (
-      [("heun", (nfe + 1) // 2)] if nfe >= 3 else [])
+def chains(method: str, nfe: int) -> list[tuple[str, int, str | None]]:
+  """(sampler, steps, spacing) within `nfe` network evaluations for a run of `method`."""
+  if method not in ("flow", "edm"):
+    return [("dpm++", nfe, None), ("ddim", nfe, None)]
+  out = [("euler", nfe, None)]
+  if nfe >= 2:
+    out += [("dpm++", nfe, None)] + ([("dpm++", nfe, "karras")] if method == "edm" else [])
+  return out + ([("heun", (nfe + 1) // 2, None)] if nfe >= 3 else [])
 
 
 def main(argv=None) -> int:
@@ -59,14 +62,16 @@ def main(argv=None) -> int:
     run = load_run(workdir)
     labels = class_labels(run, args.num, None, default="cycle")
     for nfe in NFES:
-      for sampler, steps in chains(run.method.continuous, nfe):
+      for sampler, steps, spacing in chains(run.method.name, nfe):
         samples = draw_samples(run, labels, seed=args.seed, sampler=sampler, steps=steps,
-                               batch=500, desc=f"{name} {sampler} {steps}")
+                               spacing=spacing, batch=500, desc=f"{name} {sampler} {steps}")
         metrics = digits_metrics(samples, evaluator)
         results.append({"method": name, "nfe": nfe, "sampler": sampler, "steps": steps,
-                        "fid": metrics["fid"], "kid": metrics["kid"]})
-        print(f"{name:<22} NFE ≤ {nfe:>2}: {sampler:<6} {steps:>2} steps  digits-FID "
-              f"{metrics['fid']:7.2f}  KID {metrics['kid']:7.1f}", flush=True)
+                        "spacing": spacing, "fid": metrics["fid"], "kid": metrics["kid"],
+                        "precision": metrics["precision"], "recall": metrics["recall"]})
+        print(f"{name:<22} NFE ≤ {nfe:>2}: {sampler:<6} {steps:>2} steps {spacing or '':<7} "
+              f"digits-FID {metrics['fid']:7.2f}  KID {metrics['kid']:7.1f}  precision "
+              f"{metrics['precision']:.3f} recall {metrics['recall']:.3f}", flush=True)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"seed": args.seed, "num": args.num, "results": results}, f, indent=2)
@@ -77,7 +82,8 @@ def main(argv=None) -> int:
     for nfe in NFES:
       best = min((r for r in results if r["method"] == name and r["nfe"] == nfe),
                  key=lambda r: r["fid"])
-      cells.append(f"{best['fid']:.2f} ({best['sampler']} {best['steps']})")
+      spacing = f" {best['spacing']}" if best["spacing"] else ""
+      cells.append(f"{best['fid']:.2f} ({best['sampler']} {best['steps']}{spacing})")
     print(f"| {name} | " + " | ".join(cells) + " |")
   return 0
 

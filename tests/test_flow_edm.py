@@ -69,8 +69,8 @@ def test_the_continuous_chains_draw_the_data_from_the_exact_network(method, netw
   assert sample.loop_trips == (steps if sampler == "euler" else steps - 1)
   with pytest.raises(ValueError, match="`sampler` must be one of euler, heun, .*edm-sde"):
     make_sampler(run, make_mesh(), sampler="ddpm")
-  with pytest.raises(ValueError, match="`spacing`: method"):
-    make_sampler(run, make_mesh(), spacing="karras")
+  with pytest.raises(ValueError, match="`spacing`: method|`spacing` of an EDM run's chain"):
+    make_sampler(run, make_mesh(), spacing="quadratic")
   with pytest.raises(ValueError, match="written for a discrete DDPM's forward process"):
     from diffusion.applications import denoise
     denoise(run, {"params": {}}, np.zeros((8, *SHAPE), np.float32), 0.1, make_mesh(),

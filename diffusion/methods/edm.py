@@ -17,6 +17,9 @@ from diffusion.methods.base import Method, register
 from diffusion.methods.flow import _label_dropout, continuous_steps
 
 
+SPACINGS = ("karras", "logsnr")  # the grids of σ an EDM run samples on
+
+
 @register
 class EDM(Method):
   name = "edm"
@@ -85,7 +88,19 @@ class EDM(Method):
     return float(ratio)
 
   def sampling_steps(self, sampler, steps, spacing_name, start, sigmas=None):
-    count = continuous_steps(self, sampler, steps, spacing_name, start, sigmas)
-    return np.append(edm.karras_sigmas(count, self.sigma_min, self.sigma_max, self.rho), 0.0)
+    """`steps` levels of σ from σ_max to σ_min, then 0: EDM's ρ grid ("karras", the default)
+    or uniform in log σ ("logsnr": uniform in λ = −log σ, DPM-Solver's choice and dpm++'s
+    default)."""
+    count = continuous_steps(self, sampler, steps, None, start, sigmas)
+    name = spacing_name or (sampler.default_spacing if sampler.default_spacing in SPACINGS
+                            else "karras")
+    if name not in SPACINGS:
+      raise ValueError(f"`spacing` of an EDM run's chain must be one of {', '.join(SPACINGS)} "
+                       f"(EDM's ρ grid, or uniform in log σ); got {name!r}")
+    if name == "logsnr":
+      grid = np.exp(np.linspace(np.log(self.sigma_max), np.log(self.sigma_min), count))
+    else:
+      grid = edm.karras_sigmas(count, self.sigma_min, self.sigma_max, self.rho)
+    return np.append(grid, 0.0)
 
 

@@ -139,9 +139,11 @@ class DDIM(_Lambda):
 @register
 class DPMSolverPP2M(_Lambda):
   """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) on the method's path: one evaluation a
-  step, second order from the second step on (`solver_coefficients`)."""
+  step, second order from the second step on (`solver_coefficients`); on an EDM run over a
+  grid uniform in log σ by default (its authors' choice), on flow matching's own grid."""
   name = "dpm++"
   default_steps = 20
+  default_spacing = "logsnr"
   second_order = True
 
 
