@@ -125,6 +125,11 @@ def evaluate(args: argparse.Namespace) -> dict:
       raise ValueError("--digits needs --samples")
   if args.bpd and not args.workdir:
     raise ValueError("--bpd needs --workdir (a training run)")
+  ode_nll = getattr(args, "ode_nll", False)
+  if ode_nll and not args.workdir:
+    raise ValueError("--ode-nll needs --workdir (a training run)")
+  if getattr(args, "probes", 1) < 1:
+    raise ValueError(f"--probes must be >= 1; got {args.probes}")
   for name in ("batch", "chunk", "num"):
     value = getattr(args, name, None)
     if value is not None and value < 1:
@@ -141,6 +146,18 @@ def evaluate(args: argparse.Namespace) -> dict:
     result["bpd"] = {k: v for k, v in bpd.items() if k not in ("per_image", "terms")}
     print(f"NLL ≤ {bpd['bpd']:.4f} ± {bpd['bpd_stderr']:.4f} bits/dim on {bpd['num_images']} "
           f"images of split {args.split!r} (step {bpd['step']}; prior term {bpd['prior']:.2e})")
+  if ode_nll:
+    from diffusion.evaluation.measures import workdir_ode_bits_per_dim
+    ode = workdir_ode_bits_per_dim(args.workdir, split=args.split, num=args.num,
+                                   batch=args.batch, seed=args.seed, probes=args.probes,
+                                   exact=args.exact_divergence)
+    result["ode_bpd"] = ode
+    how = ("exact divergence" if ode["exact"] else
+           f"{ode['probes']} Hutchinson probe{'s' if ode['probes'] > 1 else ''} an image"
+           + (f", probe spread {ode['probe_std']:.4f}" if ode["probes"] > 1 else ""))
+    print(f"ODE NLL {ode['bpd']:.4f} ± {ode['bpd_stderr']:.4f} bits/dim on "
+          f"{ode['num_images']} images of split {args.split!r} (step {ode['step']}; {how}; "
+          f"{ode['solver_steps']:.0f} solver steps)")
   if getattr(args, "synthetic", None):
     from diffusion.evaluation.structure import evaluate_synthetic, format_comparison
     if not args.samples or not args.samples.endswith(".npz"):
@@ -172,7 +189,8 @@ def evaluate(args: argparse.Namespace) -> dict:
                       for k in names if k in metrics)
     print(f"{metrics['num_samples']} samples of {args.samples}: {shown}")
   if not result:
-    raise ValueError("nothing to evaluate: give --samples FILE and/or --workdir DIR --bpd")
+    raise ValueError("nothing to evaluate: give --samples FILE and/or --workdir DIR --bpd "
+                     "(or --ode-nll)")
   if args.out:
     paths.write_bytes(paths.resolve(args.out, "--out"), json.dumps(result, indent=2).encode())
   return result
@@ -271,7 +289,16 @@ def add_parsers(commands) -> None:
   parser.add_argument("--workdir", help="a training run (for --bpd)")
   parser.add_argument("--bpd", action="store_true",
                       help="NLL bound in bits/dim of a data split under the run's EMA network")
-  parser.add_argument("--split", default="test", help="data split for --bpd (default: test)")
+  parser.add_argument("--ode-nll", action="store_true",
+                      help="NLL in bits/dim by the probability-flow ODE (uniform "
+                           "dequantization, adaptive solve; needs diffrax: pip install "
+                           "'.[likelihood]')")
+  parser.add_argument("--probes", type=int, default=1,
+                      help="--ode-nll: Hutchinson probes an image (their spread is reported)")
+  parser.add_argument("--exact-divergence", action="store_true",
+                      help="--ode-nll: the exact divergence (one JVP per dimension: small data)")
+  parser.add_argument("--split", default="test",
+                      help="data split for --bpd and --ode-nll (default: test)")
   parser.add_argument("--num", type=int, help="evaluate the first N images of the split")
   parser.add_argument("--batch", type=int, default=64, help="images per compiled call")
   parser.add_argument("--chunk", type=int, default=10, help="timesteps per network call (--bpd)")

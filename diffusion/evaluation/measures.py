@@ -115,18 +115,55 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
                          chunk_size: int, seed: int, step: int | None = None) -> dict:
   """bits/dim of `num` images (default all) of a data split under a run's EMA network."""
   import jax
-  from diffusion.data import make_source
   from diffusion.evaluation.nll import dataset_bits_per_dim
   from diffusion.distributed import make_mesh, replicate
   from diffusion.runs import base_key, load_run
   from diffusion.sampling import needs_ddpm
   run = load_run(workdir, step)
-  config, model, variables, step = run
+  _, _, variables, step = run
   needs_ddpm(run, "the variational bound (bits/dim)")
   if not run.method.every_timestep:
     raise ValueError(f"bits/dim sums the bound over every timestep; `workdir` {workdir!r} is a "
                      f"few-step model (method {run.method.name!r}): evaluate its teacher, or "
                      "its samples")
+  images, labels = _split_images(run, split, num)
+  mesh = make_mesh()
+  result = dataset_bits_per_dim(run, replicate(variables, mesh), images, mesh,
+                                base_key(seed, "evaluate"), labels=labels, batch=batch,
+                                chunk_size=chunk_size)
+  result.update(step=step, split=split)
+  if jax.process_index() == 0:
+    buffer = io.BytesIO()
+    np.save(buffer, result["terms"])
+    paths.write_bytes(paths.resolve(workdir, "`workdir`") / f"bpd_terms_{split}_step{step}.npy",
+                      buffer.getvalue())
+  return result
+
+
+def workdir_ode_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: int,
+                             seed: int, step: int | None = None, probes: int = 1,
+                             exact: bool = False) -> dict:
+  """bits/dim of `num` images (default all) of a data split by the probability-flow ODE of a
+  run's EMA network (`evaluation.ode_nll`)."""
+  from diffusion.distributed import make_mesh, replicate
+  from diffusion.evaluation.ode_nll import dataset_ode_bits_per_dim
+  from diffusion.runs import base_key, load_run
+  run = load_run(workdir, step)
+  run.method.ode_span()  # a method without a probability-flow ODE of its own says so
+  images, labels = _split_images(run, split, num)
+  mesh = make_mesh()
+  result = dataset_ode_bits_per_dim(run, replicate(run.variables, mesh), images, mesh,
+                                    base_key(seed, "evaluate"), labels=labels, batch=batch,
+                                    probes=probes, exact=exact)
+  result.update(step=run.step, split=split)
+  return result
+
+
+def _split_images(run, split: str, num: int | None):
+  """(uint8 images [n, ...], labels [n] or None) of the first `num` (default all) examples of
+  a data split of a run's data, checked for a likelihood (8-bit data, no conditioning image)."""
+  from diffusion.data import make_source
+  config, model = run.config, run.model
   if run.diffusion.spec.dtype != "uint8":
     raise ValueError("bits/dim is defined on 8-bit data (images, volumes); this run's data is "
                      f"{run.diffusion.spec.dtype}")
@@ -149,14 +186,4 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
   items = [source[i] for i in range(count)]
   images = np.stack([item["x"] for item in items])
   labels = np.array([item.get("label", 0) for item in items]) if model.num_classes else None
-  mesh = make_mesh()
-  result = dataset_bits_per_dim(run, replicate(variables, mesh), images, mesh,
-                                base_key(seed, "evaluate"), labels=labels, batch=batch,
-                                chunk_size=chunk_size)
-  result.update(step=step, split=split)
-  if jax.process_index() == 0:
-    buffer = io.BytesIO()
-    np.save(buffer, result["terms"])
-    paths.write_bytes(paths.resolve(workdir, "`workdir`") / f"bpd_terms_{split}_step{step}.npy",
-                      buffer.getvalue())
-  return result
+  return images, labels

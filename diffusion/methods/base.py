@@ -132,6 +132,12 @@ class Method:
     (x, conditioning) -> output (a continuous method's)."""
     raise NotImplementedError
 
+  def ode_span(self) -> tuple[float, float]:
+    """(the data's level, the prior's) of the probability-flow ODE whose likelihood
+    `ddpm evaluate --ode-nll` integrates (`field` in between; the prior N(0, prior_scale²))."""
+    raise ValueError(f"method {self.name!r} has no probability-flow ODE of its own: the ODE "
+                     "likelihood needs a DDPM, flow-matching or EDM run")
+
   def prior_scale(self, level: float) -> float:
     """The standard deviation of x at the highest level, `level` (a continuous method's)."""
     raise NotImplementedError

@@ -81,6 +81,9 @@ class EDM(Method):
   def prior_scale(self, level):
     return float(level)
 
+  def ode_span(self):  # the prior N(0, σ_max²) neglects the data's variance (σ_data² ≪ σ_max²)
+    return self.sigma_min, self.sigma_max
+
   def path(self, level):
     return 1.0, float(level)
 

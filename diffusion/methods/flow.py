@@ -80,6 +80,9 @@ class FlowMatching(Method):
   def prior_scale(self, level):
     return 1.0
 
+  def ode_span(self):
+    return 0.0, 1.0
+
   def denoiser(self, network):
     field = self.field(network)
     return lambda x, t: flow.x0_from_velocity(x, t, field(x, t)).astype(x.dtype)
