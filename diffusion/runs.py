@@ -112,6 +112,22 @@ def _state_handler() -> ocp.PyTreeCheckpointHandler:
   return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
+def _close(manager: ocp.CheckpointManager) -> None:
+  """Waits for a manager's pending saves, raising their errors, and releases it."""
+  try:
+    manager.wait_until_finished()
+    manager.check_for_errors()
+  finally:
+    manager.close()
+
+
+def _on_first_device(metadata) -> Any:
+  """Shapes and dtypes of a saved tree's metadata, placed on this process's first device."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                      metadata)
+
+
 class Checkpoints:
   """The checkpoints of one workdir (a local path or an object-store URI)."""
 
@@ -261,10 +277,7 @@ class Checkpoints:
   def restore_part(self, item: str, step: int | None = None) -> Any:
     """One field of the saved state ("params", "ema_params", "opt_state", ...) on one device."""
     step = self.latest_step() if step is None else step
-    metadata = self.manager.item_metadata(step).state
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = {item: jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata[item])}
+    abstract = {item: _on_first_device(self.manager.item_metadata(step).state[item])}
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(
             item=abstract, partial_restore=True,
@@ -277,11 +290,7 @@ class Checkpoints:
 
   def close(self) -> None:
     """Waits for pending saves, raising their errors, and releases the manager."""
-    try:
-      self.manager.wait_until_finished()
-      self.manager.check_for_errors()
-    finally:
-      self.manager.close()
+    _close(self.manager)
 
 
 class EmaSnapshots:
@@ -320,19 +329,12 @@ class EmaSnapshots:
   def restore(self, step: int) -> dict:
     """The profiles of snapshot `step`, {name: parameter tree}, on this process's first
     device."""
-    metadata = self.manager.item_metadata(step).profiles
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            dict(metadata))
+    abstract = _on_first_device(dict(self.manager.item_metadata(step).profiles))
     return self.manager.restore(step, args=ocp.args.Composite(profiles=ocp.args.PyTreeRestore(
         abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)))).profiles
 
   def close(self) -> None:
-    try:
-      self.manager.wait_until_finished()
-      self.manager.check_for_errors()
-    finally:
-      self.manager.close()
+    _close(self.manager)
 
 
 def base_key(seed: int, purpose: str) -> jax.Array:

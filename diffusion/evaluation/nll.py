@@ -52,6 +52,19 @@ def make_bpd_fn(run, mesh: Mesh, *, chunk_size: int = 10):
   return bpd
 
 
+def checked_images(run, images) -> np.ndarray:
+  """`images` as uint8 [N >= 1, *the run's data shape], or a ValueError naming them."""
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    raise ValueError(f"images must be uint8 (bits/dim is defined on the 8-bit grid); got "
+                     f"{images.dtype}")
+  shape = run.diffusion.spec.shape
+  if images.ndim != len(shape) + 1 or images.shape[1:] != shape or not len(images):
+    raise ValueError(f"images must be [N >= 1, {', '.join(map(str, shape))}] (the run's "
+                     f"config.data.shape); got {images.shape}")
+  return images
+
+
 def dataset_bits_per_dim(run, variables, images: np.ndarray, mesh: Mesh, key: jax.Array,
                          *, labels: np.ndarray | None = None, batch: int = 64,
                          chunk_size: int = 10, progress: bool = True) -> dict:
@@ -62,14 +75,7 @@ def dataset_bits_per_dim(run, variables, images: np.ndarray, mesh: Mesh, key: ja
   "num_images": N}.
   """
   needs_ddpm(run, "the variational bound (bits/dim)")
-  images = np.asarray(images)
-  if images.dtype != np.uint8:
-    raise ValueError(f"images must be uint8 (bits/dim is defined on the 8-bit grid); got "
-                     f"{images.dtype}")
-  shape = run.diffusion.spec.shape
-  if images.ndim != len(shape) + 1 or images.shape[1:] != shape or not len(images):
-    raise ValueError(f"images must be [N >= 1, {', '.join(map(str, shape))}] (the run's "
-                     f"config.data.shape); got {images.shape}")
+  images = checked_images(run, images)
   if batch < 1:
     raise ValueError(f"`batch` must be positive; got {batch}")
   batch += (-batch) % mesh.size

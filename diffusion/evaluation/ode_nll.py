@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from diffusion import ode_likelihood
+from diffusion.evaluation.nll import checked_images
 from diffusion.sampling import in_batches, memoized, over_samples
 
 LEVELS = 256  # 8-bit data: bits/dim on the grid of 256 levels
@@ -71,14 +72,7 @@ def dataset_ode_bits_per_dim(run, variables, images: np.ndarray, mesh: Mesh, key
   Returns {"bpd": the mean over images and probes, "bpd_stderr": its standard error over
   images, "probe_std": the spread of one image's estimate over probes (0 when exact),
   "solver_steps": the mean steps of a solve, "num_images", "probes", "exact"}."""
-  images = np.asarray(images)
-  if images.dtype != np.uint8:
-    raise ValueError(f"images must be uint8 (bits/dim is defined on the 8-bit grid); got "
-                     f"{images.dtype}")
-  shape = run.diffusion.spec.shape
-  if images.ndim != len(shape) + 1 or images.shape[1:] != shape or not len(images):
-    raise ValueError(f"images must be [N >= 1, {', '.join(map(str, shape))}] (the run's "
-                     f"config.data.shape); got {images.shape}")
+  images = checked_images(run, images)
   if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
     raise ValueError(f"`probes` must be a positive int; got {probes!r}")
   run.method.ode_span()  # a method without one says so before anything compiles

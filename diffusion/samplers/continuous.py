@@ -16,8 +16,9 @@ chain's β_t.
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.edm import CHURN, S_NOISE, S_TMAX, S_TMIN, visit_noise
+from diffusion.edm import visit_noise
 from diffusion.samplers.base import Sampler, register
+from diffusion.samplers.edm import Churned
 
 
 def _levels(x, tau):
@@ -148,7 +149,7 @@ class DPMSolverPP2M(_Lambda):
 
 
 @register
-class EDMSDE(Sampler):
+class EDMSDE(Churned):
   """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2) on the method's path, in EDM's
   σ = σ_τ/α_τ: before the step from τ_i, raise σ_i to σ̂_i = σ_i (1 + γ), γ = min(S_churn / N,
   sqrt(2) − 1) where S_tmin ≤ σ_i ≤ S_tmax (else 0), by x̂ = (α̂/α) x + α̂ sqrt(σ̂² − σ_i²)
@@ -156,20 +157,7 @@ class EDMSDE(Sampler):
   (2N − 1 evaluations). S_churn = 0 is `heun`. Defaults: EDM's settings of its Table 5."""
   name = "edm-sde"
   continuous = True
-  default_steps = 40
   default_spacing = ""
-
-  def __init__(self, churn: float = CHURN, s_tmin: float = S_TMIN, s_tmax: float = S_TMAX,
-               s_noise: float = S_NOISE):
-    if isinstance(churn, bool) or not isinstance(churn, (int, float, np.floating)) \
-        or not churn >= 0:
-      raise ValueError(f"`churn` is S_churn >= 0 of the edm-sde sampler; got {churn!r}")
-    self.churn, self.s_tmin, self.s_tmax, self.s_noise = churn, s_tmin, s_tmax, s_noise
-
-  trip_evaluations = 2
-
-  def evaluations(self, steps):
-    return 2 * steps - 1
 
   def churn_table(self, method, steps) -> tuple[np.ndarray, ...]:
     """(τ̂ [N], the scale α̂/α [N], the spread α̂ sqrt(σ̂² − σ²) S_noise [N]) of each step from

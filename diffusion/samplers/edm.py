@@ -68,15 +68,13 @@ def churned_steps(schedule: Schedule, steps: np.ndarray, churn: float = CHURN,
   return out
 
 
-@register
-class EDMSDE(Sampler):
-  """EDM's stochastic sampler: before each Heun step from σ_i, raise the noise to σ̂_i =
-  σ_{t̂_i} (`churned_steps`) by adding N(0, (σ̂² - σ²) S_noise² I), then step from σ̂_i to
-  σ_{i+1}; the last step is Euler to σ = 0 (2N - 1 evaluations). Defaults: EDM's settings for
-  VP models (Table 5)."""
-  name = "edm-sde"
+class Churned(Sampler):
+  """What EDM's stochastic samplers share (on a DDPM's σ_t and on continuous levels): the
+  options S_churn, S_tmin, S_tmax, S_noise (defaults: EDM's for VP models, its Table 5) and
+  Heun's 2N − 1 evaluations, two in each scanned step."""
+  name = ""
   default_steps = 40
-  default_spacing = "karras"
+  trip_evaluations = 2
 
   def __init__(self, churn: float = CHURN, s_tmin: float = S_TMIN, s_tmax: float = S_TMAX,
                s_noise: float = S_NOISE):
@@ -85,10 +83,18 @@ class EDMSDE(Sampler):
       raise ValueError(f"`churn` is S_churn >= 0 of the edm-sde sampler; got {churn!r}")
     self.churn, self.s_tmin, self.s_tmax, self.s_noise = churn, s_tmin, s_tmax, s_noise
 
-  trip_evaluations = 2
-
   def evaluations(self, steps):
     return 2 * steps - 1
+
+
+@register
+class EDMSDE(Churned):
+  """EDM's stochastic sampler: before each Heun step from σ_i, raise the noise to σ̂_i =
+  σ_{t̂_i} (`churned_steps`) by adding N(0, (σ̂² - σ²) S_noise² I), then step from σ̂_i to
+  σ_{i+1}; the last step is Euler to σ = 0 (2N - 1 evaluations). Defaults: EDM's settings for
+  VP models (Table 5)."""
+  name = "edm-sde"
+  default_spacing = "karras"
 
   def _tables(self, schedule, steps):
     """(t̂ [S], the spread of each visit's added noise [S]) on the host in float64: exactly 0
