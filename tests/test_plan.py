@@ -59,13 +59,16 @@ def test_a_plan_gives_memory_flops_and_the_cost_models_time(v5e):
   assert sample["cost"]["estimated_seconds"] > 0 and 0 < sample["cost"]["estimated_mfu"] < 1
   # The cost model gives no time to a program with collectives across slices: none is shown.
   assert train["cost"]["xla_optimal_seconds"] <= 0 and train["cost"]["estimated_seconds"] is None
-  # The state: parameters, Adam's two moments and the EMA, replicated at fsdp 1.
+  # The state: parameters, Adam's two moments, the EMA and digits.py's two power-function
+  # EMAs, replicated at fsdp 1.
   config = tiny_config()
   shape = data_spec(config).shape
   model = models.build(config.model, shape)
   state = abstract_state(build(config, model), mesh_from_config(config), init_inputs(model, shape))
   params = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state.params))
-  assert 4 * params <= train["memory"]["state_bytes_per_device"] < 4 * params + 2**16
+  trees = 4 + len(config.train.power_ema)
+  assert trees == 6
+  assert trees * params <= train["memory"]["state_bytes_per_device"] < trees * params + 2**16
   # Data parallelism over two slices: the gradient's all-reduce (XLA splits it into a
   # reduce-scatter and an all-gather within each slice around the all-reduce between them).
   assert train["collectives"]["all-reduce"]["count"] >= 1
