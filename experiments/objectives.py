@@ -7,8 +7,11 @@ evaluations (NFE) with the samplers that suit it, 1,000 samples, digits-FID and 
 
 A DDPM samples with DPM-Solver++(2M) and DDIM at NFE steps; a continuous method with Euler and
 DPM-Solver++(2M) at NFE steps (EDM: on its ρ grid and uniform in log σ) and Heun at the most
-steps whose 2N − 1 evaluations fit. Runs already trained in
---dir are reused. About 20 CPU-minutes a seed on 2 cores.
+steps whose 2N − 1 evaluations fit. Runs already trained in --dir are reused. About 20
+CPU-minutes a seed on 2 cores. The seeds side by side (each method's chain at each budget
+chosen by its mean over the seeds; mean ± std):
+
+  python experiments/objectives.py --table runs/objectives/seed0.json runs/objectives/seed1.json
 """
 
 import argparse
@@ -38,7 +41,35 @@ def chains(method: str, nfe: int) -> list[tuple[str, int, str | None]]:
   return out + ([("heun", (nfe + 1) // 2, None)] if nfe >= 3 else [])
 
 
+def table(files: list[str]) -> str:
+  """The markdown table of several seeds' results: per method and budget, the chain with the
+  best mean digits-FID over the seeds, as mean ± std (and the chain)."""
+  import numpy as np
+  by = {}
+  for path in files:
+    with open(path) as f:
+      for r in json.load(f)["results"]:
+        key = (r["method"], r["nfe"], r["sampler"], r["steps"], r.get("spacing"))
+        by.setdefault(key, []).append(r["fid"])
+  lines = [f"| method ({len(files)} seeds) | " + " | ".join(f"NFE ≤ {n}" for n in NFES) + " |",
+           "|---|" + "---:|" * len(NFES)]
+  for name in METHODS:
+    cells = []
+    for nfe in NFES:
+      mean, std, key = min(((np.mean(v), np.std(v), k) for k, v in by.items()
+                            if k[:2] == (name, nfe) and len(v) == len(files)),
+                           key=lambda row: row[0])
+      chain = f"{key[2]} {key[3]}" + (f" {key[4]}" if key[4] else "")
+      cells.append(f"{mean:.2f} ± {std:.2f} ({chain})" if mean < 10 else f"{mean:.0f} ({chain})")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if argv[:1] == ["--table"]:
+    print(table(argv[1:]))
+    return 0
   from diffusion import cli
   from diffusion.evaluation import DigitsEvaluator, digits_metrics
   from diffusion.runs import load_run
