@@ -25,6 +25,13 @@ def choice(value: Any, choices: Collection[str], name: str) -> str:
   return value
 
 
+def positive(value: Any, name: str) -> Any:
+  """Returns `value` if it is a number > 0, else raises ValueError naming it."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not value > 0:
+    raise ValueError(f"{name} must be > 0; got {value!r}")
+  return value
+
+
 def floating(x: jax.typing.ArrayLike, name: str) -> jax.Array:
   """Returns `x` as an array, raising TypeError unless it has a float dtype."""
   dtype = jnp.result_type(x)

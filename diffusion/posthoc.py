@@ -50,7 +50,13 @@ def snapshot_steps(workdir: str) -> list[int]:
 def reconstruct(workdir: str, sigma_rel: float, step: int | None = None) -> Reconstruction:
   """The parameters averaged with the power profile of `sigma_rel` at snapshot `step` (default:
   the newest), as the least-squares combination of the snapshots up to it."""
-  gamma = power_ema.gamma_of(sigma_rel)
+  return reconstruct_all(workdir, [sigma_rel], step)[0]
+
+
+def reconstruct_all(workdir: str, sigma_rels, step: int | None = None) -> list[Reconstruction]:
+  """`reconstruct` for each of `sigma_rels`, reading each snapshot once (a sweep's cost in
+  I/O is one pass over the snapshots, whatever the number of σ_rel)."""
+  gammas_wanted = [power_ema.gamma_of(s) for s in sigma_rels]
   steps = snapshot_steps(workdir)
   step = steps[-1] if step is None else step
   if step not in steps:
@@ -69,8 +75,8 @@ def reconstruct(workdir: str, sigma_rel: float, step: int | None = None) -> Reco
     t = metas[step]["t"]
     if min(ts) <= 0:
       raise ValueError(f"`workdir` {workdir!r}: a snapshot was taken before any update")
-    x = power_ema.coefficients(ts, gammas, t, gamma)
-    total, dtypes = None, None
+    xs = [power_ema.coefficients(ts, gammas, t, g) for g in gammas_wanted]
+    totals, dtypes = [None] * len(xs), None
     for s in used:
       profiles = snapshots.restore(s)
       for i, (source_step, name) in enumerate(sources):
@@ -78,13 +84,15 @@ def reconstruct(workdir: str, sigma_rel: float, step: int | None = None) -> Reco
           continue
         tree = jax.tree.map(lambda a: np.asarray(a, np.float64), profiles[name])
         dtypes = dtypes or jax.tree.map(lambda a: np.asarray(a).dtype, profiles[name])
-        term = jax.tree.map(lambda a, c=x[i]: c * a, tree)
-        total = term if total is None else jax.tree.map(np.add, total, term)
+        for j, x in enumerate(xs):
+          term = jax.tree.map(lambda a, c=x[i]: c * a, tree)
+          totals[j] = term if totals[j] is None else jax.tree.map(np.add, totals[j], term)
   finally:
     snapshots.close()
-  params = jax.tree.map(lambda a, d: a.astype(d), total, dtypes)
-  return Reconstruction(params, float(sigma_rel), step, int(t), sources, x,
-                        power_ema.profile_error(ts, gammas, x, t, gamma))
+  return [Reconstruction(jax.tree.map(lambda a, d: a.astype(d), total, dtypes), float(sigma),
+                         step, int(t), sources, x,
+                         power_ema.profile_error(ts, gammas, x, t, gamma))
+          for sigma, gamma, x, total in zip(sigma_rels, gammas_wanted, xs, totals)]
 
 
 def _listed(steps: list[int]) -> str:

@@ -152,6 +152,9 @@ def test_ddpm_ema_rebuilds_a_profile_of_a_resumed_run_and_samples_it(tmp_path, c
   recon = posthoc.reconstruct(workdir, 0.10)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                recon.params, jax.device_get(saved["sigma_rel_0_1"]))
+  both = posthoc.reconstruct_all(workdir, [0.10, 0.07])  # one pass over the snapshots
+  np.testing.assert_array_equal(both[0].params["w"], recon.params["w"])
+  np.testing.assert_array_equal(both[1].params["w"], posthoc.reconstruct(workdir, 0.07).params["w"])
   other = posthoc.reconstruct(workdir, 0.07, step=4)
   assert other.step == 4 and not np.allclose(other.params["w"], recon.params["w"])
   out = str(tmp_path / "ema07")

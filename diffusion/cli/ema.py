@@ -63,9 +63,9 @@ def _sweep(args: argparse.Namespace, sigmas: list[float]) -> None:
           flush=True)
 
   measure(f"classic EMA {run.config.train.ema_decay:g}", run.variables)
-  for s in sigmas:
-    recon = posthoc.reconstruct(args.workdir, s, args.step)
-    measure(f"σ_rel {s:g}", {**run.variables, "params": recon.params}, recon.error)
+  for recon in posthoc.reconstruct_all(args.workdir, sigmas, args.step):
+    measure(f"σ_rel {recon.sigma_rel:g}", {**run.variables, "params": recon.params},
+            recon.error)
   best = min(rows[1:], key=lambda r: r[1])
   print(f"\nbest: {best[0]}, digits-FID {best[1]:.3f} against the classic EMA's {rows[0][1]:.3f} "
         f"({best[1] - rows[0][1]:+.3f}); {args.num} samples, seed {args.seed}, step {run.step}")

@@ -14,7 +14,7 @@ multistep consistency chain.
 import jax
 import jax.numpy as jnp
 
-from diffusion import consistency, edm, spacing
+from diffusion import _checks, consistency, edm, spacing
 from diffusion.methods.base import Method, register
 from diffusion.methods.draws import draws, ema, few_step_config, uniform
 from diffusion.methods.progressive import few_step_options
@@ -33,8 +33,7 @@ class _Consistency(Method):
     if metric not in consistency.METRICS:
       raise ValueError(f"config.distill.metric must be one of {consistency.METRICS}; got "
                        f"{metric!r}")
-    if not sigma_data > 0:
-      raise ValueError(f"config.distill.sigma_data must be > 0; got {sigma_data!r}")
+    _checks.positive(sigma_data, "config.distill.sigma_data")
     for key, value, allowed in (("noise", noise, ("uniform", "lognormal")),
                                 ("weighting", weighting, ("uniform", "inverse_gap"))):
       if value not in allowed:

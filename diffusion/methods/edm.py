@@ -12,7 +12,7 @@ Settings: `config.edm` (sigma_data, p_mean, p_std, sigma_min, sigma_max, rho).
 import jax
 import numpy as np
 
-from diffusion import edm
+from diffusion import _checks, edm
 from diffusion.methods.base import Method, register
 from diffusion.methods.flow import _label_dropout, continuous_steps
 
@@ -32,8 +32,7 @@ class EDM(Method):
     super().__init__(diffusion)
     for key, value in (("sigma_data", sigma_data), ("p_std", p_std), ("sigma_min", sigma_min),
                        ("rho", rho)):
-      if not value > 0:
-        raise ValueError(f"config.edm.{key} must be > 0; got {value!r}")
+      _checks.positive(value, f"config.edm.{key}")
     if not sigma_max > sigma_min:
       raise ValueError(f"config.edm.sigma_max must exceed config.edm.sigma_min ({sigma_min}); "
                        f"got {sigma_max!r}")

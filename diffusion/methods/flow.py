@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import flow
+from diffusion import _checks, flow
 from diffusion.methods.base import Method, register
 
 SCALE = 1000.0  # the network's conditioning is SCALE · t
@@ -35,13 +35,9 @@ class FlowMatching(Method):
   def __init__(self, diffusion, times: str = "logit_normal", m: float = 0.0, s: float = 1.0,
                shift: float = 1.0, label_dropout: float = 0.0):
     super().__init__(diffusion)
-    if times not in flow.TIMES:
-      raise ValueError(f"config.flow.times must be one of {', '.join(flow.TIMES)}; got "
-                       f"{times!r}")
-    if not s > 0:
-      raise ValueError(f"config.flow.s must be > 0; got {s!r}")
-    if not shift > 0:
-      raise ValueError(f"config.flow.shift must be > 0; got {shift!r}")
+    _checks.choice(times, flow.TIMES, "config.flow.times")
+    _checks.positive(s, "config.flow.s")
+    _checks.positive(shift, "config.flow.shift")
     self.times, self.m, self.s, self.shift = times, m, s, shift
     self.label_dropout = label_dropout
 

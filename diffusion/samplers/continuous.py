@@ -25,17 +25,32 @@ def _levels(x, tau):
   return jnp.full((x.shape[0],), tau, jnp.float32)
 
 
+def _prior(chain, x):
+  """x_T: the N(0, I) draw x scaled to the method's prior at the chain's first level."""
+  return (x * chain.method.prior_scale(float(chain.steps[0]))).astype(x.dtype)
+
+
+def _euler(chain, x, tau, tau_next):
+  """x + (τ' − τ) f(x, τ): one evaluation of the method's field."""
+  f = chain.method.field(chain.network)
+  return (x + (tau_next - tau) * f(x, _levels(x, tau))).astype(x.dtype)
+
+
+def _heun(chain, x, tau, tau_next):
+  """Heun's step from τ to τ': two evaluations of the method's field."""
+  f = chain.method.field(chain.network)
+  slope = f(x, _levels(x, tau))
+  euler = x + (tau_next - tau) * slope
+  return (x + (tau_next - tau) * 0.5 * (slope + f(euler, _levels(x, tau_next)))).astype(x.dtype)
+
+
 class _ODE(Sampler):
   continuous = True
   stochastic = False
   default_spacing = ""  # the method's own grid
 
   def initialize(self, chain, x):
-    return (x * chain.method.prior_scale(float(chain.steps[0]))).astype(x.dtype)
-
-  def _euler(self, chain, x, tau, tau_next):
-    f = chain.method.field(chain.network)
-    return (x + (tau_next - tau) * f(x, _levels(x, tau))).astype(x.dtype)
+    return _prior(chain, x)
 
 
 @register
@@ -48,7 +63,7 @@ class Euler(_ODE):
     return np.asarray(steps[:-1], np.float32), np.asarray(steps[1:], np.float32)
 
   def update(self, chain, x, visit):
-    return self._euler(chain, x, *visit)
+    return _euler(chain, x, *visit)
 
 
 @register
@@ -67,14 +82,10 @@ class Heun(_ODE):
     return np.asarray(steps[:-2], np.float32), np.asarray(steps[1:-1], np.float32)
 
   def update(self, chain, x, visit):
-    tau, tau_next = visit
-    f = chain.method.field(chain.network)
-    slope = f(x, _levels(x, tau))
-    euler = x + (tau_next - tau) * slope
-    return (x + (tau_next - tau) * 0.5 * (slope + f(euler, _levels(x, tau_next)))).astype(x.dtype)
+    return _heun(chain, x, *visit)
 
   def finalize(self, chain, x):
-    return self._euler(chain, x, float(chain.steps[-2]), float(chain.steps[-1]))
+    return _euler(chain, x, float(chain.steps[-2]), float(chain.steps[-1]))
 
 
 def _path(method, steps):
@@ -111,7 +122,7 @@ class _Lambda(Sampler):
   second_order = False
 
   def initialize(self, chain, x):
-    x = (x * chain.method.prior_scale(float(chain.steps[0]))).astype(x.dtype)
+    x = _prior(chain, x)
     return x, jnp.zeros_like(x)
 
   def visits(self, method, steps):
@@ -183,7 +194,7 @@ class EDMSDE(Churned):
             spreads[:-1].astype(np.float32))
 
   def initialize(self, chain, x):
-    return (x * chain.method.prior_scale(float(chain.steps[0]))).astype(x.dtype)
+    return _prior(chain, x)
 
   def _churn(self, chain, x, i, scale, spread):
     noise = chain.diffusion.spec.project(visit_noise(chain.keys, i, x.shape[1:]))
@@ -191,16 +202,10 @@ class EDMSDE(Churned):
 
   def update(self, chain, x, visit):
     i, tau_hat, tau_next, scale, spread = visit
-    x = self._churn(chain, x, i, scale, spread)
-    f = chain.method.field(chain.network)
-    slope = f(x, _levels(x, tau_hat))
-    euler = x + (tau_next - tau_hat) * slope
-    return (x + (tau_next - tau_hat) * 0.5 * (slope + f(euler, _levels(x, tau_next)))
-            ).astype(x.dtype)
+    return _heun(chain, self._churn(chain, x, i, scale, spread), tau_hat, tau_next)
 
   def finalize(self, chain, x):
     hats, scales, spreads = self.churn_table(chain.method, chain.steps)
     last = len(chain.steps) - 2
     x = self._churn(chain, x, last, float(scales[last]), float(spreads[last]))
-    f = chain.method.field(chain.network)
-    return (x + (chain.steps[-1] - hats[last]) * f(x, _levels(x, hats[last]))).astype(x.dtype)
+    return _euler(chain, x, float(hats[last]), float(chain.steps[-1]))
