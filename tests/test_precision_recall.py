@@ -1,11 +1,12 @@
 """Improved precision and recall against an independent k-NN (SciPy's k-d tree) and the cases
-whose answer is known."""
+whose answer is known; the sharded float32 computation against the float64 one where float32
+alone decides wrongly."""
 
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from diffusion.evaluation.manifold import precision_recall
+from diffusion.evaluation.manifold import precision_recall, precision_recall_float64
 
 
 def reference(real, fake, k=3):
@@ -46,10 +47,29 @@ def test_equal_to_an_independent_nearest_neighbour_search(k):
   fake = 1.2 * rng.normal(size=(350, 8)) + 3.0
   fake[:, 0] += 1.0
   precision, recall = reference(real, fake, k)
-  result = precision_recall(real, fake, k=k, block=64)  # several blocks of rows
+  for result in (precision_recall(real, fake, k=k, block=8),  # 8 devices, several blocks each
+                 precision_recall_float64(real, fake, k=k, block=64)):
+    assert result["precision"] == pytest.approx(precision, abs=1e-12)
+    assert result["recall"] == pytest.approx(recall, abs=1e-12)
+  assert 0.3 < precision < 0.8 and 0.6 < recall < 0.99  # neither trivially 0 nor 1
+
+
+def test_float32_decisions_too_close_to_call_are_taken_again_in_float64():
+  # Two clusters 2,000 apart with points about 1 apart inside each: after centring, ‖a‖² is
+  # 10⁶, and float32's ‖a‖² + ‖b‖² − 2 a·b errs by a good fraction of a ball's radius.
+  rng = np.random.default_rng(7)
+  offset = np.zeros(4)
+  offset[0] = 1000.0
+  cluster = lambda n, s: s * rng.normal(size=(n, 4))
+  real = np.concatenate([cluster(150, 1.0) + offset, cluster(150, 1.0) - offset])
+  fake = np.concatenate([cluster(120, 1.3) + offset, cluster(120, 1.3) - offset])
+  precision, recall = reference(real, fake)
+  float32 = precision_recall(real, fake, tolerance=0.0)
+  assert (float32["precision"], float32["recall"]) != pytest.approx((precision, recall),
+                                                                     abs=1e-12)
+  result = precision_recall(real, fake)
   assert result["precision"] == pytest.approx(precision, abs=1e-12)
   assert result["recall"] == pytest.approx(recall, abs=1e-12)
-  assert 0.3 < precision < 0.8 and 0.6 < recall < 0.99  # neither trivially 0 nor 1
 
 
 def test_bad_input_is_named():
@@ -60,3 +80,20 @@ def test_bad_input_is_named():
     precision_recall(x, np.zeros((10, 3)))
   with pytest.raises(ValueError, match="fake features must be a non-empty float array"):
     precision_recall(x, np.zeros((0, 4)))
+  with pytest.raises(ValueError, match="differ in dimension: 4 and 3"):
+    precision_recall_float64(x, np.zeros((10, 3)))
+
+
+def test_the_float64_radii_from_the_listed_neighbours_equal_the_full_search():
+  from diffusion.distributed import make_mesh
+  from diffusion.evaluation import manifold
+  points = np.random.default_rng(3).normal(size=(200, 6))
+  mesh = make_mesh()
+  nearest, neighbours = manifold._run(manifold._programs(mesh, 3)[0], (
+      points.astype(np.float32), np.sum(points ** 2, axis=1).astype(np.float32)),
+      points.astype(np.float32), mesh, 16, "radii", False)
+  exact = manifold._ExactRadii(points, 3, nearest[:, 3], neighbours, nearest[:, -1], 1e-4)
+  listed = nearest[:, -1] > nearest[:, 3] + 2e-4  # settled by the listed neighbours alone
+  assert listed.mean() > 0.9
+  np.testing.assert_allclose([exact(j) for j in range(200)],
+                             manifold.kth_neighbour_radii(points), rtol=1e-12)

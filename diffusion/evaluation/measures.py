@@ -90,7 +90,7 @@ def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, 
     mu, sigma = statistics(reference_features)
     result["kid"], result["kid_std"] = kernel_inception_distance(
         features, reference_features, subsets=kid_subsets)
-    result.update(precision_recall(reference_features, features))
+    result.update(precision_recall(reference_features, features, progress=True))
     if save_reference:
       save_statistics(save_reference, mu, sigma, image_shape=np.array(images.shape[1:3]))
   result["fid"] = frechet_distance(*statistics(features), mu, sigma)
