@@ -53,25 +53,35 @@ def divergence(f: Field, x: jax.Array, tau: jax.Array, probe: jax.Array | None =
 
 def log_likelihood(f: Field, x: jax.Array, tau0: float, tau1: float,
                    prior_logp: Callable[[jax.Array], jax.Array], *,
-                   probe: jax.Array | None = None, rtol: float = 1e-5, atol: float = 1e-5,
+                   probe: jax.Array | None = None, context: jax.Array | None = None,
+                   rtol: float = 1e-5, atol: float = 1e-5,
                    max_steps: int = 4096) -> tuple[jax.Array, jax.Array]:
-  """(log p_τ0(x) [N], the network evaluations the solve took): x [N, ...] at level τ0 carried
-  to τ1 by an adaptive Runge-Kutta solve (Tsit5, PID step control at `rtol`, `atol`) of x and
-  ∫ ∇·f, then scored by `prior_logp` (x(τ1) [N, ...] -> [N]). `probe` as `divergence`'s."""
+  """(log p_τ0(x) [N], the solver's steps [N]): each example of x [N, ...] at level τ0 carried
+  to τ1 by its own adaptive Runge-Kutta solve (Tsit5, PID step control at `rtol`, `atol`) of x
+  and ∫ ∇·f, then scored by `prior_logp` (x(τ1) [N, ...] -> [N]). `probe` as `divergence`'s;
+  `context` [N, ...] (e.g. class labels), when given, is each example's third argument of f.
+
+  The solves are vmapped: each example's steps are chosen for its own error, so its result
+  does not depend on the others in the batch (a joint solve's step control would average
+  the errors of the batch)."""
   diffrax = _diffrax()
 
-  def rhs(tau, state, args):
-    y, _ = state
-    out, div = divergence(f, y, jnp.full((y.shape[0],), tau, jnp.float32), probe)
-    return out, div
+  def one(xi, probe_i, context_i):
+    field = f if context_i is None else lambda y, tau: f(y, tau, context_i[None])
 
-  state0 = (x, jnp.zeros((x.shape[0],), jnp.float32))
-  sol = diffrax.diffeqsolve(
-      diffrax.ODETerm(rhs), diffrax.Tsit5(), t0=float(tau0), t1=float(tau1), dt0=None,
-      y0=state0, stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-      saveat=diffrax.SaveAt(t1=True), max_steps=max_steps)
-  y1, integral = sol.ys[0][0], sol.ys[1][0]
-  return prior_logp(y1) + integral, sol.stats["num_steps"]
+    def rhs(tau, state, args):
+      out, div = divergence(field, state[0][None], jnp.full((1,), tau, jnp.float32),
+                            None if probe_i is None else probe_i[None])
+      return out[0], div[0]
+
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(rhs), diffrax.Tsit5(), t0=float(tau0), t1=float(tau1), dt0=None,
+        y0=(xi, jnp.zeros((), jnp.float32)), saveat=diffrax.SaveAt(t1=True),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol), max_steps=max_steps)
+    return sol.ys[0][0], sol.ys[1][0], sol.stats["num_steps"]
+
+  y1, integral, steps = jax.vmap(one)(x, probe, context)
+  return prior_logp(y1) + integral, steps
 
 
 def gaussian_logp(x: jax.Array, scale: float) -> jax.Array:

@@ -7,8 +7,9 @@ The network is evaluated at its method's own continuous levels: flow matching's 
 and for a DDPM run at fractional timesteps t ∈ [0, T − 1] with log ᾱ(t) linear between the
 schedule's steps (`DDPM.field`).
 
-Image i draws its dequantization noise and probes from fold_in(key, i): a result does not
-depend on the batch size or the number of devices.
+Image i draws its dequantization noise and probes from fold_in(key, i), and each image is
+solved with its own adaptive steps: a result does not depend on the batch size, the other
+images of its batch or the number of devices.
 """
 
 import jax
@@ -36,10 +37,10 @@ def make_ode_nll_fn(run, mesh: Mesh, *, probes: int = 1, exact: bool = False,
   half = (LEVELS - 1) / 2
 
   def device_nll(variables, key, index, x, labels):
-    def network(x_t, level):
-      return model(variables, x_t, level, labels if model.num_classes else None)
+    def f(x_t, level, y):  # each image's own solve, with its label
+      return method.field(lambda x_t, level: model(
+          variables, x_t, level, y if model.num_classes else None))(x_t, level)
 
-    f = method.field(network)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
     u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 0), x.shape[1:]))(keys)
     y = (x + u - 0.5) / half - 1  # uniform dequantization around each level, model units
@@ -49,10 +50,11 @@ def make_ode_nll_fn(run, mesh: Mesh, *, probes: int = 1, exact: bool = False,
       probe = None if exact else jax.vmap(lambda k: jax.random.rademacher(
           jax.random.fold_in(k, 1 + p), x.shape[1:], jnp.float32))(keys)
       logp, steps = ode_likelihood.log_likelihood(f, y, tau0, tau1, prior, probe=probe,
+                                                  context=labels,
                                                   rtol=rtol, atol=atol)
       # The density of x + u on the 8-bit grid is p(y) / half^D.
       results.append((-logp + dims * np.log(half)) / (dims * np.log(2.0)))
-    return jnp.stack(results, axis=1), jnp.full((x.shape[0],), steps, jnp.int32)
+    return jnp.stack(results, axis=1), steps.astype(jnp.int32)
 
   program = over_samples(device_nll, mesh, 2)
 
