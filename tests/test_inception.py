@@ -208,3 +208,35 @@ def test_ddpm_evaluate_with_the_inception(weights, tmp_path, capsys):
   assert cli.main(["evaluate", "--samples", str(tmp_path / "small.npz"), "--inception", path,
                    "--reference", str(stats)]) == 2
   assert "are 8×8 but --reference statistics were computed on 16×16" in capsys.readouterr().err
+
+
+def test_ddpm_ema_sweeps_a_run_of_images_with_the_inception(weights, tmp_path, capsys):
+  """`ddpm ema --sweep` on a run of images other than by the digits measures: each σ_rel's
+  samples get FID, precision and recall from the FID Inception, the reference read once."""
+  import json
+  from _tiny import tiny_config
+  from diffusion import cli
+  from diffusion.training import train
+  path, _ = weights
+  workdir = str(tmp_path / "run")
+  train(tiny_config(num_steps=4, ema_snapshot_every=2, checkpoint_every=2), workdir)
+  rng = np.random.default_rng(2)
+  np.savez(tmp_path / "reference.npz", arr_0=rng.integers(0, 256, (12, 8, 8, 1)).astype(np.uint8))
+  np.savez(tmp_path / "large.npz", arr_0=rng.integers(0, 256, (12, 16, 16, 1)).astype(np.uint8))
+  base = ["ema", "--workdir", workdir, "--sweep", "0.07,0.1", "--num", "8", "--batch", "8",
+          "--sampler", "ddim", "--steps", "2"]
+  out = tmp_path / "sweep.json"
+  assert cli.main([*base, "--inception", path, "--reference", str(tmp_path / "reference.npz"),
+                   "--out", str(out)]) == 0
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["ema"] for r in rows] == ["classic EMA 0.9", "σ_rel 0.07", "σ_rel 0.1"]
+  assert all(r["fid"] > 0 and 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in rows)
+  assert len({r["fid"] for r in rows}) == 3  # three different averages of the parameters
+  assert "best: σ_rel" in capsys.readouterr().out
+  for extra, message in [
+      (["--digits", "--inception", path], "with --digits (a digits run) or --inception"),
+      (["--inception", path], "--inception needs --reference"),
+      (["--inception", path, "--reference", str(tmp_path / "large.npz")],
+       "are 8×8 but --reference images are 16×16")]:
+    assert cli.main([*base, *extra]) == 2
+    assert message in capsys.readouterr().err

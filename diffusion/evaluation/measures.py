@@ -50,51 +50,72 @@ def load_image_set(path: str, argument: str) -> np.ndarray:
   return images
 
 
+class InceptionMeasure:
+  """FID, KID, IS, precision and recall (k = 3, on the pool features, as ADM's suite) of uint8
+  sample sets with the FID Inception, against one reference read once: images (.npz with
+  arr_0, or a folder) or saved statistics (.npz with mu, sigma: FID only), or None (IS only).
+  The network is loaded and the reference checked on construction; the reference's features
+  are computed at the first measure (after its samples are checked) and kept."""
+
+  def __init__(self, weights: str, reference: str | None, *, save_reference: str | None = None,
+               batch: int = 200, kid_subsets: int = 100):
+    from diffusion.evaluation.inception import InceptionFeatures, load_inception
+    self.reference, self.save_reference, self.kid_subsets = reference, save_reference, kid_subsets
+    self.stats = self.images = self.features = None
+    if reference is not None:  # read and checked before anything runs
+      self.stats = _saved_statistics(reference)
+      if self.stats is not None and save_reference:
+        raise ValueError(f"`save_reference`: `reference` {reference!r} already holds statistics")
+      if self.stats is None:
+        self.images = load_image_set(reference, "`reference`")
+    self.inception = InceptionFeatures(load_inception(weights), batch_size=batch)
+
+  def check(self, samples: np.ndarray) -> None:
+    """Refuses samples of another resolution than the reference's."""
+    if self.stats is not None and self.stats[2] is not None and (
+        tuple(self.stats[2]) != samples.shape[1:3]):
+      raise ValueError(f"`samples` are {samples.shape[1]}×{samples.shape[2]} but `reference` "
+                       f"statistics were computed on {self.stats[2][0]}×{self.stats[2][1]} images")
+    if self.images is not None and self.images.shape[1:3] != samples.shape[1:3]:
+      raise ValueError(f"`samples` are {samples.shape[1]}×{samples.shape[2]} but `reference` "
+                       f"images are {self.images.shape[1]}×{self.images.shape[2]}: compare like "
+                       "with like")
+
+  def __call__(self, samples: np.ndarray) -> dict:
+    from diffusion.evaluation.frechet import (
+        frechet_distance, inception_score, kernel_inception_distance, save_statistics,
+        score_splits, statistics)
+    from diffusion.evaluation.manifold import precision_recall
+    self.check(samples)
+    features, logits = self.inception(samples, "`samples`", progress=True)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    score, score_std = inception_score(probs / probs.sum(axis=1, keepdims=True),
+                                       splits=score_splits(len(samples)))
+    result = {"num_samples": len(samples), "is": score, "is_std": score_std}
+    if self.reference is None:
+      return result
+    if self.stats is not None:
+      mu, sigma, _ = self.stats
+    else:
+      if self.features is None:
+        self.features, _ = self.inception(self.images, "`reference`", progress=True)
+        if self.save_reference:
+          save_statistics(self.save_reference, *statistics(self.features),
+                          image_shape=np.array(self.images.shape[1:3]))
+      mu, sigma = statistics(self.features)
+      result["kid"], result["kid_std"] = kernel_inception_distance(
+          features, self.features, subsets=self.kid_subsets)
+      result.update(precision_recall(self.features, features, progress=True))
+    result["fid"] = frechet_distance(*statistics(features), mu, sigma)
+    return result
+
+
 def inception_metrics(samples: np.ndarray, weights: str, reference: str | None, *,
                       save_reference: str | None = None, batch: int = 200,
                       kid_subsets: int = 100) -> dict:
-  """FID, KID, IS, precision and recall (k = 3, on the pool features, as ADM's suite) of uint8
-  samples with the FID Inception; `reference` is images (.npz with arr_0, or a folder) or saved
-  statistics (.npz with mu, sigma: FID only)."""
-  from diffusion.evaluation.manifold import precision_recall
-  from diffusion.evaluation.frechet import (
-      frechet_distance, inception_score, kernel_inception_distance, save_statistics, score_splits,
-      statistics)
-  from diffusion.evaluation.inception import InceptionFeatures, load_inception
-  variables = load_inception(weights)
-  stats = images = None
-  if reference is not None:  # read and checked before anything runs
-    stats = _saved_statistics(reference)
-    if stats is not None and save_reference:
-      raise ValueError(f"`save_reference`: `reference` {reference!r} already holds statistics")
-    if stats is not None and stats[2] is not None and tuple(stats[2]) != samples.shape[1:3]:
-      raise ValueError(f"`samples` are {samples.shape[1]}×{samples.shape[2]} but `reference` "
-                       f"statistics were computed on {stats[2][0]}×{stats[2][1]} images")
-    if stats is None:
-      images = load_image_set(reference, "`reference`")
-      if images.shape[1:3] != samples.shape[1:3]:
-        raise ValueError(f"`samples` are {samples.shape[1]}×{samples.shape[2]} but `reference` "
-                         f"images are {images.shape[1]}×{images.shape[2]}: compare like with like")
-  inception = InceptionFeatures(variables, batch_size=batch)
-  features, logits = inception(samples, "`samples`", progress=True)
-  probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-  score, score_std = inception_score(probs / probs.sum(axis=1, keepdims=True),
-                                     splits=score_splits(len(samples)))
-  result = {"num_samples": len(samples), "is": score, "is_std": score_std}
-  if reference is None:
-    return result
-  if stats is not None:
-    mu, sigma, _ = stats
-  else:
-    reference_features, _ = inception(images, "`reference`", progress=True)
-    mu, sigma = statistics(reference_features)
-    result["kid"], result["kid_std"] = kernel_inception_distance(
-        features, reference_features, subsets=kid_subsets)
-    result.update(precision_recall(reference_features, features, progress=True))
-    if save_reference:
-      save_statistics(save_reference, mu, sigma, image_shape=np.array(images.shape[1:3]))
-  result["fid"] = frechet_distance(*statistics(features), mu, sigma)
-  return result
+  """`InceptionMeasure`'s figures of one set of uint8 samples."""
+  return InceptionMeasure(weights, reference, save_reference=save_reference, batch=batch,
+                          kid_subsets=kid_subsets)(samples)
 
 
 def _saved_statistics(path: str):
