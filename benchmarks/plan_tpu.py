@@ -10,6 +10,7 @@ already in --out is read, not compiled again, so the script can be stopped and r
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -29,7 +30,9 @@ MEASURED = ("H200 (measured, docs/benchmarks.md): cifar10, bf16, batch 256: 7,87
 
 
 def plan(out: str, name: str, topology: str, *extra: str) -> dict:
-  """One `ddpm plan` (or --search) into out/NAME.json, unless it is there."""
+  """One `ddpm plan` (or --search) into out/NAME.json, unless it is there. A global batch that
+  the topology's chips do not divide is raised to the next multiple of them (recorded in the
+  JSON as "batch_raised_to")."""
   path = os.path.join(out, f"{name}.json")
   if not os.path.exists(path):
     config, overrides = CONFIGS[name.split("@")[0]]
@@ -39,6 +42,20 @@ def plan(out: str, name: str, topology: str, *extra: str) -> dict:
                *overrides, *extra]
     print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
     done = subprocess.run(command, cwd=ROOT, text=True, capture_output=True)
+    raised = re.search(r"batch_size (\d+) must be a positive multiple of the (\d+) devices",
+                       done.stderr)
+    if done.returncode == 2 and raised:
+      batch, chips = int(raised.group(1)), int(raised.group(2))
+      batch = -(-batch // chips) * chips
+      command.append(f"--config.train.batch_size={batch}")
+      print("$", " ".join(command[1:]), file=sys.stderr, flush=True)
+      done = subprocess.run(command, cwd=ROOT, text=True, capture_output=True)
+      if done.returncode in (0, 1):
+        with open(path) as f:
+          record = json.load(f)
+        record["batch_raised_to"] = batch
+        with open(path, "w") as f:
+          json.dump(record, f, indent=2)
     if done.returncode not in (0, 1):
       raise SystemExit(f"{name} on {topology}: {done.stderr.strip().splitlines()[-1]}")
   with open(path) as f:
@@ -80,8 +97,9 @@ def main(argv=None) -> int:
       hours = (config.train.num_steps * config.train.batch_size / rate / 3600) if rate else None
       total = (gib(memory.get("total_bytes")) if fits
                else f"does not fit ({gib(train['needed_bytes'])} needed)")
+      label = name + (f" (batch {base['batch_raised_to']})" if "batch_raised_to" in base else "")
       rows.append(
-          f"| {name} | {topology} | {base['devices']} | {train['examples_per_device']} | "
+          f"| {label} | {topology} | {base['devices']} | {train['examples_per_device']} | "
           f"{gib(memory.get('state_bytes_per_device'))} | {total} | {smallest} | "
           f"{'-' if rate is None else f'{rate:,.0f}'} | {'-' if mfu is None else f'{mfu:.0%}'} | "
           f"{config.train.num_steps:,} × {config.train.batch_size}: "
