@@ -187,7 +187,7 @@ def test_ddpm_evaluate_with_the_inception(weights, tmp_path, capsys):
   from diffusion import cli
   path, _ = weights
   rng = np.random.default_rng(1)
-  samples = rng.integers(0, 256, (12, 16, 16, 3)).astype(np.uint8)
+  samples = rng.integers(0, 256, (12, 8, 8, 1)).astype(np.uint8)  # the sweep's shape below
   other = np.clip(samples.astype(int) + rng.integers(-60, 60, samples.shape), 0, 255)
   np.savez(tmp_path / "samples.npz", arr_0=samples)
   np.savez(tmp_path / "reference.npz", arr_0=other.astype(np.uint8))
@@ -204,10 +204,10 @@ def test_ddpm_evaluate_with_the_inception(weights, tmp_path, capsys):
   second = __import__("json").loads(out.read_text())["samples"]
   assert second["fid"] == pytest.approx(first["fid"], rel=1e-6)
   # Samples of another resolution than the reference's: refused before any network runs.
-  np.savez(tmp_path / "small.npz", arr_0=samples[:, :8, :8])
+  np.savez(tmp_path / "small.npz", arr_0=samples[:, :4, :4])
   assert cli.main(["evaluate", "--samples", str(tmp_path / "small.npz"), "--inception", path,
                    "--reference", str(stats)]) == 2
-  assert "are 8×8 but --reference statistics were computed on 16×16" in capsys.readouterr().err
+  assert "are 4×4 but --reference statistics were computed on 8×8" in capsys.readouterr().err
 
 
 def test_ddpm_ema_sweeps_a_run_of_images_with_the_inception(weights, tmp_path, capsys):

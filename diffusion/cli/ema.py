@@ -57,7 +57,8 @@ def _sweep(args: argparse.Namespace, sigmas: list[float]) -> None:
     score, fid = lambda samples: digits_metrics(samples, evaluator), "digits-FID"
   else:
     from diffusion.evaluation.measures import InceptionMeasure
-    score, fid = InceptionMeasure(args.inception, args.reference), "FID"
+    score, fid = InceptionMeasure(args.inception, args.reference,
+                                  batch=min(args.batch, 200)), "FID"
   run = load_run(args.workdir, args.step)
   if not args.digits:
     score.check(np.zeros((1, *run.diffusion.spec.shape), np.uint8))  # before any sampling
