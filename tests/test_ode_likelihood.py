@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import special, stats
 
 from test_continuous import MU, SIGMA, exact_velocity
 from diffusion import models, ode_likelihood
@@ -106,6 +106,8 @@ def test_bits_per_dim_of_dequantized_8_bit_data_under_the_exact_flow(exact, caps
   assert result["num_images"] == 64 and result["probes"] == (1 if exact else 2)
   assert cli.main(["evaluate", "--ode-nll"]) == 2
   assert "--ode-nll needs --workdir" in capsys.readouterr().err
+  assert cli.main(["evaluate", "--ode-decoder"]) == 2
+  assert "--ode-decoder changes --ode-nll: give both" in capsys.readouterr().err
 
 
 def test_a_ddpm_with_the_exact_denoiser_of_8_bit_images_pays_its_lowest_level_in_closed_form():
@@ -149,3 +151,20 @@ def test_a_ddpm_with_the_exact_denoiser_of_8_bit_images_pays_its_lowest_level_in
   assert level == pytest.approx(1.713, abs=1e-3)
   # At the default rtol = atol = 1e-5 this stiff field's solve comes out 0.011 low.
   assert result["bpd"] == pytest.approx(np.log2(5) / 4 + level, abs=0.008), result
+  # The lowest level scored by the chain's discretized decoder instead (σ = √β̃_2 at t = 0,
+  # every pixel an inner bin here): log2(N) / D plus the decoder's mass in the bin, the bound's
+  # L_0 of a perfect model; 0.4 bits/dim below the dequantized figure.
+  decoded = dataset_ode_bits_per_dim(run, replicate({"params": {}}, mesh), np.tile(
+      images, (16, 1, 1, 1)), mesh, jax.random.key(0), batch=80, exact=True, progress=False,
+      rtol=1e-7, atol=1e-7, decoder=True)
+  betas = run.diffusion.betas
+  abar = np.cumprod(1 - betas)
+  sigma_decoder = np.sqrt(betas[1] * (1 - abar[0]) / (1 - abar[1]))
+  inner = -np.log2(special.erf(1 / 255 / (sigma_decoder * np.sqrt(2))))
+  assert decoded["decoder"] and inner == pytest.approx(1.305, abs=1e-3)
+  assert decoded["bpd"] == pytest.approx(np.log2(5) / 4 + inner, abs=0.008), decoded
+  with pytest.raises(ValueError, match="by a DDPM chain's decoder; this run's method is 'flow'"):
+    from test_flow_edm import exact_velocity
+    flow = build(config_of("flow"), models.function(lambda p, x, t: exact_velocity(x, t), {}))
+    dataset_ode_bits_per_dim(flow, {"params": {}}, images, mesh, jax.random.key(0),
+                             decoder=True)

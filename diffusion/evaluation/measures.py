@@ -163,7 +163,7 @@ def workdir_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: in
 
 def workdir_ode_bits_per_dim(workdir: str, *, split: str, num: int | None, batch: int,
                              seed: int, step: int | None = None, probes: int = 1,
-                             exact: bool = False) -> dict:
+                             exact: bool = False, decoder: bool = False) -> dict:
   """bits/dim of `num` images (default all) of a data split by the probability-flow ODE of a
   run's EMA network (`evaluation.ode_nll`)."""
   from diffusion.distributed import make_mesh, replicate
@@ -171,11 +171,14 @@ def workdir_ode_bits_per_dim(workdir: str, *, split: str, num: int | None, batch
   from diffusion.runs import base_key, load_run
   run = load_run(workdir, step)
   run.method.ode_span()  # a method without a probability-flow ODE of its own says so
+  if decoder and run.method.name != "ddpm":
+    raise ValueError(f"--ode-decoder scores the lowest level by a DDPM chain's decoder; this "
+                     f"run's method is {run.method.name!r}")
   images, labels = _split_images(run, split, num)
   mesh = make_mesh()
   result = dataset_ode_bits_per_dim(run, replicate(run.variables, mesh), images, mesh,
                                     base_key(seed, "evaluate"), labels=labels, batch=batch,
-                                    probes=probes, exact=exact)
+                                    probes=probes, exact=exact, decoder=decoder)
   result.update(step=run.step, split=split)
   return result
 
