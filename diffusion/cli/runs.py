@@ -314,4 +314,5 @@ def add_parsers(commands) -> None:
   parser.add_argument("--out", help="also write the figures as JSON")
   parser.set_defaults(run=evaluate_command,
                       inputs=["samples", "reference", "workdir"],
-                      outputs=[("out", False), ("save_reference", False)])
+                      outputs=[("out", False), ("save_reference", False)],
+                      flag_names={"decoder": "--ode-decoder"})

@@ -171,9 +171,6 @@ def workdir_ode_bits_per_dim(workdir: str, *, split: str, num: int | None, batch
   from diffusion.runs import base_key, load_run
   run = load_run(workdir, step)
   run.method.ode_span()  # a method without a probability-flow ODE of its own says so
-  if decoder and run.method.name != "ddpm":
-    raise ValueError(f"--ode-decoder scores the lowest level by a DDPM chain's decoder; this "
-                     f"run's method is {run.method.name!r}")
   images, labels = _split_images(run, split, num)
   mesh = make_mesh()
   result = dataset_ode_bits_per_dim(run, replicate(run.variables, mesh), images, mesh,
