@@ -39,18 +39,14 @@ def decoder_floor(sigma: float, edge_fraction: float) -> float:
 
 def exact_denoiser(run, images):
   """A Denoiser predicting ε exactly for the empirical distribution of `images` (uint8), at
-  integer or fractional t (log ᾱ linear between steps, as `DDPM.field`)."""
+  integer or fractional t (`DDPM.log_alpha_bar`, the levels of `DDPM.field`)."""
   import jax
   import jax.numpy as jnp
   from diffusion.models.denoiser import Denoiser
   data = jnp.asarray(images.reshape(len(images), -1) / 127.5 - 1, jnp.float32)
-  log_ab = jnp.asarray(run.diffusion.schedule.log_alphas_cumprod, jnp.float32)
-  last = run.diffusion.num_steps - 1
 
   def eps(x, t):
-    t = jnp.asarray(t, jnp.float32)
-    k = jnp.clip(jnp.floor(t), 0, last - 1).astype(jnp.int32)
-    log = log_ab[k] + jnp.clip(t - k, 0, 1) * (log_ab[jnp.minimum(k + 1, last)] - log_ab[k])
+    log = run.method.log_alpha_bar(jnp.asarray(t, jnp.float32))[0]
     alpha, sigma = jnp.exp(0.5 * log)[:, None], jnp.sqrt(-jnp.expm1(log))[:, None]
     flat = x.reshape(x.shape[0], -1)
     d2 = jnp.sum((flat[:, None] - alpha[:, None] * data[None]) ** 2, axis=-1)  # [B, N]

@@ -122,7 +122,7 @@ def _programs(mesh, k: int):
 
 
 def _run(program, variables, query, mesh, block, desc, progress):
-  variables = jax.device_put(variables, NamedSharding(mesh, P()))  # once, not every batch
+  variables = jax.device_put(variables, NamedSharding(mesh, P()))  # a no-op where placed
   key = jax.random.key(0)  # unused: the programs draw nothing
   return in_batches(lambda first, rows: program(variables, key, first, query[rows]),
                     len(query), block * mesh.size, mesh, desc=desc, unit="point",
@@ -155,7 +155,7 @@ def _covered(query, points, k, mesh, block, tolerance, progress, desc):
   radii_program, cover_program = _programs(mesh, k)
   q32, p32 = query.astype(np.float32), points.astype(np.float32)
   norms = np.sum(points ** 2, axis=1)
-  variables = (p32, norms.astype(np.float32))
+  variables = jax.device_put((p32, norms.astype(np.float32)), NamedSharding(mesh, P()))
   scale = float(norms.max() + np.sum(query ** 2, axis=1).max())
   slack = np.float32(tolerance * (query.shape[1] + 1) * scale)
   nearest, neighbours = _run(radii_program, variables, p32, mesh, block, f"{desc} radii",

@@ -97,12 +97,13 @@ class InceptionMeasure:
     if self.stats is not None:
       mu, sigma, _ = self.stats
     else:
-      if self.features is None:
+      if self.features is None:  # once for every measure of this reference
         self.features, _ = self.inception(self.images, "`reference`", progress=True)
+        self.moments = statistics(self.features)
         if self.save_reference:
-          save_statistics(self.save_reference, *statistics(self.features),
+          save_statistics(self.save_reference, *self.moments,
                           image_shape=np.array(self.images.shape[1:3]))
-      mu, sigma = statistics(self.features)
+      mu, sigma = self.moments
       result["kid"], result["kid_std"] = kernel_inception_distance(
           features, self.features, subsets=self.kid_subsets)
       result.update(precision_recall(self.features, features, progress=True))

@@ -135,19 +135,25 @@ class DDPM(Method):
   def prior_scale(self, level):
     return 1.0  # x_{T−1} ≈ N(0, I): ᾱ_{T−1} is ~4e-5 for the linear schedule
 
+  def log_alpha_bar(self, t):
+    """(log ᾱ(t), d log ᾱ / dt) at float t [N] ∈ [0, T − 1], linear between the schedule's
+    steps: the levels `field` evaluates the network at."""
+    d = self.diffusion
+    log_ab = jnp.asarray(d.schedule.log_alphas_cumprod, jnp.float32)
+    last = d.num_steps - 1
+    k = jnp.clip(jnp.floor(t), 0, max(last - 1, 0)).astype(jnp.int32)
+    slope = log_ab[jnp.minimum(k + 1, last)] - log_ab[k]  # on the segment
+    return log_ab[k] + jnp.clip(t - k, 0.0, 1.0) * slope, slope
+
   def field(self, network):
     """dx/dt = α' x̂_0 + σ' ε̂ for x_t = α x_0 + σ ε, α = sqrt(ᾱ(t)), σ = sqrt(1 − ᾱ(t)),
     with x̂_0 from the network's prediction at float t (`diffusion.prediction`)."""
     d = self.diffusion
-    log_ab = jnp.asarray(d.schedule.log_alphas_cumprod, jnp.float32)
-    last, c = d.num_steps - 1, d.spec.shape[-1]
+    c = d.spec.shape[-1]
 
     def f(x, t):
-      k = jnp.clip(jnp.floor(t), 0, max(last - 1, 0)).astype(jnp.int32)
-      w = jnp.clip(t - k, 0.0, 1.0)
-      slope = log_ab[jnp.minimum(k + 1, last)] - log_ab[k]  # d log ᾱ / dt on the segment
+      log, slope = self.log_alpha_bar(t)
       col = lambda a: a.reshape((-1,) + (1,) * (x.ndim - 1)).astype(x.dtype)
-      log = log_ab[k] + w * slope
       alpha, sigma = col(jnp.exp(0.5 * log)), col(jnp.sqrt(-jnp.expm1(log)))
       out = network(x, t)[..., :c].astype(x.dtype)
       if d.prediction == "eps":
